@@ -1,0 +1,3 @@
+from coarserank.cli import main
+
+main()

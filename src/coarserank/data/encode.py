@@ -1,0 +1,255 @@
+"""Fit vocabularies and numeric statistics on train rows; encode any frame into model inputs.
+
+Encoding rules (the ONNX graphs in ``serving`` repeat them exactly):
+
+- categorical: raw value (``boundaries`` first turn a number into its bucket id, the count of
+  boundaries <= x) -> index ``2 + position`` in the sorted vocabulary of training values seen at
+  least ``min_count`` times; unseen, rare or null -> ``OOV`` (1).
+- multi: the string is split on ``sep``, blanks dropped, the first ``max_len`` values kept and
+  encoded as above; unused slots hold ``PAD`` (0). Models mean-pool the non-padding slots.
+- numeric: ``(x - mean) / std`` with train mean and std (std 0 -> 1); null -> 0.
+- product cross a x b: the pair code ``code_a * size_b + code_b`` looked up in the sorted
+  vocabulary of training pair codes seen at least ``min_count`` times (unseen -> OOV, padding
+  stays padding).
+- match cross: 1.0 where the two raw values are equal, else 0.0, then normalised like a number.
+- history cross: the column ``prepare`` computed, normalised like a number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from coarserank.config import DataConfig, FeatureConfig
+from coarserank.data.prepare import feature_column
+from coarserank.data.schema import FIRST_ID, OOV, PAD, Field, Schema
+from coarserank.errors import ArtifactError, SchemaError
+
+__all__ = ["Vocab", "Encoder", "raw_categorical"]
+
+
+@dataclass
+class Vocab:
+    """Sorted known values of one categorical/multi feature (``dtype`` int64 or string)."""
+
+    dtype: str
+    values: list[Any]
+    boundaries: list[float] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.values) + FIRST_ID
+
+
+def raw_categorical(frame: pl.DataFrame, f: FeatureConfig) -> pl.Series:
+    """The raw values of a single-valued categorical feature, bucketed when it has boundaries."""
+    col = feature_column(f.name, f.column)
+    s = frame[col]
+    if f.boundaries:
+        if not s.dtype.is_numeric():
+            raise SchemaError(f"feature {f.name!r}: boundaries need a numeric column, {col!r} is {s.dtype}")
+        x = pl.col(col).cast(pl.Float64)
+        bucket = pl.sum_horizontal([(x >= b).cast(pl.Int64) for b in f.boundaries])
+        return frame.select(pl.when(x.is_null()).then(None).otherwise(bucket).alias(f.name))[f.name]
+    if s.dtype == pl.Boolean or s.dtype.is_integer():
+        return s.cast(pl.Int64)
+    if s.dtype.is_float():
+        integral = s.drop_nulls()
+        if (integral != integral.round()).any():
+            raise SchemaError(f"feature {f.name!r}: column {col!r} holds fractional numbers; declare it "
+                              "kind = \"numeric\" or give boundaries to bucket it")
+        return s.cast(pl.Int64)
+    return s.cast(pl.Utf8)
+
+
+def _multi_long(frame: pl.DataFrame, f: FeatureConfig) -> pl.DataFrame:
+    """(row, pos, value) for the first ``max_len`` non-blank values of a multi-valued column."""
+    col = feature_column(f.name, f.column)
+    return (frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("i"),
+                         pl.col(col).cast(pl.Utf8).str.split(f.sep).alias("v"))
+            .explode("v").with_columns(pl.col("v").str.strip_chars())
+            .filter(pl.col("v").is_not_null() & (pl.col("v") != ""))
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("i").alias("p"))
+            .filter(pl.col("p") < f.max_len))
+
+
+def _fit_vocab(values: pl.Series, min_count: int, boundaries: tuple[float, ...]) -> Vocab:
+    if boundaries:
+        return Vocab("int64", list(range(len(boundaries) + 1)), list(boundaries))
+    counts = values.drop_nulls().value_counts()
+    kept = counts.filter(pl.col("count") >= min_count)[values.name].sort()
+    return Vocab("int64" if values.dtype == pl.Int64 else "string", kept.to_list())
+
+
+def _lookup(values: pl.Series, vocab: Vocab) -> np.ndarray:
+    codes = values.replace_strict(vocab.values, list(range(FIRST_ID, vocab.size)), default=OOV,
+                                  return_dtype=pl.Int64)
+    return codes.fill_null(OOV).to_numpy().astype(np.int64)
+
+
+def _pair_codes(a: np.ndarray, b: np.ndarray, size_b: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pair codes of two code arrays (one may be [N, L]); returns (codes, padding mask)."""
+    if a.ndim == 1 and b.ndim == 2:
+        a = a[:, None]
+    if b.ndim == 1 and a.ndim == 2:
+        b = b[:, None]
+    codes = a * size_b + b
+    return codes, (a == PAD) | (b == PAD)
+
+
+class Encoder:
+    """Fits vocabularies and statistics on train rows (``fit``) and encodes frames (``transform``).
+
+    Example
+    -------
+    >>> enc = Encoder(cfg.data).fit(frame.filter(pl.col("_split") == "train"))  # doctest: +SKIP
+    >>> inputs = enc.transform(frame)  # {field name: numpy array}           # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.cfg = cfg
+
+    # -- fitting -----------------------------------------------------------------------------
+    def fit(self, train: pl.DataFrame) -> Encoder:
+        self.vocabs_: dict[str, Vocab] = {}
+        self.stats_: dict[str, tuple[float, float]] = {}
+        self.cross_values_: dict[str, np.ndarray] = {}
+        for f in self.cfg.features:
+            if f.kind == "categorical":
+                self.vocabs_[f.name] = _fit_vocab(raw_categorical(train, f), f.min_count, f.boundaries)
+            elif f.kind == "multi":
+                self.vocabs_[f.name] = _fit_vocab(_multi_long(train, f)["v"], f.min_count, ())
+            else:
+                self.stats_[f.name] = self._moments(train, feature_column(f.name, f.column), f.name)
+        codes = {name: self._encode_feature(train, self._feature(name)) for name in self.vocabs_}
+        for c in self.cfg.crosses:
+            if c.op == "product":
+                pairs, pad = _pair_codes(codes[c.a], codes[c.b], self.vocabs_[c.b].size)
+                uniq, counts = np.unique(pairs[~pad], return_counts=True)
+                self.cross_values_[c.name] = uniq[counts >= c.min_count]
+            else:
+                self.stats_[c.name] = self._moments(self._match(train, c.a, c.b).to_frame("m"), "m", c.name)
+        for h in self.cfg.history_crosses:
+            self.stats_[h.name] = self._moments(train, h.name, h.name)
+        self.schema_ = self._schema()
+        return self
+
+    @staticmethod
+    def _moments(frame: pl.DataFrame, col: str, name: str) -> tuple[float, float]:
+        s = frame[col]
+        if not s.dtype.is_numeric():
+            raise SchemaError(f"numeric feature {name!r}: column {col!r} is {s.dtype}, not a number")
+        x = s.cast(pl.Float64).drop_nulls().to_numpy()
+        mean = float(x.mean()) if len(x) else 0.0
+        std = float(x.std()) if len(x) else 1.0
+        return mean, (std if std > 1e-12 else 1.0)
+
+    def _feature(self, name: str) -> FeatureConfig:
+        return next(f for f in self.cfg.features if f.name == name)
+
+    def _match(self, frame: pl.DataFrame, a: str, b: str) -> pl.Series:
+        ra, rb = raw_categorical(frame, self._feature(a)), raw_categorical(frame, self._feature(b))
+        if ra.dtype != rb.dtype:
+            ra, rb = ra.cast(pl.Utf8), rb.cast(pl.Utf8)
+        return (ra == rb).fill_null(False).cast(pl.Float64)
+
+    def _schema(self) -> Schema:
+        fields: list[Field] = []
+        for f in self.cfg.features:
+            size = self.vocabs_[f.name].size if f.name in self.vocabs_ else 0
+            fields.append(Field(f.name, f.side, f.kind, size, f.max_len if f.kind == "multi" else 1))
+        for c in self.cfg.crosses:
+            if c.op == "match":
+                fields.append(Field(c.name, "cross", "numeric"))
+                continue
+            fa, fb = self._feature(c.a), self._feature(c.b)
+            multi = fa if fa.kind == "multi" else fb if fb.kind == "multi" else None
+            size = len(self.cross_values_[c.name]) + FIRST_ID
+            fields.append(Field(c.name, "cross", "multi" if multi else "categorical", size,
+                                multi.max_len if multi else 1))
+        fields += [Field(h.name, "cross", "numeric") for h in self.cfg.history_crosses]
+        return Schema(tuple(fields))
+
+    # -- transforming ------------------------------------------------------------------------
+    def _encode_feature(self, frame: pl.DataFrame, f: FeatureConfig) -> np.ndarray:
+        if f.kind == "categorical":
+            return _lookup(raw_categorical(frame, f), self.vocabs_[f.name])
+        if f.kind == "multi":
+            long = _multi_long(frame, f)
+            out = np.zeros((len(frame), f.max_len), dtype=np.int64)
+            out[long["i"].to_numpy(), long["p"].to_numpy()] = _lookup(long["v"], self.vocabs_[f.name])
+            return out
+        mean, std = self.stats_[f.name]
+        return self._normalise(frame[feature_column(f.name, f.column)], mean, std)
+
+    @staticmethod
+    def _normalise(s: pl.Series, mean: float, std: float) -> np.ndarray:
+        x = s.cast(pl.Float64).to_numpy()
+        return np.nan_to_num((x - mean) / std, nan=0.0).astype(np.float32)
+
+    def transform(self, frame: pl.DataFrame, fields: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Encode ``frame`` into ``{field name: array}`` for every schema field (or ``fields``)."""
+        if not hasattr(self, "schema_"):
+            raise ArtifactError("Encoder is not fitted: call fit(train) or Encoder.load(dir) first")
+        wanted = set(fields) if fields is not None else set(self.schema_.names)
+        needed_codes = {c for x in self.cfg.crosses if x.name in wanted and x.op == "product" for c in (x.a, x.b)}
+        codes: dict[str, np.ndarray] = {}
+        for f in self.cfg.features:
+            if f.name in wanted or f.name in needed_codes:
+                codes[f.name] = self._encode_feature(frame, f)
+        out = {k: v for k, v in codes.items() if k in wanted}
+        for c in self.cfg.crosses:
+            if c.name not in wanted:
+                continue
+            if c.op == "match":
+                out[c.name] = self._normalise(self._match(frame, c.a, c.b), *self.stats_[c.name])
+                continue
+            pairs, pad = _pair_codes(codes[c.a], codes[c.b], self.vocabs_[c.b].size)
+            known = self.cross_values_[c.name]
+            pos = np.searchsorted(known, pairs).clip(max=max(len(known) - 1, 0))
+            hit = (known[pos] == pairs) if len(known) else np.zeros(pairs.shape, dtype=bool)
+            out[c.name] = np.where(pad, PAD, np.where(hit, pos + FIRST_ID, OOV)).astype(np.int64)
+        for h in self.cfg.history_crosses:
+            if h.name in wanted:
+                if h.name not in frame.columns:
+                    raise SchemaError(f"history cross {h.name!r} is missing from the frame (prepare computes it)")
+                out[h.name] = self._normalise(frame[h.name], *self.stats_[h.name])
+        return {name: out[name] for name in self.schema_.names if name in out}
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vocabs": {k: {"dtype": v.dtype, "values": v.values, "boundaries": v.boundaries}
+                       for k, v in self.vocabs_.items()},
+            "stats": {k: list(v) for k, v in self.stats_.items()},
+            "cross_values": {k: v.tolist() for k, v in self.cross_values_.items()},
+            "schema": self.schema_.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, cfg: DataConfig, body: dict[str, Any]) -> Encoder:
+        enc = cls(cfg)
+        try:
+            enc.vocabs_ = {k: Vocab(v["dtype"], v["values"], v["boundaries"]) for k, v in body["vocabs"].items()}
+            enc.stats_ = {k: (float(v[0]), float(v[1])) for k, v in body["stats"].items()}
+            enc.cross_values_ = {k: np.asarray(v, dtype=np.int64) for k, v in body["cross_values"].items()}
+            enc.schema_ = Schema.from_json(body["schema"])
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ArtifactError(f"encoder state is malformed: {exc!r}") from exc
+        return enc
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write ``encoder.json`` plus one plain ``vocab/<name>.txt`` per vocabulary (for inspection)."""
+        from coarserank.atomic import atomic_write_text
+
+        written = [atomic_write_text(directory / "encoder.json", json.dumps(self.to_json()))]
+        for name, vocab in self.vocabs_.items():
+            lines = [f"{i}\t{v}" for i, v in enumerate(vocab.values, start=FIRST_ID)]
+            header = f"# {name}: dtype={vocab.dtype}; 0 = padding, 1 = out of vocabulary\n"
+            written.append(atomic_write_text(directory / "vocab" / f"{name}.txt", header + "\n".join(lines) + "\n"))
+        return written

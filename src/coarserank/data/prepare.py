@@ -1,0 +1,148 @@
+"""From raw tables to one joined, labelled, split frame with time-respecting statistical crosses.
+
+The frame keeps the raw feature columns (encoding happens later, fitted on train rows only) plus
+reserved columns: ``_row`` (row id, the key of logits and scores), ``_label`` (0/1), ``_group``
+(GAUC / listwise group), ``_user``, ``_time``, ``_split`` (train/valid/test) and ``_oracle`` when
+the source knows the true click probability.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from coarserank.config import DataConfig, HistoryCrossConfig
+from coarserank.data.tables import RawTables
+from coarserank.errors import DataError, SchemaError
+
+__all__ = ["SPLITS", "prepare", "feature_column", "split_per_user", "add_history_cross"]
+
+SPLITS = ("train", "valid", "test")
+
+
+def feature_column(name: str, column: str) -> str:
+    """Source column of a feature: its ``column`` if given, else its name."""
+    return column or name
+
+
+def _require(frame: pl.DataFrame, columns: list[str], where: str) -> None:
+    missing = [c for c in columns if c and c not in frame.columns]
+    if missing:
+        raise SchemaError(f"{where}: column(s) {', '.join(map(repr, missing))} not found; "
+                          f"columns that exist: {', '.join(frame.columns)}")
+
+
+def _join(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
+    frame = raw.exposures
+    _require(frame, [cfg.user_col, cfg.item_col], "exposure log")
+    frame = frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    for table, key, what in ((raw.users, cfg.user_col, "user table"), (raw.items, cfg.item_col, "item table")):
+        if table is None:
+            continue
+        _require(table, [key], what)
+        if table[key].is_duplicated().any():
+            raise DataError(f"{what}: key column {key!r} has duplicate ids")
+        extra = [c for c in table.columns if c == key or c not in frame.columns]
+        frame = frame.join(table.select(extra), on=key, how="left")
+    return frame.sort("_row")
+
+
+def _label(frame: pl.DataFrame, cfg: DataConfig) -> pl.Series:
+    col = cfg.rating_col or cfg.label_col
+    _require(frame, [col], "exposure log (label)")
+    series = frame[col]
+    nulls = series.null_count()
+    if nulls:
+        raise DataError(f"label column {col!r} has {nulls} null value(s); every exposure needs a label")
+    if cfg.rating_col:
+        if not series.dtype.is_numeric():
+            raise DataError(f"rating column {col!r} must be numeric, got {series.dtype}")
+        return (series >= cfg.label_threshold).cast(pl.Int8)
+    if series.dtype == pl.Boolean:
+        return series.cast(pl.Int8)
+    bad = series.filter(~series.is_in([0, 1])).unique().head(5).to_list() if series.dtype.is_numeric() else None
+    if bad is None or bad:
+        shown = bad if bad is not None else series.unique().head(5).to_list()
+        raise DataError(f"label column {col!r} must hold only 0 and 1; found values such as {shown} "
+                        "(for ratings set data.rating_col and data.label_threshold)")
+    return series.cast(pl.Int8)
+
+
+def split_per_user(frame: pl.DataFrame, valid_frac: float, test_frac: float) -> pl.Series:
+    """train/valid/test per user by time: the last ``test_frac`` of each user's rows (rounded, at
+    least one row left for train) go to test and the ``valid_frac`` before them to valid."""
+    ranked = (frame.select("_row", "_user", "_time").sort("_user", "_time", "_row")
+              .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("_user").alias("r"),
+                            pl.len().over("_user").cast(pl.Int64).alias("n")))
+    n = pl.col("n")
+    n_test = pl.min_horizontal((n * test_frac + 0.5).floor().cast(pl.Int64), n - 1)
+    n_valid = pl.min_horizontal((n * valid_frac + 0.5).floor().cast(pl.Int64), n - 1 - n_test)
+    split = (pl.when(pl.col("r") > n - n_test).then(pl.lit("test"))
+             .when(pl.col("r") > n - n_test - n_valid).then(pl.lit("valid"))
+             .otherwise(pl.lit("train")))
+    return ranked.select("_row", split.alias("_split")).sort("_row")["_split"]
+
+
+def add_history_cross(frame: pl.DataFrame, h: HistoryCrossConfig, key_col: str, over_col: str,
+                      over_sep: str | None, base_rate: float) -> pl.DataFrame:
+    """Add column ``h.name``: the key's positive rate on the row's ``over`` values, smoothed toward
+    ``base_rate`` with ``h.prior`` pseudo-rows, from that key's rows with a strictly earlier
+    ``_time`` only (rows at the same instant never see each other). Multi-valued ``over`` values are
+    averaged."""
+    over = pl.col(over_col).cast(pl.Utf8)
+    values = over.str.split(over_sep) if over_sep is not None else pl.concat_list([over])
+    long = (frame.select("_row", "_time", "_label", pl.col(key_col).alias("_k"), values.alias("_v"))
+            .explode("_v").filter(pl.col("_v").is_not_null() & (pl.col("_v") != "")))
+    per_instant = (long.group_by("_k", "_v", "_time")
+                   .agg(pl.col("_label").sum().cast(pl.Float64).alias("pos"), pl.len().cast(pl.Float64).alias("cnt"))
+                   .sort("_k", "_v", "_time")
+                   .with_columns(
+                       (pl.col("pos").cum_sum().over("_k", "_v") - pl.col("pos")).alias("pos_before"),
+                       (pl.col("cnt").cum_sum().over("_k", "_v") - pl.col("cnt")).alias("cnt_before"))
+                   .with_columns(pl.when(pl.col("cnt_before") + h.prior > 0)
+                                 .then((pl.col("pos_before") + h.prior * base_rate) / (pl.col("cnt_before") + h.prior))
+                                 .otherwise(base_rate).alias("rate"))
+                   .select("_k", "_v", "_time", "rate"))
+    rate = (long.join(per_instant, on=["_k", "_v", "_time"], how="left")
+            .group_by("_row").agg(pl.col("rate").mean()))
+    out = frame.join(rate.rename({"rate": h.name}), on="_row", how="left")
+    return out.with_columns(pl.col(h.name).fill_null(base_rate)).sort("_row")
+
+
+def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
+    """Join, label, split and add history crosses; checks every declared column exists."""
+    frame = _join(raw, cfg)
+    feature_cols = [feature_column(f.name, f.column) for f in cfg.features]
+    _require(frame, feature_cols, "data.features")
+    if len(frame) == 0:
+        raise DataError("the exposure log has no rows")
+    time = pl.col(cfg.timestamp_col) if cfg.timestamp_col else pl.col("_row")
+    if cfg.timestamp_col:
+        _require(frame, [cfg.timestamp_col], "data.timestamp_col")
+        if frame[cfg.timestamp_col].null_count():
+            raise DataError(f"timestamp column {cfg.timestamp_col!r} has null values")
+    if cfg.group_col:
+        _require(frame, [cfg.group_col], "data.group_col")
+    if frame[cfg.user_col].null_count():
+        raise DataError(f"user id column {cfg.user_col!r} has null values")
+    frame = frame.with_columns(
+        _label(frame, cfg).alias("_label"),
+        pl.col(cfg.user_col).alias("_user"),
+        time.cast(pl.Int64).alias("_time"),
+        pl.col(cfg.group_col or cfg.user_col).alias("_group"),
+    )
+    if raw.oracle_col:
+        frame = frame.with_columns(pl.col(raw.oracle_col).cast(pl.Float64).alias("_oracle"))
+    frame = frame.with_columns(split_per_user(frame, cfg.valid_frac, cfg.test_frac))
+    counts = dict(frame.group_by("_split").len().iter_rows())
+    for split, frac in (("train", 1.0), ("valid", cfg.valid_frac), ("test", cfg.test_frac)):
+        if frac > 0 and not counts.get(split):
+            raise DataError(f"the {split} split is empty: users need more rows for a "
+                            f"valid_frac={cfg.valid_frac}, test_frac={cfg.test_frac} split")
+    base_rate = float(frame.filter(pl.col("_split") == "train")["_label"].mean() or 0.0)
+    by_name = {f.name: f for f in cfg.features}
+    for h in cfg.history_crosses:
+        key, over = by_name[h.key], by_name[h.over]
+        frame = add_history_cross(frame, h, feature_column(key.name, key.column),
+                                  feature_column(over.name, over.column),
+                                  over.sep if over.kind == "multi" else None, base_rate)
+    return frame

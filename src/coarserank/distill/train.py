@@ -1,0 +1,130 @@
+"""The one training loop: mini-batch Adam, validation GAUC each epoch, early stopping, best weights.
+
+Teacher, student and hard-label control all train here; they differ only in the model and the
+loss function passed in. Models never hold optimisers or loops (DESIGN.md house rules).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from coarserank.distill.tensors import TensorTable, batch_indices
+from coarserank.ranking_eval.metrics import gauc
+
+__all__ = ["FitSettings", "EpochInfo", "FitResult", "fit", "predict", "resolve_device"]
+
+LossFn = Callable[[torch.Tensor, TensorTable], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Optimiser and schedule of one training run."""
+
+    lr: float
+    batch_size: int
+    epochs: int
+    patience: int
+    weight_decay: float = 0.0
+    seed: int = 0
+    grouped_batches: bool = False
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """What the progress callback sees after each epoch."""
+
+    epoch: int
+    train_loss: float
+    valid_gauc: float
+    seconds: float
+    is_best: bool
+
+
+@dataclass
+class FitResult:
+    """Best epoch and validation GAUC, the per-epoch history and training throughput."""
+
+    best_epoch: int
+    best_valid_gauc: float
+    train_seconds: float
+    rows_per_second: float
+    seconds_to_best: float
+    history: list[EpochInfo] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    from coarserank.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, table: TensorTable, device: torch.device, batch_size: int = 32768) -> np.ndarray:
+    """Model outputs (logits) for every row of ``table``, in row order."""
+    model.eval()
+    out = []
+    for start in range(0, len(table), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(table)))
+        out.append(model(table.take(idx).to(device).inputs).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTable, settings: FitSettings,
+        device: torch.device, progress: Callable[[EpochInfo], None] | None = None) -> FitResult:
+    """Train ``model`` in place; on return it holds the weights of its best validation-GAUC epoch."""
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model.to(device)
+    train_dev = train.to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    valid_labels = valid.label.numpy()
+    valid_groups = valid.group.numpy()
+    best_state = copy.deepcopy(model.state_dict())
+    best_gauc, best_epoch, bad_epochs = -1.0, 0, 0
+    history: list[EpochInfo] = []
+    train_seconds = 0.0
+    seconds_to_best = 0.0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        total, batches = 0.0, 0
+        group = train.group if settings.grouped_batches else None
+        for idx in batch_indices(len(train), settings.batch_size, generator, group):
+            batch = train_dev.take(idx.to(device))
+            loss = loss_fn(model(batch.inputs), batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach())
+            batches += 1
+        epoch_seconds = time.perf_counter() - start
+        train_seconds += epoch_seconds
+        valid_gauc = gauc(valid_labels, predict(model, valid, device), valid_groups).value
+        is_best = valid_gauc > best_gauc
+        if is_best:
+            best_gauc, best_epoch, bad_epochs = valid_gauc, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+            seconds_to_best = train_seconds
+        else:
+            bad_epochs += 1
+        info = EpochInfo(epoch, total / max(batches, 1), valid_gauc, epoch_seconds, is_best)
+        history.append(info)
+        if progress is not None:
+            progress(info)
+        if bad_epochs >= settings.patience:
+            break
+    model.load_state_dict(best_state)
+    rows = len(train) * len(history)
+    return FitResult(best_epoch, best_gauc, train_seconds, rows / max(train_seconds, 1e-9), seconds_to_best, history)

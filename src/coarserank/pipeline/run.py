@@ -1,0 +1,300 @@
+"""``distill run``: data -> teacher -> logits -> student, hard-label control, GBDT -> metrics.
+
+Each stage records its status and the sha256 of its outputs in ``manifest.json``; re-running the
+same configuration into the same directory resumes after the last finished stage. Further stages
+(exports, report) plug in through :data:`EXTRA_STAGES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+import torch
+
+from coarserank.atomic import atomic_write_text, atomic_write_with
+from coarserank.config import RunConfig, config_hash, config_to_dict, dump_config
+from coarserank.data.encode import Encoder
+from coarserank.data.prepare import SPLITS, prepare
+from coarserank.data.schema import Schema
+from coarserank.data.sources import load_source
+from coarserank.distill.gbdt import GbdtReference
+from coarserank.distill.losses import distill_loss, hard_loss
+from coarserank.distill.tensors import TensorTable, make_table
+from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, resolve_device
+from coarserank.errors import CoarseRankError
+from coarserank.pipeline.rundir import RunDir
+from coarserank.ranking_eval.metrics import auc, gauc, logloss
+from coarserank.student import build_student
+from coarserank.teacher import build_teacher
+
+__all__ = ["RunResult", "RunContext", "run", "default_run_dir", "EXTRA_STAGES", "MODELS"]
+
+Progress = Callable[[str], None]
+MODELS = ("teacher", "student", "student_hard", "gbdt")
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class RunResult:
+    """Where the run went, its metrics and how long it took."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class RunContext:
+    """State handed from stage to stage inside one process."""
+
+    cfg: RunConfig
+    run: RunDir
+    device: torch.device
+    progress: Progress
+    frame: pl.DataFrame | None = None
+    encoder: Encoder | None = None
+    tables: dict[str, TensorTable] = field(default_factory=dict)
+    encoded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    frames: dict[str, pl.DataFrame] = field(default_factory=dict)
+    logits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def schema(self) -> Schema:
+        assert self.encoder is not None
+        return self.encoder.schema_
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """``run.out`` if set, else ``runs/<run.name or <source>-seed<seed>>``."""
+    if cfg.run.out:
+        return Path(cfg.run.out)
+    return Path("runs") / (cfg.run.name or f"{cfg.data.source}-seed{cfg.run.seed}")
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+def _stage_data(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    ctx.progress(f"data: reading source {cfg.data.source!r}")
+    raw = load_source(cfg.data, cfg.synthetic, cfg.run.seed)
+    frame = prepare(raw, cfg.data)
+    ctx.frame = frame
+    encoder = Encoder(cfg.data).fit(frame.filter(pl.col("_split") == "train"))
+    ctx.encoder = encoder
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        part = frame.filter(pl.col("_split") == split)
+        ctx.frames[split] = part
+        enc = encoder.transform(part)
+        ctx.encoded[split] = enc
+        ctx.tables[split] = make_table(enc, part["_label"].to_numpy(), part["_group"].to_numpy())
+        for name in encoder.schema_.names:
+            digest.update(np.ascontiguousarray(enc[name]).tobytes())
+        digest.update(part["_label"].to_numpy().tobytes())
+    counts = {s: len(ctx.frames[s]) for s in SPLITS}
+    ctx.progress("data: " + ", ".join(f"{s} {n:,} rows" for s, n in counts.items())
+                 + f"; {len(encoder.schema_)} fields")
+    fingerprint = digest.hexdigest()
+    previous = ctx.run.manifest.get("data_fingerprint")
+    if previous and previous != fingerprint:
+        raise CoarseRankError(f"run {ctx.run.path}: the data changed since this run started "
+                              "(fingerprint differs); use --overwrite to start over")
+    if ctx.run.is_done("data"):
+        return
+    ctx.run.begin("data")
+    ctx.run.manifest["data_fingerprint"] = fingerprint
+    written = encoder.save(ctx.run.path)
+    written.append(atomic_write_text(ctx.run.file("schema.json"), encoder.schema_.dumps()))
+    ctx.run.record("data", *written)
+    ctx.run.finish("data", rows=counts, fields=len(encoder.schema_))
+
+
+def _epoch_printer(ctx: RunContext, model: str) -> Callable[[EpochInfo], None]:
+    def show(info: EpochInfo) -> None:
+        mark = " *" if info.is_best else ""
+        ctx.progress(f"{model}: epoch {info.epoch} loss {info.train_loss:.4f} valid gauc {info.valid_gauc:.4f} "
+                     f"({info.seconds:.1f}s){mark}")
+    return show
+
+
+def _fit_facts(result: FitResult) -> dict[str, Any]:
+    return {"best_epoch": result.best_epoch, "best_valid_gauc": round(result.best_valid_gauc, 6),
+            "train_seconds": round(result.train_seconds, 3), "rows_per_second": round(result.rows_per_second, 1),
+            "seconds_to_best": round(result.seconds_to_best, 3), "epochs": len(result.history)}
+
+
+def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, result: FitResult) -> None:
+    path = atomic_write_with(ctx.run.file(name), lambda tmp: torch.save(model.state_dict(), tmp))
+    ctx.run.record(stage, path)
+    ctx.run.finish(stage, **_fit_facts(result))
+
+
+def _load_model(ctx: RunContext, name: str, model: torch.nn.Module) -> torch.nn.Module:
+    state = torch.load(ctx.run.verified_path(name), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(ctx.device)
+
+
+def _stage_teacher(ctx: RunContext) -> torch.nn.Module:
+    torch.manual_seed(ctx.cfg.run.seed)
+    teacher = build_teacher(ctx.schema, ctx.cfg.teacher)
+    if ctx.run.is_done("teacher"):
+        return _load_model(ctx, "teacher.pt", teacher)
+    ctx.run.begin("teacher")
+    t = ctx.cfg.teacher
+    settings = FitSettings(t.lr, t.batch_size, t.epochs, t.patience, t.weight_decay, ctx.cfg.run.seed)
+    result = fit(teacher, lambda s, b: hard_loss(s, b.label), ctx.tables["train"], ctx.tables["valid"],
+                 settings, ctx.device, _epoch_printer(ctx, "teacher"))
+    _save_model(ctx, "teacher", "teacher.pt", teacher, result)
+    return teacher
+
+
+def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
+    if ctx.run.is_done("logits"):
+        for split in SPLITS:
+            body = pl.read_parquet(ctx.run.verified_path(f"logits/{split}.parquet"))
+            ctx.logits.setdefault(split, {})["teacher"] = body["logit"].to_numpy()
+        return
+    ctx.run.begin("logits")
+    temperature = ctx.cfg.distill.temperature
+    written = []
+    for split in SPLITS:
+        z = predict(teacher, ctx.tables[split], ctx.device)
+        ctx.logits.setdefault(split, {})["teacher"] = z
+        body = pl.DataFrame({"row": ctx.frames[split]["_row"], "logit": z, "soft": z / temperature})
+        written.append(atomic_write_with(ctx.run.file(f"logits/{split}.parquet"), body.write_parquet, ".parquet"))
+        ctx.progress(f"logits: {split} {len(z):,} rows")
+    ctx.run.record("logits", *written)
+    ctx.run.finish("logits", temperature=temperature)
+
+
+def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float) -> torch.nn.Module:
+    torch.manual_seed(ctx.cfg.run.seed)
+    student = build_student(ctx.schema, ctx.cfg.student)
+    if ctx.run.is_done(stage):
+        return _load_model(ctx, filename, student)
+    ctx.run.begin(stage)
+    s, d = ctx.cfg.student, ctx.cfg.distill
+    listwise = alpha > 0 and d.soft == "listwise"
+    settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, ctx.cfg.run.seed, listwise)
+    train = ctx.tables["train"].with_teacher(ctx.logits["train"]["teacher"])
+
+    def loss(scores: torch.Tensor, batch: TensorTable) -> torch.Tensor:
+        return distill_loss(scores, batch.label, batch.teacher, batch.group, alpha=alpha,
+                            temperature=d.temperature, soft=d.soft)
+
+    result = fit(student, loss, train, ctx.tables["valid"], settings, ctx.device, _epoch_printer(ctx, stage))
+    _save_model(ctx, stage, filename, student, result)
+    return student
+
+
+def _stage_gbdt(ctx: RunContext) -> None:
+    model = GbdtReference(ctx.schema, ctx.cfg.gbdt, ctx.cfg.run.seed, ctx.cfg.run.threads)
+    if ctx.run.is_done("gbdt"):
+        import lightgbm as lgb
+
+        model.booster_ = lgb.Booster(model_file=str(ctx.run.verified_path("gbdt.txt")))
+    else:
+        ctx.run.begin("gbdt")
+        ctx.progress("gbdt: fitting LightGBM reference")
+        model.fit(ctx.encoded["train"], ctx.frames["train"]["_label"].to_numpy(),
+                  ctx.encoded["valid"], ctx.frames["valid"]["_label"].to_numpy())
+        path = atomic_write_with(ctx.run.file("gbdt.txt"), lambda tmp: model.booster_.save_model(str(tmp)), ".txt")
+        ctx.run.record("gbdt", path)
+        ctx.run.finish("gbdt", best_iteration=model.booster_.best_iteration)
+    for split in SPLITS:
+        ctx.logits[split]["gbdt"] = model.predict_logit(ctx.encoded[split])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
+
+
+def _label_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    g = gauc(y, p, groups)
+    return {"auc": auc(y, p), "gauc": g.value, "logloss": logloss(y, p), "rows": int(len(y)),
+            "gauc_groups_used": g.groups_used, "gauc_groups_skipped": g.groups_skipped}
+
+
+def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
+    ctx.run.begin("metrics")
+    metrics: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        frame = ctx.frames[split]
+        y, groups = frame["_label"].to_numpy(), frame["_group"].to_numpy()
+        metrics[split] = {m: _label_metrics(y, _sigmoid(ctx.logits[split][m]), groups) for m in MODELS}
+        if "_oracle" in frame.columns:
+            metrics[split]["oracle"] = _label_metrics(y, frame["_oracle"].to_numpy(), groups)
+    metrics["definitions"] = {
+        "auc": "Mann-Whitney AUC over all rows, ties count one half",
+        "gauc": "per-group AUC weighted by the group's rows; groups with one class skipped (counted)",
+        "logloss": "mean binary cross-entropy of sigmoid(logit), probabilities clipped to [1e-7, 1-1e-7]",
+        "group": ctx.cfg.data.group_col or ctx.cfg.data.user_col,
+    }
+    path = atomic_write_text(ctx.run.file("metrics.json"), json.dumps(metrics, indent=2))
+    ctx.run.record("metrics", path)
+    ctx.run.finish("metrics")
+    return metrics
+
+
+# Stages added by other subsystems (exports, report): (name, function(ctx, models)).
+EXTRA_STAGES: list[tuple[str, Callable[[RunContext, dict[str, torch.nn.Module]], None]]] = []
+
+
+def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = False,
+        progress: Progress = _quiet) -> RunResult:
+    """Run (or resume) the whole pipeline for ``cfg`` into ``run_dir``."""
+    start = time.perf_counter()
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device)
+    path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    run_ = RunDir.create(path, config_hash(cfg), overwrite=overwrite)
+    if not run_.is_done("config"):
+        run_.begin("config")
+        run_.record("config", atomic_write_text(run_.file("config.toml"), dump_config(cfg)))
+        run_.finish("config", config=config_to_dict(cfg))
+    ctx = RunContext(cfg, run_, device, progress)
+    progress(f"run directory {path} (device {device})")
+    stage = "data"
+    try:
+        _stage_data(ctx)
+        stage = "teacher"
+        teacher = _stage_teacher(ctx)
+        stage = "logits"
+        _stage_logits(ctx, teacher)
+        stage = "student"
+        student = _stage_student(ctx, "student", "student.pt", cfg.distill.alpha)
+        stage = "student_hard"
+        control = _stage_student(ctx, "student_hard", "student_hard.pt", 0.0)
+        models: dict[str, torch.nn.Module] = {"teacher": teacher, "student": student, "student_hard": control}
+        for split in SPLITS:
+            ctx.logits[split]["student"] = predict(student, ctx.tables[split], device)
+            ctx.logits[split]["student_hard"] = predict(control, ctx.tables[split], device)
+        stage = "gbdt"
+        _stage_gbdt(ctx)
+        stage = "metrics"
+        metrics = _stage_metrics(ctx)
+        for name, fn in EXTRA_STAGES:
+            stage = name
+            if not run_.is_done(name):
+                fn(ctx, models)
+    except BaseException as exc:
+        run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
+    return RunResult(path, metrics, time.perf_counter() - start)
+
+
+def replace_seed(cfg: RunConfig, seed: int) -> RunConfig:
+    """The same configuration with another seed (benchmarks use it for multi-seed runs)."""
+    return replace(cfg, run=replace(cfg.run, seed=seed))

@@ -1,0 +1,66 @@
+"""The student: a user tower and an item tower whose inner product is the score."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from coarserank.config import StudentConfig
+from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
+from coarserank.layers import MLP, FeatureEmbedding
+
+__all__ = ["Tower", "TwoTower", "build_student"]
+
+
+class Tower(nn.Module):
+    """Fields of one side -> embeddings -> MLP -> L2-normalised vector ``[B, dim]``.
+
+    Each tower is callable and exportable alone; it reads only the fields of its own schema.
+    """
+
+    def __init__(self, embedding: FeatureEmbedding, mlp: MLP) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.mlp = mlp
+
+    @property
+    def schema(self) -> Schema:
+        return self.embedding.schema
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.normalize(self.mlp(self.embedding(inputs).flatten(1)), dim=-1, eps=1e-8)
+
+
+class TwoTower(nn.Module):
+    """score ``s = a * <u, v> + b`` with learnable ``a`` and ``b``.
+
+    Example
+    -------
+    >>> student = build_student(schema, StudentConfig())   # doctest: +SKIP
+    >>> student(batch).shape                                # doctest: +SKIP
+    torch.Size([B])
+    """
+
+    def __init__(self, user_tower: Tower, item_tower: Tower, scale: float = 5.0) -> None:
+        super().__init__()
+        self.user_tower = user_tower
+        self.item_tower = item_tower
+        self.a = nn.Parameter(torch.tensor(float(scale)))
+        self.b = nn.Parameter(torch.zeros(()))
+
+    def score(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.a * (u * v).sum(dim=-1) + self.b
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.score(self.user_tower(inputs), self.item_tower(inputs))
+
+
+def _tower(schema: Schema, cfg: StudentConfig) -> Tower:
+    embedding = FeatureEmbedding(schema, cfg.embed_dim)
+    return Tower(embedding, MLP(len(schema) * cfg.embed_dim, cfg.hidden, cfg.dropout, out_dim=cfg.dim))
+
+
+def build_student(schema: Schema, cfg: StudentConfig) -> TwoTower:
+    """A two-tower student: the user tower sees user and context fields, the item tower item fields."""
+    return TwoTower(_tower(schema.select(STUDENT_USER_SIDES), cfg), _tower(schema.select(STUDENT_ITEM_SIDES), cfg))

@@ -1,0 +1,48 @@
+"""Shared fixtures: seeds, the MovieLens-100K path, small configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K = REPO.parent / "shared" / "data" / "ml-100k"
+
+
+@pytest.fixture
+def seed() -> int:
+    return 1234
+
+
+@pytest.fixture
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    if not (ML100K / "u.data").is_file():
+        pytest.fail(f"MovieLens-100K test data not found at {ML100K} (the project reads it from ../shared/data)")
+    return ML100K
+
+
+TINY = [
+    "synthetic.rows=4000",
+    "teacher.epochs=2",
+    "student.epochs=2",
+    "teacher.hidden=[32]",
+    "student.hidden=[32]",
+    "student.dim=16",
+    "teacher.batch_size=512",
+    "student.batch_size=512",
+    "gbdt.rounds=20",
+    "run.device=\"cpu\"",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """Overrides that make a full run take a few seconds."""
+    return list(TINY)

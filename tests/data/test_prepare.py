@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import polars as pl
+import pytest
+
+from coarserank.config import DataConfig, FeatureConfig, HistoryCrossConfig
+from coarserank.data.prepare import prepare
+from coarserank.data.tables import RawTables
+from coarserank.errors import DataError, SchemaError
+
+
+def _cfg(**kw) -> DataConfig:
+    base = DataConfig(
+        source="table", group_col="", timestamp_col="ts",
+        features=(FeatureConfig("user_id", "user", "categorical"), FeatureConfig("item_id", "item", "categorical"),
+                  FeatureConfig("genres", "item", "multi")),
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def _log(n_users: int = 5, per_user: int = 20, seed: int = 0) -> RawTables:
+    rng = np.random.default_rng(seed)
+    n = n_users * per_user
+    exposures = pl.DataFrame({
+        "user_id": np.repeat(np.arange(n_users), per_user),
+        "item_id": rng.integers(0, 8, n),
+        "ts": rng.permutation(n).astype(np.int64),
+        "label": rng.integers(0, 2, n),
+    })
+    items = pl.DataFrame({"item_id": np.arange(8), "genres": ["a|b", "b", "c", "a", "b|c", "c", "a|c", "b"]})
+    return RawTables(exposures, None, items)
+
+
+def test_missing_feature_column_lists_existing_columns():
+    cfg = _cfg(features=(*_cfg().features, FeatureConfig("age", "user", "categorical")))
+    with pytest.raises(SchemaError, match=r"'age' not found; columns that exist: .*user_id.*genres"):
+        prepare(_log(), cfg)
+
+
+def test_label_with_nulls_is_rejected():
+    raw = _log()
+    exposures = raw.exposures.with_columns(pl.when(pl.col("ts") == 3).then(None).otherwise(pl.col("label"))
+                                           .alias("label"))
+    with pytest.raises(DataError, match=r"label column 'label' has 1 null value"):
+        prepare(dataclasses.replace(raw, exposures=exposures), _cfg())
+
+
+def test_label_outside_zero_one_is_rejected_with_examples():
+    raw = _log()
+    exposures = raw.exposures.with_columns(pl.col("label") * 3)
+    with pytest.raises(DataError, match=r"must hold only 0 and 1; found values such as \[3\]"):
+        prepare(dataclasses.replace(raw, exposures=exposures), _cfg())
+
+
+def test_rating_threshold_makes_the_label():
+    raw = _log()
+    exposures = raw.exposures.with_columns(pl.Series("stars", np.arange(len(raw.exposures)) % 5 + 1))
+    frame = prepare(dataclasses.replace(raw, exposures=exposures), _cfg(rating_col="stars", label_threshold=4.0))
+    assert (frame["_label"].to_numpy() == (frame["stars"].to_numpy() >= 4)).all()
+
+
+def test_split_puts_each_users_latest_rows_in_test_and_the_ones_before_in_valid():
+    frame = prepare(_log(per_user=20), _cfg())
+    for _, user in frame.group_by("user_id"):
+        ordered = user.sort("ts")["_split"].to_list()
+        assert ordered == ["train"] * 16 + ["valid"] * 2 + ["test"] * 2
+
+
+def test_user_with_one_row_keeps_it_for_training():
+    raw = _log(per_user=20)
+    lone = pl.DataFrame({"user_id": [99], "item_id": [1], "ts": [5], "label": [1]})
+    frame = prepare(dataclasses.replace(raw, exposures=pl.concat([raw.exposures, lone])), _cfg())
+    assert frame.filter(pl.col("user_id") == 99)["_split"].to_list() == ["train"]
+
+
+def test_empty_split_is_an_error():
+    with pytest.raises(DataError, match="the valid split is empty"):
+        prepare(_log(per_user=1), _cfg())
+
+
+def test_duplicate_ids_in_a_side_table_are_rejected():
+    raw = _log()
+    items = pl.concat([raw.items, raw.items.head(1)])
+    with pytest.raises(DataError, match="item table: key column 'item_id' has duplicate ids"):
+        prepare(dataclasses.replace(raw, items=items), _cfg())
+
+
+HIST = HistoryCrossConfig("user_genre_rate", key="user_id", over="genres", prior=2.0)
+
+
+def _naive_history(frame: pl.DataFrame, base: float, prior: float) -> np.ndarray:
+    rows = frame.sort("_row").to_dicts()
+    out = []
+    for r in rows:
+        genres = [g for g in r["genres"].split("|") if g]
+        rates = []
+        for g in genres:
+            earlier = [q for q in rows if q["user_id"] == r["user_id"] and q["ts"] < r["ts"]
+                       and g in q["genres"].split("|")]
+            pos = sum(q["label"] for q in earlier)
+            rates.append((pos + prior * base) / (len(earlier) + prior))
+        out.append(np.mean(rates) if rates else base)
+    return np.array(out)
+
+
+def test_history_cross_matches_a_naive_loop():
+    frame = prepare(_log(n_users=3, per_user=15), _cfg(history_crosses=(HIST,)))
+    base = frame.filter(pl.col("_split") == "train")["label"].mean()
+    np.testing.assert_allclose(frame["user_genre_rate"].to_numpy(), _naive_history(frame, base, 2.0), rtol=1e-12)
+
+
+def test_history_cross_never_sees_a_later_row(rng):
+    raw = _log(n_users=4, per_user=30, seed=3)
+    cfg = _cfg(history_crosses=(HIST,), valid_frac=0.0, test_frac=0.0)
+    cutoff = 60
+    later = (raw.exposures["ts"] >= cutoff).to_numpy()
+    labels = raw.exposures["label"].to_numpy().copy()
+    labels[later] = rng.permutation(labels[later])  # same base rate, different later labels
+    assert (labels != raw.exposures["label"].to_numpy()).any()
+    before = prepare(raw, cfg)
+    after = prepare(dataclasses.replace(raw, exposures=raw.exposures.with_columns(pl.Series("label", labels))), cfg)
+    early = ~later
+    np.testing.assert_array_equal(before["user_genre_rate"].to_numpy()[early],
+                                  after["user_genre_rate"].to_numpy()[early])
+    assert not np.array_equal(before["user_genre_rate"].to_numpy()[later], after["user_genre_rate"].to_numpy()[later])
+
+
+def test_history_cross_ignores_rows_at_the_same_instant():
+    exposures = pl.DataFrame({"user_id": [1, 1, 1, 1], "item_id": [0, 0, 0, 0], "ts": [1, 1, 2, 3],
+                              "label": [1, 1, 0, 0]})
+    items = pl.DataFrame({"item_id": [0], "genres": ["a"]})
+    cfg = _cfg(history_crosses=(dataclasses.replace(HIST, prior=0.0),), valid_frac=0.0, test_frac=0.0)
+    frame = prepare(RawTables(exposures, None, items), cfg)
+    rates = frame.sort("_row")["user_genre_rate"].to_list()
+    assert rates[2] == 1.0 and rates[3] == pytest.approx(2 / 3)
+    assert rates[0] == rates[1] == pytest.approx(0.5)  # no history yet: the train base rate

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from coarserank.config import RunConfig, _build, config_hash, dump_config, load_config
+from coarserank.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_load_into_typed_sections():
+    cfg = load_config()
+    assert cfg.data.source == "synthetic"
+    assert cfg.student.dim == 64
+    assert isinstance(cfg.teacher.hidden, tuple)
+
+
+def test_overrides_are_applied_last_and_typed():
+    cfg = load_config(overrides=["distill.alpha=0.7", "teacher.hidden=[64, 32]", "run.name=abc"])
+    assert cfg.distill.alpha == 0.7
+    assert cfg.teacher.hidden == (64, 32)
+    assert cfg.run.name == "abc"
+
+
+def test_integer_is_accepted_where_a_float_is_expected():
+    assert load_config(overrides=["distill.alpha=1"]).distill.alpha == 1.0
+
+
+def test_user_file_is_a_partial_overlay(tmp_path):
+    path = tmp_path / "my.toml"
+    path.write_text("[student]\ndim = 32\n")
+    cfg = load_config(path)
+    assert cfg.student.dim == 32
+    assert cfg.student.embed_dim == load_config().student.embed_dim
+    assert len(cfg.data.features) == len(load_config().data.features)
+
+
+def test_unknown_key_names_file_and_nearest_valid_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[student]\ndimm = 32\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: unknown key 'student\.dimm'; did you mean 'student\.dim'"):
+        load_config(path)
+
+
+def test_unknown_key_inside_feature_list_is_reported(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[data.features]]\nname = "x"\nside = "user"\nkind = "categorical"\nsides = "user"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.features\[0\]\.sides'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[teacher]\nepochs = "three"\n')
+    with pytest.raises(ConfigError, match=r"teacher\.epochs must be an integer, got str 'three'"):
+        load_config(path)
+
+
+def test_literal_value_lists_allowed_values():
+    with pytest.raises(ConfigError, match=r"distill\.soft must be one of 'pointwise', 'listwise'"):
+        load_config(overrides=["distill.soft=\"pairwise\""])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_cross_of_undeclared_feature_is_rejected(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[data.crosses]]\nname = "c"\na = "gender"\nb = "nonexistent"\n')
+    with pytest.raises(ConfigError, match="'nonexistent' is not a declared feature"):
+        load_config(path)
+
+
+def test_alpha_outside_unit_interval_is_rejected():
+    with pytest.raises(ConfigError, match=r"distill\.alpha must lie in \[0, 1\]"):
+        load_config(overrides=["distill.alpha=1.5"])
+
+
+def test_dumped_config_loads_back_equal():
+    cfg = load_config(preset="movielens-100k", overrides=["run.seed=7"])
+    again = _build(RunConfig, tomllib.loads(dump_config(cfg)), "dump", "")
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+
+
+def test_config_hash_ignores_output_location_but_not_seed():
+    a = load_config(overrides=["run.out=\"x\""])
+    b = load_config(overrides=["run.out=\"y\""])
+    c = load_config(overrides=["run.seed=5"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_shipped_example_matches_the_movielens_preset(ml100k_dir):
+    example = load_config(REPO / "examples" / "movielens-100k.toml", overrides=["data.path=\"\""])
+    preset = load_config(preset="movielens-100k")
+    assert example == preset
+
+
+def test_unknown_preset_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="presets shipped: default, movielens-100k"):
+        load_config(preset="criteo")
