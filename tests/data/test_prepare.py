@@ -137,3 +137,15 @@ def test_history_cross_ignores_rows_at_the_same_instant():
     rates = frame.sort("_row")["user_genre_rate"].to_list()
     assert rates[2] == 1.0 and rates[3] == pytest.approx(2 / 3)
     assert rates[0] == rates[1] == pytest.approx(0.5)  # no history yet: the train base rate
+
+
+def test_unlabelled_query_rows_get_the_history_value_at_their_time():
+    from coarserank.data.prepare import add_history_cross
+
+    history = pl.DataFrame({"_row": [0, 1, 2], "user_id": [1, 1, 1], "genres": ["a", "a", "b"],
+                            "_time": [1, 2, 3], "_label": [1, 0, 1]})
+    queries = pl.DataFrame({"_row": [10, 11, 12], "user_id": [1, 1, 2], "genres": ["a", "a|b", "a"],
+                            "_time": [2, 9, 9]})
+    out = add_history_cross(queries, dataclasses.replace(HIST, prior=0.0), "user_id", "genres", "|", 0.3, history)
+    rates = dict(zip(out["_row"].to_list(), out["user_genre_rate"].to_list()))
+    assert rates == {10: 1.0, 11: pytest.approx((0.5 + 1.0) / 2), 12: 0.3}

@@ -219,6 +219,7 @@ def test_concurrent_reader_never_sees_a_mix_of_versions(
         seen.add(int(generation[0, 0]))
     thread.join()
     assert not errors
+    assert len(seen) > 1, "the reader never overlapped with a publish"  # the test exercised a switch
     assert reader.get(ids[:1]).vectors[0, 0] == 15 * 1000
 
 
@@ -284,7 +285,7 @@ def test_password_from_the_url_is_used_and_never_shown(
     store.publish(*items, MODEL_HASH)
     assert store.get(items[0][:3]).found.all()
     assert "right-pw" not in repr(store)
-    with pytest.raises(ServingError) as info:
+    with pytest.raises(ServingError, match=r"1 of 1 requested ids are not in the KV store RedisKVStore") as info:
         store.get_strict([1])
     assert "right-pw" not in str(info.value)
 

@@ -14,7 +14,8 @@ from coarserank.config import DataConfig, HistoryCrossConfig
 from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
-__all__ = ["SPLITS", "prepare", "feature_column", "split_per_user", "add_history_cross"]
+__all__ = ["SPLITS", "prepare", "feature_column", "split_per_user", "add_history_cross", "add_history_crosses",
+           "base_rate"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -83,29 +84,37 @@ def split_per_user(frame: pl.DataFrame, valid_frac: float, test_frac: float) -> 
 
 
 def add_history_cross(frame: pl.DataFrame, h: HistoryCrossConfig, key_col: str, over_col: str,
-                      over_sep: str | None, base_rate: float) -> pl.DataFrame:
+                      over_sep: str | None, base_rate: float, history: pl.DataFrame | None = None) -> pl.DataFrame:
     """Add column ``h.name``: the key's positive rate on the row's ``over`` values, smoothed toward
-    ``base_rate`` with ``h.prior`` pseudo-rows, from that key's rows with a strictly earlier
+    ``base_rate`` with ``h.prior`` pseudo-rows, from that key's labelled rows with a strictly earlier
     ``_time`` only (rows at the same instant never see each other). Multi-valued ``over`` values are
-    averaged."""
-    over = pl.col(over_col).cast(pl.Utf8)
-    values = over.str.split(over_sep) if over_sep is not None else pl.concat_list([over])
-    long = (frame.select("_row", "_time", "_label", pl.col(key_col).alias("_k"), values.alias("_v"))
-            .explode("_v").filter(pl.col("_v").is_not_null() & (pl.col("_v") != "")))
-    per_instant = (long.group_by("_k", "_v", "_time")
+    averaged. ``history`` (default: ``frame`` itself) supplies the labelled rows, so unlabelled
+    query rows (candidates to score) get the value they would have at their ``_time``."""
+    history = frame if history is None else history
+
+    def long(f: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+        over = pl.col(over_col).cast(pl.Utf8)
+        values = over.str.split(over_sep) if over_sep is not None else pl.concat_list([over])
+        return (f.select(*cols, pl.col(key_col).cast(pl.Utf8).alias("_k"), values.alias("_v"))
+                .explode("_v").filter(pl.col("_v").is_not_null() & (pl.col("_v") != "")))
+
+    per_instant = (long(history.filter(pl.col("_label").is_not_null()), ["_time", "_label"])
+                   .group_by("_k", "_v", "_time")
                    .agg(pl.col("_label").sum().cast(pl.Float64).alias("pos"), pl.len().cast(pl.Float64).alias("cnt"))
                    .sort("_k", "_v", "_time")
-                   .with_columns(
-                       (pl.col("pos").cum_sum().over("_k", "_v") - pl.col("pos")).alias("pos_before"),
-                       (pl.col("cnt").cum_sum().over("_k", "_v") - pl.col("cnt")).alias("cnt_before"))
-                   .with_columns(pl.when(pl.col("cnt_before") + h.prior > 0)
-                                 .then((pl.col("pos_before") + h.prior * base_rate) / (pl.col("cnt_before") + h.prior))
-                                 .otherwise(base_rate).alias("rate"))
-                   .select("_k", "_v", "_time", "rate"))
-    rate = (long.join(per_instant, on=["_k", "_v", "_time"], how="left")
+                   .with_columns(pl.col("pos").cum_sum().over("_k", "_v").alias("pos_upto"),
+                                 pl.col("cnt").cum_sum().over("_k", "_v").alias("cnt_upto"))
+                   .select("_k", "_v", "_time", "pos_upto", "cnt_upto"))
+    queries = long(frame, ["_row", "_time"]).sort("_time")
+    stats = queries.join_asof(per_instant.sort("_time"), on="_time", by=["_k", "_v"], strategy="backward",
+                              allow_exact_matches=False)
+    pos = pl.col("pos_upto").fill_null(0.0)
+    cnt = pl.col("cnt_upto").fill_null(0.0)
+    rate = (stats.with_columns(pl.when(cnt + h.prior > 0).then((pos + h.prior * base_rate) / (cnt + h.prior))
+                               .otherwise(base_rate).alias("rate"))
             .group_by("_row").agg(pl.col("rate").mean()))
-    out = frame.join(rate.rename({"rate": h.name}), on="_row", how="left")
-    return out.with_columns(pl.col(h.name).fill_null(base_rate)).sort("_row")
+    out = frame.drop(h.name, strict=False).join(rate.rename({"rate": h.name}), on="_row", how="left")
+    return out.with_columns(pl.col(h.name).fill_null(base_rate))
 
 
 def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
@@ -138,11 +147,22 @@ def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
         if frac > 0 and not counts.get(split):
             raise DataError(f"the {split} split is empty: users need more rows for a "
                             f"valid_frac={cfg.valid_frac}, test_frac={cfg.test_frac} split")
-    base_rate = float(frame.filter(pl.col("_split") == "train")["_label"].mean() or 0.0)
+    return add_history_crosses(frame, cfg, base_rate(frame)).sort("_row")
+
+
+def base_rate(frame: pl.DataFrame) -> float:
+    """Positive rate of the train rows: the prior every history cross is smoothed toward."""
+    return float(frame.filter(pl.col("_split") == "train")["_label"].mean() or 0.0)
+
+
+def add_history_crosses(frame: pl.DataFrame, cfg: DataConfig, prior_rate: float,
+                        history: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Every configured history cross of ``frame`` (rows need ``_row`` and ``_time``), computed from
+    the labelled rows of ``history`` (default: ``frame``)."""
     by_name = {f.name: f for f in cfg.features}
     for h in cfg.history_crosses:
         key, over = by_name[h.key], by_name[h.over]
         frame = add_history_cross(frame, h, feature_column(key.name, key.column),
                                   feature_column(over.name, over.column),
-                                  over.sep if over.kind == "multi" else None, base_rate)
+                                  over.sep if over.kind == "multi" else None, prior_rate, history)
     return frame

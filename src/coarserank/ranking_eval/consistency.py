@@ -49,12 +49,12 @@ from coarserank.ranking_eval.metrics import (
 )
 
 __all__ = [
-    "kendall_tau",
-    "spearman",
-    "recall_k_in_n",
-    "overlap_at_k",
-    "ndcg_consistency",
     "consistency_table",
+    "kendall_tau",
+    "ndcg_consistency",
+    "overlap_at_k",
+    "recall_k_in_n",
+    "spearman",
 ]
 
 
@@ -114,7 +114,7 @@ def _dense_in_group(cs: np.ndarray, flags: np.ndarray) -> np.ndarray:
     first[0] = True
     np.not_equal(cs[1:], cs[:-1], out=first[1:])
     group_first_block = block[first]
-    return block - group_first_block[np.cumsum(first) - 1]
+    return np.asarray(block - group_first_block[np.cumsum(first) - 1])
 
 
 def _inversions(cs: np.ndarray, v: np.ndarray, n_groups: int) -> np.ndarray:
@@ -136,7 +136,7 @@ def _inversions(cs: np.ndarray, v: np.ndarray, n_groups: int) -> np.ndarray:
     acc = np.zeros(n, dtype=np.int64)  # per position; positions never leave their group
     moved = np.empty_like(vals)
     for b in reversed(range(int(vals.max()).bit_length())):
-        bit = (vals >> b) & 1
+        bit = np.bitwise_and(np.right_shift(vals, b), 1)
         starts = np.flatnonzero(flags).astype(itype)
         ends = np.append(starts[1:], itype(n))
         bucket = np.cumsum(flags, dtype=itype) - 1
@@ -264,7 +264,9 @@ def spearman(teacher: np.ndarray, student: np.ndarray, groups: np.ndarray) -> Gr
     return _group_metric(_spearman_per_group(_prepare(teacher, student, groups)), "Spearman rho")
 
 
-def recall_k_in_n(teacher: np.ndarray, student: np.ndarray, groups: np.ndarray, k: int, n: int) -> GroupMetric:
+def recall_k_in_n(
+    teacher: np.ndarray, student: np.ndarray, groups: np.ndarray, k: int, n: int
+) -> GroupMetric:
     """Share of the teacher's top-k that the student keeps in its top-n, averaged over groups.
 
     Parameters
@@ -376,7 +378,7 @@ def consistency_table(
             if n >= k:
                 per[f"recall@{k}_in_{n}"] = _recall_per_group(r, k, n)
     ndcgs = _ndcg_per_group(r.teacher, r.student, r.codes, r.n_groups, ks, r.order_s, r.order_t)
-    for k, values in zip(ks, ndcgs):
+    for k, values in zip(ks, ndcgs, strict=True):
         per[f"ndcg@{k}"] = values
     for k in ks:
         per[f"overlap@{k}"] = _recall_per_group(r, k, k)

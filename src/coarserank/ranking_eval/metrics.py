@@ -47,13 +47,13 @@ import numpy as np
 from coarserank.errors import ConfigError, DataError
 
 __all__ = [
+    "CalibrationResult",
     "GaucResult",
     "GroupMetric",
-    "CalibrationResult",
     "auc",
+    "calibration",
     "gauc",
     "logloss",
-    "calibration",
     "ndcg_at_k",
 ]
 
@@ -124,7 +124,7 @@ class GroupMetric:
     @property
     def used_values(self) -> np.ndarray:
         """Per-group values of the groups used (NaN entries removed)."""
-        return self.per_group[~np.isnan(self.per_group)]
+        return np.asarray(self.per_group[~np.isnan(self.per_group)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,7 +227,9 @@ def _group_codes(groups: np.ndarray) -> tuple[np.ndarray, int]:
     try:
         uniq, codes = np.unique(g, return_inverse=True)
     except TypeError as exc:
-        raise DataError(f"'groups' ids must be mutually comparable (all integers or all strings): {exc}")
+        raise DataError(
+            f"'groups' ids must be mutually comparable (all integers or all strings): {exc}"
+        ) from exc
     return codes.reshape(-1).astype(np.intp, copy=False), len(uniq)
 
 
@@ -258,7 +260,7 @@ def _sort_by_group(codes: np.ndarray, key: np.ndarray, stable: bool = False) -> 
     exact ties is unspecified (fine for anything that averages over ties).
     """
     by_key = np.argsort(key, kind="stable" if stable else "quicksort")
-    return by_key[_stable_argsort_codes(codes[by_key])]
+    return np.asarray(by_key[_stable_argsort_codes(codes[by_key])])
 
 
 def _starts(flags: np.ndarray) -> np.ndarray:
@@ -276,7 +278,7 @@ def _avg_ranks_sorted(cs: np.ndarray, ks: np.ndarray, group_start: np.ndarray) -
     ends = np.append(starts[1:], n) - 1
     block = np.cumsum(new_block) - 1
     mid = (starts + ends) * 0.5
-    return mid[block] - group_start[cs] + 1.0
+    return np.asarray(mid[block] - group_start[cs] + 1.0)
 
 
 def _group_starts(cs: np.ndarray, n_groups: int) -> np.ndarray:
@@ -415,7 +417,7 @@ def logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
 
 
 def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> CalibrationResult:
-    """Expected calibration error over equal-width bins, and the click ratio.
+    """Compute the expected calibration error over equal-width bins, and the click ratio.
 
     Parameters
     ----------

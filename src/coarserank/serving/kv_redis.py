@@ -140,15 +140,24 @@ class RedisKVStore(KVStore):
 
     def _resolve(self, version: int | None) -> int:
         """Load the meta of ``version`` (or of the current one) and make it this store's version."""
-        with self._errors("reading the version"):
-            if version is None:
-                raw = self._client.get(self._key("current"))
-                if raw is None:
-                    self._fail("nothing is published yet (no current version)")
-                version = int(raw)
-            meta = {k.decode(): v.decode() for k, v in self._client.hgetall(self._vkey(version, "meta")).items()}
-        if not meta:
-            self._fail(f"version {version} does not exist (never completed, or deleted)")
+        requested = version
+        for _ in range(_RESOLVE_ATTEMPTS):
+            with self._errors("reading the version"):
+                if requested is None:
+                    raw = self._client.get(self._key("current"))
+                    if raw is None:
+                        self._fail("nothing is published yet (no current version)")
+                    version = int(raw)
+                assert version is not None
+                meta = {k.decode(): v.decode() for k, v in self._client.hgetall(self._vkey(version, "meta")).items()}
+            if meta:
+                break
+            if requested is not None:
+                self._fail(f"version {version} does not exist (never completed, or deleted)")
+            # the current version was replaced and deleted between the two reads: read it again
+        else:
+            self._fail(f"the current version changed {_RESOLVE_ATTEMPTS} times while being read")
+        assert version is not None
         if meta.get("format_version") != str(REDIS_FORMAT_VERSION) or meta.get("dtype") not in DTYPES:
             self._fail(
                 f"version {version} has format_version={meta.get('format_version')!r}, "
@@ -244,7 +253,7 @@ class RedisKVStore(KVStore):
                 break
             if current is None:
                 self._fail("nothing is published any more (the current key is gone)")
-            version = self._resolve(int(current))
+            version = self._resolve(None)
         else:
             self._fail(f"the current version changed {_RESOLVE_ATTEMPTS} times during one lookup")
         return self._decode(query, values)
