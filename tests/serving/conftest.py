@@ -37,8 +37,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_loopback_port()
     log = open(workdir / "redis.log", "wb")  # noqa: SIM115 - closed in teardown
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--protected-mode", "yes"],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--protected-mode",
+            "yes",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=workdir,
@@ -59,8 +72,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     break
             except redis.exceptions.ConnectionError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not answer PING on 127.0.0.1:{port} within "
-                                f"{_STARTUP_SECONDS:.0f} s", pytrace=False)
+                    pytest.fail(
+                        f"redis-server did not answer PING on 127.0.0.1:{port} within "
+                        f"{_STARTUP_SECONDS:.0f} s",
+                        pytrace=False,
+                    )
                 time.sleep(0.05)
         yield url
     finally:

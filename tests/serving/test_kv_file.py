@@ -11,7 +11,7 @@ import pytest
 
 from coarserank.errors import ArtifactError, ConfigError, DataError, ServingError
 from coarserank.serving import kv_file
-from coarserank.serving.kv import KVResult, open_store
+from coarserank.serving.kv import KVResult, open_store, widen_float16
 from coarserank.serving.kv_file import HEADER_SIZE, MAGIC, FileKVStore, write_kv_file
 
 MODEL_HASH = "a3f1" * 16  # a sha256 hex digest is 64 characters
@@ -133,11 +133,13 @@ def test_lookup_matches_a_dict_reference(tmp_path: Path, rng: np.random.Generato
     path = write_kv_file(tmp_path / "big.kv", ids, vectors, MODEL_HASH)
     query = np.concatenate([rng.choice(ids, 3000), rng.integers(-(2**62), 2**62, 1000)])
     result = FileKVStore(path, index=index).get(query)  # type: ignore[arg-type]
-    reference = dict(zip(ids.tolist(), vectors))
+    reference = dict(zip(ids.tolist(), vectors, strict=True))
     expect_found = np.array([q in reference for q in query.tolist()])
     np.testing.assert_array_equal(result.found, expect_found)
     np.testing.assert_array_equal(result.missing, query[~expect_found])
-    np.testing.assert_array_equal(result.vectors, np.array([reference[q] for q in query[expect_found].tolist()]))
+    np.testing.assert_array_equal(
+        result.vectors, np.array([reference[q] for q in query[expect_found].tolist()])
+    )
 
 
 def test_unknown_index_kind_is_rejected(kv_path: tuple[Path, np.ndarray, np.ndarray]) -> None:
@@ -146,7 +148,9 @@ def test_unknown_index_kind_is_rejected(kv_path: tuple[Path, np.ndarray, np.ndar
 
 
 @pytest.mark.parametrize("query", [[[1, 2]], [1.5, 2.0], [True, False]])
-def test_malformed_lookup_request_is_rejected(kv_path: tuple[Path, np.ndarray, np.ndarray], query: list) -> None:
+def test_malformed_lookup_request_is_rejected(
+    kv_path: tuple[Path, np.ndarray, np.ndarray], query: list
+) -> None:
     with pytest.raises(ServingError, match="item ids to look up must be"):
         FileKVStore(kv_path[0]).get(query)
 
@@ -158,14 +162,21 @@ def test_closed_store_refuses_lookups(kv_path: tuple[Path, np.ndarray, np.ndarra
         store.get([1])
 
 
+def test_widen_float16_is_exact_for_every_half() -> None:
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
+    widened = widen_float16(halves)
+    assert widened.dtype == np.float32 and widened.shape == (256, 256)
+    np.testing.assert_array_equal(widened.view(np.uint32), halves.astype(np.float32).view(np.uint32))
+
+
 # ---- the byte layout, read independently with struct --------------------------------------------
 
 
 def test_layout_matches_the_documented_bytes(kv_path: tuple[Path, np.ndarray, np.ndarray]) -> None:
     path, ids, vectors = kv_path
     raw = path.read_bytes()
-    (magic, version, dtype_code, count, dim, flags, ids_off, vec_off, size, data_crc, hash_len) = struct.unpack_from(
-        "<4sHHQIIQQQII", raw, 0
+    (magic, version, dtype_code, count, dim, flags, ids_off, vec_off, size, data_crc, hash_len) = (
+        struct.unpack_from("<4sHHQIIQQQII", raw, 0)
     )
     assert (magic, version, dtype_code, count, dim, flags) == (b"CRKV", 1, 1, 200, 8, 0)
     assert ids_off == 128 and vec_off % 64 == 0 and vec_off == 128 + 64 * 25 and size == len(raw)
@@ -309,7 +320,9 @@ def test_failed_write_leaves_the_previous_file_intact(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(kv_file, "_write_payload", disk_full)
-    with pytest.raises(ArtifactError, match=r"could not write KV file .*items\.kv: .*No space left on device"):
+    with pytest.raises(
+        ArtifactError, match=r"could not write KV file .*items\.kv: .*No space left on device"
+    ):
         write_kv_file(path, ids, vectors * 2, "new-model")
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["items.kv"]  # no temporary file left behind

@@ -27,8 +27,10 @@ TIMEOUT = 120
 def _require(tool: str, install_hint: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.fail(f"`{tool}` is not on PATH; the cross-language KV reader tests need it. {install_hint}",
-                    pytrace=False)
+        pytest.fail(
+            f"`{tool}` is not on PATH; the cross-language KV reader tests need it. {install_hint}",
+            pytrace=False,
+        )
     return path
 
 
@@ -43,15 +45,21 @@ def java_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     javac = _require("javac", hint)
     _require("java", hint)
     out = tmp_path_factory.mktemp("java")
-    done = subprocess.run([javac, "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_SOURCE)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        [javac, "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, f"javac failed:\n{done.stderr}"
     return out
 
 
 def _items() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(99)
-    ids = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max, -1, 0, 2**53 + 1, -(2**60) + 7], dtype=np.int64)
+    ids = np.array(
+        [np.iinfo(np.int64).min, np.iinfo(np.int64).max, -1, 0, 2**53 + 1, -(2**60) + 7], dtype=np.int64
+    )
     ids = np.concatenate([ids, rng.choice(2**40, size=41, replace=False).astype(np.int64) + 10])
     vectors = rng.normal(scale=3.0, size=(ids.size, 7)).astype(np.float32)
     vectors[0] = [0.0, -0.0, 1e-6, -1e-7, 65504.0, -65504.0, 6.1e-5]  # zeros, float16 subnormals, extremes
@@ -81,12 +89,15 @@ def kv_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, dict[
     return path, golden, dtype
 
 
-def test_node_reader_matches_python(node: str, kv_file: tuple[Path, dict[str, object], str], tmp_path: Path) -> None:
+def test_node_reader_matches_python(
+    node: str, kv_file: tuple[Path, dict[str, object], str], tmp_path: Path
+) -> None:
     path, golden, dtype = kv_file
     golden_path = tmp_path / "golden.json"
     golden_path.write_text(json.dumps(golden))
-    done = subprocess.run([node, str(JS_CHECK), str(path), str(golden_path)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        [node, str(JS_CHECK), str(path), str(golden_path)], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert done.returncode == 0, f"node reader disagrees with Python:\n{done.stdout}{done.stderr}"
     assert done.stdout.startswith(f"OK 47 items, dim 7, {dtype}")
 
@@ -95,8 +106,12 @@ def test_java_reader_matches_python(java_classes: Path, kv_file: tuple[Path, dic
     path, golden, dtype = kv_file
     java = _require("java", "Install a JDK >= 17.")
     wanted = [*golden["ids"], *golden["missing"]]  # type: ignore[misc]
-    done = subprocess.run([java, "-cp", str(java_classes), "KvReader", str(path), *wanted],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        [java, "-cp", str(java_classes), "KvReader", str(path), *wanted],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, f"java reader failed:\n{done.stderr}"
     header, *rows = done.stdout.splitlines()
     assert header == f"dim=7 count=47 dtype={dtype} model_hash={MODEL_HASH}"
@@ -105,7 +120,9 @@ def test_java_reader_matches_python(java_classes: Path, kv_file: tuple[Path, dic
         got_id, *fields = line.split()
         assert got_id == want_id
         if i < len(expected_bits):
-            np.testing.assert_array_equal(np.array([int(f, 16) for f in fields], dtype=np.uint32), expected_bits[i])
+            np.testing.assert_array_equal(
+                np.array([int(f, 16) for f in fields], dtype=np.uint32), expected_bits[i]
+            )
         else:
             assert fields == ["missing"]
 
@@ -114,12 +131,18 @@ def test_node_reader_rejects_a_wrong_magic(node: str, kv_file: tuple[Path, dict[
     path = kv_file[0]
     with open(path, "r+b") as f:
         f.write(b"XXXX")
-    done = subprocess.run([node, str(JS_CHECK), str(path), "--expect-error", 'wrong magic "XXXX"'],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        [node, str(JS_CHECK), str(path), "--expect-error", 'wrong magic "XXXX"'],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr
 
 
-def test_java_reader_rejects_a_corrupt_payload(java_classes: Path, kv_file: tuple[Path, dict[str, object], str]) -> None:
+def test_java_reader_rejects_a_corrupt_payload(
+    java_classes: Path, kv_file: tuple[Path, dict[str, object], str]
+) -> None:
     path = kv_file[0]
     with open(path, "r+b") as f:
         f.seek(-1, 2)
@@ -127,7 +150,11 @@ def test_java_reader_rejects_a_corrupt_payload(java_classes: Path, kv_file: tupl
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 0xFF]))
     java = _require("java", "Install a JDK >= 17.")
-    done = subprocess.run([java, "-cp", str(java_classes), "KvReader", str(path)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        [java, "-cp", str(java_classes), "KvReader", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 2
     assert "data checksum mismatch" in done.stderr

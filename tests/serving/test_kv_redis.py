@@ -61,7 +61,9 @@ def test_round_trip_float16_matches_float16_rounding(
     np.testing.assert_array_equal(store.get(ids).vectors, vectors.astype(np.float16).astype(np.float32))
 
 
-def test_metadata_and_ids_of_the_current_version(store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]) -> None:
+def test_metadata_and_ids_of_the_current_version(
+    store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]
+) -> None:
     ids, vectors = items
     version = store.publish(ids, vectors, MODEL_HASH)
     assert (store.version, store.dim, store.count, store.model_hash) == (version, 6, 300, MODEL_HASH)
@@ -76,18 +78,27 @@ def test_vectors_are_raw_little_endian_bytes_under_versioned_keys(
     assert raw.get(f"{redis_namespace}:current") == str(version).encode()
     assert raw.get(f"{redis_namespace}:v{version}:{ids[4]}") == vectors[4].astype("<f4").tobytes()
     meta = raw.hgetall(f"{redis_namespace}:v{version}:meta")
-    assert meta == {b"dim": b"6", b"dtype": b"float32", b"count": b"300", b"model_hash": MODEL_HASH.encode(),
-                    b"format_version": b"1"}
+    assert meta == {
+        b"dim": b"6",
+        b"dtype": b"float32",
+        b"count": b"300",
+        b"model_hash": MODEL_HASH.encode(),
+        b"format_version": b"1",
+    }
 
 
-def test_vectors_come_back_in_requested_order(store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]) -> None:
+def test_vectors_come_back_in_requested_order(
+    store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]
+) -> None:
     ids, vectors = items
     store.publish(ids, vectors, MODEL_HASH)
     perm = np.random.default_rng(3).permutation(ids.size)
     np.testing.assert_array_equal(store.get(ids[perm]).vectors, vectors[perm])
 
 
-def test_missing_ids_are_reported_not_zero_filled(store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]) -> None:
+def test_missing_ids_are_reported_not_zero_filled(
+    store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]
+) -> None:
     ids, vectors = items
     store.publish(ids, vectors, MODEL_HASH)
     result = store.get([ids[2], 2**50, ids[9], -(2**50)])
@@ -243,7 +254,9 @@ def test_failed_publish_leaves_the_current_version_intact(
         return real_mset(mapping)
 
     monkeypatch.setattr(store._client, "mset", mset_then_drop)
-    with pytest.raises(ServingError, match=r"at 127\.0\.0\.1:\d+: writing version 2 failed \(ConnectionError"):
+    with pytest.raises(
+        ServingError, match=r"at 127\.0\.0\.1:\d+: writing version 2 failed \(ConnectionError"
+    ):
         store.publish(ids, vectors + 1, "model-2", chunk_size=50)
     assert raw.get(f"{redis_namespace}:current") == str(good).encode()
     assert _namespace_keys(raw, redis_namespace) - {f"{redis_namespace}:next_version"} == keys_before
@@ -255,7 +268,9 @@ def test_failed_publish_leaves_the_current_version_intact(
 
 def test_unreachable_redis_is_reported_with_its_address(unused_loopback_port: int) -> None:
     url = f"redis://:s3cret-pw@127.0.0.1:{unused_loopback_port}/0"
-    with pytest.raises(ServingError, match=rf"Redis KV store at 127\.0\.0\.1:{unused_loopback_port}: connect failed") as info:
+    with pytest.raises(
+        ServingError, match=rf"Redis KV store at 127\.0\.0\.1:{unused_loopback_port}: connect failed"
+    ) as info:
         RedisKVStore(url)
     assert "s3cret-pw" not in str(info.value)
 
@@ -272,7 +287,9 @@ def test_wrong_password_is_reported_without_the_password(
     redis_server: str, redis_namespace: str, acl_user: str
 ) -> None:
     url = redis_server.replace("redis://", f"redis://{acl_user}:s3cret-pw@")
-    with pytest.raises(ServingError, match=r"at 127\.0\.0\.1:\d+: connect failed \(AuthenticationError") as info:
+    with pytest.raises(
+        ServingError, match=r"at 127\.0\.0\.1:\d+: connect failed \(AuthenticationError"
+    ) as info:
         RedisKVStore(url, namespace=redis_namespace)
     assert "s3cret-pw" not in str(info.value)
 
@@ -285,13 +302,16 @@ def test_password_from_the_url_is_used_and_never_shown(
     store.publish(*items, MODEL_HASH)
     assert store.get(items[0][:3]).found.all()
     assert "right-pw" not in repr(store)
-    with pytest.raises(ServingError, match=r"1 of 1 requested ids are not in the KV store RedisKVStore") as info:
+    with pytest.raises(
+        ServingError, match=r"1 of 1 requested ids are not in the KV store RedisKVStore"
+    ) as info:
         store.get_strict([1])
     assert "right-pw" not in str(info.value)
 
 
-def test_open_store_opens_a_redis_url(redis_server: str, store: RedisKVStore, redis_namespace: str,
-                                      items: tuple[np.ndarray, np.ndarray]) -> None:
+def test_open_store_opens_a_redis_url(
+    redis_server: str, store: RedisKVStore, redis_namespace: str, items: tuple[np.ndarray, np.ndarray]
+) -> None:
     store.publish(*items, MODEL_HASH)
     opened = open_store(redis_server, expected_dim=6)
     assert isinstance(opened, RedisKVStore)

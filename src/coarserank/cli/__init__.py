@@ -43,7 +43,7 @@ def distill(ctx: click.Context, traceback: bool) -> None:
 
 
 def _register() -> None:
-    from coarserank.cli import run_cmd  # noqa: F401  (commands attach themselves to the group)
+    from coarserank.cli import report_cmd, run_cmd, serve_cmds, sweep_cmd  # noqa: F401  (commands attach themselves)
 
 
 def main(argv: list[str] | None = None) -> None:

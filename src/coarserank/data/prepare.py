@@ -106,7 +106,7 @@ def add_history_cross(frame: pl.DataFrame, h: HistoryCrossConfig, key_col: str, 
                                  pl.col("cnt").cum_sum().over("_k", "_v").alias("cnt_upto"))
                    .select("_k", "_v", "_time", "pos_upto", "cnt_upto"))
     queries = long(frame, ["_row", "_time"]).sort("_time")
-    stats = queries.join_asof(per_instant.sort("_time"), on="_time", by=["_k", "_v"], strategy="backward",
+    stats = queries.join_asof(per_instant.sort("_time"), on="_time", by=["_k", "_v"], strategy="backward", check_sortedness=False,
                               allow_exact_matches=False)
     pos = pl.col("pos_upto").fill_null(0.0)
     cnt = pl.col("cnt_upto").fill_null(0.0)

@@ -8,6 +8,7 @@ same configuration into the same directory resumes after the last finished stage
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from coarserank.ranking_eval.metrics import auc, gauc, logloss
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
-__all__ = ["RunResult", "RunContext", "run", "default_run_dir", "EXTRA_STAGES", "MODELS"]
+__all__ = ["RunResult", "RunContext", "run", "load_context", "default_run_dir", "EXTRA_STAGES", "MODELS"]
 
 Progress = Callable[[str], None]
 MODELS = ("teacher", "student", "student_hard", "gbdt")
@@ -247,8 +248,38 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
     return metrics
 
 
-# Stages added by other subsystems (exports, report): (name, function(ctx, models)).
-EXTRA_STAGES: list[tuple[str, Callable[[RunContext, dict[str, torch.nn.Module]], None]]] = []
+# Stages after metrics, run in order: (stage name, module exposing ``run_stage(ctx, models)``).
+EXTRA_STAGES: list[tuple[str, str]] = [
+    ("export", "coarserank.pipeline.export_stage"),
+    ("report", "coarserank.pipeline.report_stage"),
+]
+
+
+def load_context(run_dir: Path | str, *, progress: Progress = _quiet, device: str = "cpu",
+                 require: tuple[str, ...] = ("metrics",)) -> tuple[RunContext, dict[str, torch.nn.Module]]:
+    """Rebuild a finished run in memory: its config, the prepared data (checked against the recorded
+    data fingerprint), the encoder, the models and their logits. Commands that read a run
+    directory (rank, report, sweep, ...) start here; nothing in the directory is executed."""
+    from coarserank.config import load_config
+
+    run_ = RunDir.open(run_dir, require=("config", "data", *require))
+    cfg = load_config(run_.verified_path("config.toml"))
+    cfg = replace(cfg, run=replace(cfg.run, device=device))
+    ctx = RunContext(cfg, run_, resolve_device(device), progress)
+    _stage_data(ctx)
+    models: dict[str, torch.nn.Module] = {}
+    if run_.is_done("teacher"):
+        models["teacher"] = _stage_teacher(ctx)
+    if run_.is_done("logits"):
+        _stage_logits(ctx, models["teacher"])
+    for stage, filename in (("student", "student.pt"), ("student_hard", "student_hard.pt")):
+        if run_.is_done(stage):
+            models[stage] = _stage_student(ctx, stage, filename, 0.0)
+            for split in SPLITS:
+                ctx.logits[split][stage] = predict(models[stage], ctx.tables[split], ctx.device)
+    if run_.is_done("gbdt"):
+        _stage_gbdt(ctx)
+    return ctx, models
 
 
 def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = False,
@@ -285,10 +316,10 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         _stage_gbdt(ctx)
         stage = "metrics"
         metrics = _stage_metrics(ctx)
-        for name, fn in EXTRA_STAGES:
+        for name, module in EXTRA_STAGES:
             stage = name
             if not run_.is_done(name):
-                fn(ctx, models)
+                importlib.import_module(module).run_stage(ctx, models)
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coarserank.errors import ArtifactError, ConfigError, DataError, ServingError
-from coarserank.serving.kv import KVResult, KVStore, as_query_ids, validate_items
+from coarserank.serving.kv import KVResult, KVStore, as_query_ids, validate_items, widen_float16
 
 __all__ = [
     "FORMAT_VERSION",
@@ -151,7 +151,9 @@ class _HashIndex:
             slot = (slot[keep] + step) & self._mask
         self._table = table
 
-    def _probe_start(self, keys: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    def _probe_start(
+        self, keys: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         mixed = keys.view(np.uint64) * _HASH_MULTIPLIER
         slot = (mixed >> np.uint64(64 - self._bits)).astype(np.int64)
         step = ((mixed >> np.uint64(17)).astype(np.int64) | 1) & self._mask  # odd: visits every slot
@@ -236,8 +238,19 @@ def write_kv_file(
             f.write(b"\x00" * HEADER_SIZE)
             data_crc = _write_payload(f, sorted_ids, order, vec_arr, storage, vectors_offset)
             header = _HEADER.pack(
-                MAGIC, FORMAT_VERSION, _DTYPE_CODES[dtype], count, dim, 0, ids_offset, vectors_offset,
-                file_size, data_crc, len(hash_bytes), hash_bytes.ljust(MODEL_HASH_FIELD, b"\x00"), 0,
+                MAGIC,
+                FORMAT_VERSION,
+                _DTYPE_CODES[dtype],
+                count,
+                dim,
+                0,
+                ids_offset,
+                vectors_offset,
+                file_size,
+                data_crc,
+                len(hash_bytes),
+                hash_bytes.ljust(MODEL_HASH_FIELD, b"\x00"),
+                0,
             )
             f.seek(0)
             f.write(header + _HEADER_CRC.pack(zlib.crc32(header)))
@@ -301,8 +314,21 @@ class FileKVStore(KVStore):
             raise ConfigError(f"FileKVStore index must be 'hash' or 'bisect', got {index!r}")
         self._path = Path(path)
         header = self._read_header()
-        (magic, version, dtype_code, count, dim, _flags, ids_offset, vectors_offset, file_size,
-         data_crc, hash_len, hash_field, _reserved) = _HEADER.unpack_from(header)
+        (
+            magic,
+            version,
+            dtype_code,
+            count,
+            dim,
+            _flags,
+            ids_offset,
+            vectors_offset,
+            file_size,
+            data_crc,
+            hash_len,
+            hash_field,
+            _reserved,
+        ) = _HEADER.unpack_from(header)
         if magic != MAGIC:
             self._fail(f"wrong magic {magic!r}, expected {MAGIC!r}: not a coarserank KV file")
         if version != FORMAT_VERSION:
@@ -323,8 +349,9 @@ class FileKVStore(KVStore):
         expected_layout = _layout(count, dim, storage.itemsize)
         if (ids_offset, vectors_offset, file_size) != expected_layout:
             self._fail(
-                f"inconsistent header offsets (ids, vectors, size) = {(ids_offset, vectors_offset, file_size)},"
-                f" expected {expected_layout} for count={count}, dim={dim}, dtype={self._dtype}"
+                "inconsistent header offsets (ids, vectors, size) = "
+                f"{(ids_offset, vectors_offset, file_size)}, expected {expected_layout} "
+                f"for count={count}, dim={dim}, dtype={self._dtype}"
             )
         actual_size = self._path.stat().st_size
         if actual_size < file_size:
@@ -335,7 +362,9 @@ class FileKVStore(KVStore):
             self._fail(f"dimension mismatch: the file holds dim {dim}, expected {expected_dim}")
         self._model_hash = hash_field[:hash_len].decode("utf-8", errors="replace")
         if expected_model_hash is not None and self._model_hash != expected_model_hash:
-            self._fail(f"model hash mismatch: the file has {self._model_hash!r}, expected {expected_model_hash!r}")
+            self._fail(
+                f"model hash mismatch: the file has {self._model_hash!r}, expected {expected_model_hash!r}"
+            )
         self._count, self._dim, self._data_crc = int(count), int(dim), int(data_crc)
         self._closed = False
         mm = np.memmap(self._path, dtype=np.uint8, mode="r")
@@ -441,7 +470,7 @@ class FileKVStore(KVStore):
         else:
             rows = self._vectors.take(pos[found], axis=0)
             missing = query[~found]
-        vectors = rows.astype(np.float32, copy=False)
+        vectors = widen_float16(rows) if self._dtype == "float16" else rows
         return KVResult(vectors=vectors, found=found, missing=missing)
 
     def close(self) -> None:
@@ -455,4 +484,7 @@ class FileKVStore(KVStore):
 
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
-        return f"FileKVStore({str(self._path)!r}, count={self._count}, dim={self._dim}, dtype={self._dtype!r}{state})"
+        return (
+            f"FileKVStore({str(self._path)!r}, count={self._count}, dim={self._dim}, "
+            f"dtype={self._dtype!r}{state})"
+        )

@@ -38,9 +38,9 @@ import redis
 from redis.connection import parse_url
 
 from coarserank.errors import DataError, ServingError
-from coarserank.serving.kv import DTYPES, KVResult, KVStore, as_query_ids, validate_items
+from coarserank.serving.kv import DTYPES, KVResult, KVStore, as_query_ids, validate_items, widen_float16
 
-__all__ = ["RedisKVStore", "REDIS_FORMAT_VERSION"]
+__all__ = ["REDIS_FORMAT_VERSION", "RedisKVStore"]
 
 #: Value of the ``format_version`` field of each version's meta hash.
 REDIS_FORMAT_VERSION: Final[int] = 1
@@ -100,7 +100,10 @@ class RedisKVStore(KVStore):
         self._display = f"{url.split('://', 1)[0]}://{self._address}/{parts.get('db', 0)}"
         self._ns = namespace
         self._expected_dim = expected_dim
-        kwargs: dict[str, object] = {"socket_connect_timeout": socket_timeout, "socket_timeout": socket_timeout}
+        kwargs: dict[str, object] = {
+            "socket_connect_timeout": socket_timeout,
+            "socket_timeout": socket_timeout,
+        }
         if password is not None:
             kwargs["password"] = password
         self._client = redis.Redis.from_url(url, **kwargs)
@@ -149,7 +152,10 @@ class RedisKVStore(KVStore):
                         self._fail("nothing is published yet (no current version)")
                     version = int(raw)
                 assert version is not None
-                meta = {k.decode(): v.decode() for k, v in self._client.hgetall(self._vkey(version, "meta")).items()}
+                meta = {
+                    k.decode(): v.decode()
+                    for k, v in self._client.hgetall(self._vkey(version, "meta")).items()
+                }
             if meta:
                 break
             if requested is not None:
@@ -161,10 +167,14 @@ class RedisKVStore(KVStore):
         if meta.get("format_version") != str(REDIS_FORMAT_VERSION) or meta.get("dtype") not in DTYPES:
             self._fail(
                 f"version {version} has format_version={meta.get('format_version')!r}, "
-                f"dtype={meta.get('dtype')!r}; expected format_version {REDIS_FORMAT_VERSION} and one of {DTYPES}"
+                f"dtype={meta.get('dtype')!r}; expected format_version {REDIS_FORMAT_VERSION} "
+                f"and one of {DTYPES}"
             )
         if self._expected_dim is not None and int(meta["dim"]) != self._expected_dim:
-            self._fail(f"dimension mismatch: version {version} holds dim {meta['dim']}, expected {self._expected_dim}")
+            self._fail(
+                f"dimension mismatch: version {version} holds dim {meta['dim']}, "
+                f"expected {self._expected_dim}"
+            )
         self._version, self._meta = version, meta
         return version
 
@@ -270,7 +280,8 @@ class RedisKVStore(KVStore):
                 f"version {self._version} holds values of {sorted(sizes)} bytes, expected "
                 f"{dim * storage.itemsize} (dim {dim} x {meta['dtype']})"
             )
-        vectors = np.frombuffer(blob, dtype=storage).reshape(len(present), dim).astype(np.float32)
+        stored = np.frombuffer(blob, dtype=storage).reshape(len(present), dim)
+        vectors = widen_float16(stored) if meta["dtype"] == "float16" else stored.astype(np.float32)
         return KVResult(vectors=vectors, found=found, missing=query[~found])
 
     # ---- publishing --------------------------------------------------------------------------
@@ -317,15 +328,22 @@ class RedisKVStore(KVStore):
         if not isinstance(model_hash, str) or not model_hash:
             raise DataError(f"model_hash must be a non-empty string, got {model_hash!r}")
         if keep_previous < 0 or chunk_size < 1:
-            raise DataError(f"keep_previous must be >= 0 and chunk_size >= 1, got {keep_previous}, {chunk_size}")
+            raise DataError(
+                f"keep_previous must be >= 0 and chunk_size >= 1, got {keep_previous}, {chunk_size}"
+            )
         storage = _STORAGE[dtype]
         count, dim = int(vec_arr.shape[0]), int(vec_arr.shape[1])
         with self._errors("allocating a version"):
             version = int(self._client.incr(self._key("next_version")))
         try:
             self._write_version(version, sorted_ids, order, vec_arr, storage, chunk_size)
-            meta = {"dim": dim, "dtype": dtype, "count": count, "model_hash": model_hash,
-                    "format_version": REDIS_FORMAT_VERSION}
+            meta = {
+                "dim": dim,
+                "dtype": dtype,
+                "count": count,
+                "model_hash": model_hash,
+                "format_version": REDIS_FORMAT_VERSION,
+            }
             with self._errors(f"completing version {version}"):
                 self._client.hset(self._vkey(version, "meta"), mapping=meta)  # type: ignore[arg-type]
         except BaseException:

@@ -1,0 +1,1 @@
+"""distill commands: report_cmd (being written)."""

@@ -1,0 +1,1 @@
+"""distill commands: serve_cmds (being written)."""

@@ -1,0 +1,1 @@
+"""distill commands: sweep_cmd (being written)."""
