@@ -17,7 +17,7 @@ _STARTUP_SECONDS = 10.0
 
 
 def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -92,11 +92,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_namespace() -> str:
-    """A key namespace of its own for each test, so tests never see each other's versions."""
+    """Give each test a key namespace of its own, so tests never see each other's versions."""
     return f"test:{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
 def unused_loopback_port() -> int:
-    """A loopback port with no server behind it (for the unreachable-Redis tests)."""
+    """Return a loopback port with no server behind it (for the unreachable-Redis tests)."""
     return free_loopback_port()

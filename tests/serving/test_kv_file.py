@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -15,11 +16,6 @@ from coarserank.serving.kv import KVResult, open_store, widen_float16
 from coarserank.serving.kv_file import HEADER_SIZE, MAGIC, FileKVStore, write_kv_file
 
 MODEL_HASH = "a3f1" * 16  # a sha256 hex digest is 64 characters
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(20240611)
 
 
 def _items(rng: np.random.Generator, n: int = 200, dim: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +312,8 @@ def test_failed_write_leaves_the_previous_file_intact(
     path, ids, vectors = kv_path
     before = path.read_bytes()
 
-    def disk_full(*args: object, **kwargs: object) -> int:
+    def disk_full(f: BinaryIO, *args: object) -> int:
+        f.write(b"\x01" * 1000)  # part of the payload reaches the temporary file
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(kv_file, "_write_payload", disk_full)
@@ -337,6 +334,16 @@ def test_invalid_input_leaves_the_previous_file_intact(kv_path: tuple[Path, np.n
     with pytest.raises(DataError, match="NaN or infinity"):
         write_kv_file(path, ids, bad, MODEL_HASH)
     assert path.read_bytes() == before
+
+
+def test_published_file_is_readable_by_other_users_and_keeps_its_mode(
+    kv_path: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
+    path, ids, vectors = kv_path
+    assert path.stat().st_mode & 0o777 == 0o644  # not the 0600 of a temporary file
+    path.chmod(0o640)
+    write_kv_file(path, ids, vectors, MODEL_HASH)
+    assert path.stat().st_mode & 0o777 == 0o640
 
 
 def test_reader_keeps_its_snapshot_when_a_new_file_is_published(

@@ -17,11 +17,6 @@ MODEL_HASH = "b7e2" * 16
 
 
 @pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(7)
-
-
-@pytest.fixture
 def items(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     ids = rng.choice(2**41, size=300, replace=False).astype(np.int64) - 2**40
     return ids, rng.normal(size=(300, 6)).astype(np.float32)
@@ -277,7 +272,7 @@ def test_unreachable_redis_is_reported_with_its_address(unused_loopback_port: in
 
 @pytest.fixture
 def acl_user(raw: redis.Redis, redis_namespace: str) -> Iterator[str]:
-    """A Redis ACL user ``kvtest`` whose password is ``right-pw``."""
+    """Create a Redis ACL user ``kvtest`` whose password is ``right-pw``."""
     raw.acl_setuser("kvtest", enabled=True, passwords=["+right-pw"], keys=["*"], commands=["+@all"])
     yield "kvtest"
     raw.acl_deluser("kvtest")
@@ -307,6 +302,12 @@ def test_password_from_the_url_is_used_and_never_shown(
     ) as info:
         store.get_strict([1])
     assert "right-pw" not in str(info.value)
+
+
+def test_malformed_url_is_reported_without_its_contents() -> None:
+    with pytest.raises(ServingError, match=r"not a valid Redis URL \(scheme 'redis'\)") as info:
+        RedisKVStore("redis://:pw-in-url@127.0.0.1:6379/0?socket_timeout=notanumber")
+    assert "pw-in-url" not in str(info.value)
 
 
 def test_open_store_opens_a_redis_url(

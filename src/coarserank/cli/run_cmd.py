@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 
 from coarserank.cli import distill
 from coarserank.config import load_config
+from coarserank.distill.distributed import init_from_env, shutdown
+from coarserank.distill.train import resolve_device
 from coarserank.pipeline.run import MODELS, default_run_dir, run
 
 __all__ = ["run_command", "format_metrics"]
@@ -39,10 +44,13 @@ def format_metrics(metrics: dict) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an output directory that holds a different run.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set distill.alpha=0.7 (repeatable; applied last).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes on this machine (torch.distributed: gloo on CPU, NCCL on CUDA). "
+                   "Same as `torchrun --nproc-per-node N -m coarserank.cli run ...`.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final table.")
 def run_command(config_path: Path | None, dataset: str | None, data_dir: Path | None, rows: int | None,
                 seed: int | None, out: Path | None, device: str | None, overwrite: bool,
-                overrides: tuple[str, ...], quiet: bool) -> None:
+                overrides: tuple[str, ...], nproc: int, quiet: bool) -> None:
     """Train the teacher, distil the two-tower student (plus a hard-label control and a LightGBM
     reference), write every artifact to the run directory and print the metrics table.
 
@@ -58,7 +66,26 @@ def run_command(config_path: Path | None, dataset: str | None, data_dir: Path | 
         sets.append(f"run.out={str(out)!r}".replace("'", '"'))
     preset = dataset if dataset not in (None, "synthetic") else None
     cfg = load_config(config_path, preset=preset, overrides=[*sets, *overrides])
-    echo = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
-    result = run(cfg, default_run_dir(cfg), overwrite=overwrite, progress=echo)
-    click.echo(format_metrics(result.metrics))
-    click.echo(f"run directory: {result.run_dir}  ({result.seconds:.0f}s)")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(_relaunch(nproc))
+    info = init_from_env(os.environ, "cuda" if resolve_device(cfg.run.device).type == "cuda" else "cpu")
+    echo = (lambda _m: None) if quiet or not info.is_main else (lambda m: click.echo(m, err=True))
+    try:
+        result = run(cfg, default_run_dir(cfg), overwrite=overwrite, progress=echo)
+    finally:
+        shutdown()
+    if info.is_main:
+        click.echo(format_metrics(result.metrics))
+        click.echo(f"run directory: {result.run_dir}  ({result.seconds:.0f}s)")
+
+
+def _relaunch(nproc: int) -> int:
+    """Re-run this command under torchrun with ``nproc`` local processes (loopback rendezvous)."""
+    args = [a for a in sys.argv[1:]]
+    if "--nproc" in args:
+        i = args.index("--nproc")
+        del args[i:i + 2]
+    args = [a for a in args if not a.startswith("--nproc=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "coarserank.cli", *args]
+    return subprocess.call(cmd)

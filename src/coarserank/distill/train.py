@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from coarserank.distill.distributed import current, gather_strided
 from coarserank.distill.tensors import TensorTable, batch_indices
 from coarserank.ranking_eval.metrics import gauc
 
-__all__ = ["FitSettings", "EpochInfo", "FitResult", "fit", "predict", "resolve_device"]
+__all__ = ["FitSettings", "EpochInfo", "FitResult", "fit", "predict", "predict_shared", "resolve_device"]
 
 LossFn = Callable[[torch.Tensor, TensorTable], torch.Tensor]
 
@@ -71,22 +72,36 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, table: TensorTable, device: torch.device, batch_size: int = 32768) -> np.ndarray:
-    """Model outputs (logits) for every row of ``table``, in row order."""
+def predict(model: nn.Module, table: TensorTable, device: torch.device, batch_size: int = 32768,
+            rows: torch.Tensor | None = None) -> np.ndarray:
+    """Model outputs (logits) for every row of ``table`` (or the given ``rows``), in row order."""
     model.eval()
-    out = []
-    for start in range(0, len(table), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(table)))
-        out.append(model(table.take(idx).to(device).inputs).float().cpu())
+    rows = torch.arange(len(table)) if rows is None else rows
+    out = [model(table.take(idx).to(device).inputs).float().cpu() for idx in torch.split(rows, batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def predict_shared(model: nn.Module, table: TensorTable, device: torch.device) -> np.ndarray:
+    """:func:`predict` with the rows split across distributed ranks and gathered: each row once."""
+    info = current()
+    if info.world == 1:
+        return predict(model, table, device)
+    local = predict(model, table, device, rows=torch.arange(info.rank, len(table), info.world))
+    return gather_strided(local, len(table)).astype(np.float32)
 
 
 def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTable, settings: FitSettings,
         device: torch.device, progress: Callable[[EpochInfo], None] | None = None) -> FitResult:
     """Train ``model`` in place; on return it holds the weights of its best validation-GAUC epoch."""
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
+    ranks = current()
+    torch.manual_seed(settings.seed + ranks.rank)  # dropout masks differ per rank; weights come from rank 0
+    generator = torch.Generator().manual_seed(settings.seed)  # the same global batches on every rank
     model.to(device)
+    stepped = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     train_dev = train.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     valid_labels = valid.label.numpy()
@@ -102,8 +117,12 @@ def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTabl
         total, batches = 0.0, 0
         group = train.group if settings.grouped_batches else None
         for idx in batch_indices(len(train), settings.batch_size, generator, group):
+            if ranks.world > 1:
+                if len(idx) < ranks.world:
+                    continue
+                idx = idx[ranks.rank::ranks.world]
             batch = train_dev.take(idx.to(device))
-            loss = loss_fn(model(batch.inputs), batch)
+            loss = loss_fn(stepped(batch.inputs), batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -111,7 +130,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTabl
             batches += 1
         epoch_seconds = time.perf_counter() - start
         train_seconds += epoch_seconds
-        valid_gauc = gauc(valid_labels, predict(model, valid, device), valid_groups).value
+        valid_gauc = gauc(valid_labels, predict_shared(model, valid, device), valid_groups).value
         is_best = valid_gauc > best_gauc
         if is_best:
             best_gauc, best_epoch, bad_epochs = valid_gauc, epoch, 0
@@ -126,5 +145,5 @@ def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTabl
         if bad_epochs >= settings.patience:
             break
     model.load_state_dict(best_state)
-    rows = len(train) * len(history)
+    rows = len(train) * len(history)  # all ranks together
     return FitResult(best_epoch, best_gauc, train_seconds, rows / max(train_seconds, 1e-9), seconds_to_best, history)

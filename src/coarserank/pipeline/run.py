@@ -20,7 +20,7 @@ import polars as pl
 import torch
 
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.config import RunConfig, config_hash, config_to_dict, dump_config
+from coarserank.config import DistillConfig, RunConfig, config_hash, config_to_dict, dump_config
 from coarserank.data.encode import Encoder
 from coarserank.data.prepare import SPLITS, prepare
 from coarserank.data.schema import Schema
@@ -28,14 +28,15 @@ from coarserank.data.sources import load_source
 from coarserank.distill.gbdt import GbdtReference
 from coarserank.distill.losses import distill_loss, hard_loss
 from coarserank.distill.tensors import TensorTable, make_table
-from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, resolve_device
+from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
+from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, predict_shared, resolve_device
 from coarserank.errors import CoarseRankError
 from coarserank.pipeline.rundir import RunDir
 from coarserank.ranking_eval.metrics import auc, gauc, logloss
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
-__all__ = ["RunResult", "RunContext", "run", "load_context", "default_run_dir", "EXTRA_STAGES", "MODELS"]
+__all__ = ["RunResult", "RunContext", "run", "load_context", "train_student", "default_run_dir", "EXTRA_STAGES", "MODELS"]
 
 Progress = Callable[[str], None]
 MODELS = ("teacher", "student", "student_hard", "gbdt")
@@ -114,9 +115,10 @@ def _stage_data(ctx: RunContext) -> None:
         return
     ctx.run.begin("data")
     ctx.run.manifest["data_fingerprint"] = fingerprint
-    written = encoder.save(ctx.run.path)
-    written.append(atomic_write_text(ctx.run.file("schema.json"), encoder.schema_.dumps()))
-    ctx.run.record("data", *written)
+    if ctx.run.writable:
+        written = encoder.save(ctx.run.path)
+        written.append(atomic_write_text(ctx.run.file("schema.json"), encoder.schema_.dumps()))
+        ctx.run.record("data", *written)
     ctx.run.finish("data", rows=counts, fields=len(encoder.schema_))
 
 
@@ -135,8 +137,9 @@ def _fit_facts(result: FitResult) -> dict[str, Any]:
 
 
 def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, result: FitResult) -> None:
-    path = atomic_write_with(ctx.run.file(name), lambda tmp: torch.save(model.state_dict(), tmp))
-    ctx.run.record(stage, path)
+    if ctx.run.writable:
+        path = atomic_write_with(ctx.run.file(name), lambda tmp: torch.save(model.state_dict(), tmp))
+        ctx.run.record(stage, path)
     ctx.run.finish(stage, **_fit_facts(result))
 
 
@@ -170,31 +173,40 @@ def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
     temperature = ctx.cfg.distill.temperature
     written = []
     for split in SPLITS:
-        z = predict(teacher, ctx.tables[split], ctx.device)
+        z = predict_shared(teacher, ctx.tables[split], ctx.device)
         ctx.logits.setdefault(split, {})["teacher"] = z
-        body = pl.DataFrame({"row": ctx.frames[split]["_row"], "logit": z, "soft": z / temperature})
-        written.append(atomic_write_with(ctx.run.file(f"logits/{split}.parquet"), body.write_parquet, ".parquet"))
+        if ctx.run.writable:
+            body = pl.DataFrame({"row": ctx.frames[split]["_row"], "logit": z, "soft": z / temperature})
+            written.append(atomic_write_with(ctx.run.file(f"logits/{split}.parquet"), body.write_parquet, ".parquet"))
         ctx.progress(f"logits: {split} {len(z):,} rows")
     ctx.run.record("logits", *written)
     ctx.run.finish("logits", temperature=temperature)
 
 
-def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float) -> torch.nn.Module:
+def train_student(ctx: RunContext, stage: str, distill: DistillConfig) -> tuple[torch.nn.Module, FitResult]:
+    """Train a two-tower student on ``ctx``'s data with ``distill`` (``alpha = 0``: the hard-label
+    control); same architecture, data and seed for every call. Writes nothing."""
     torch.manual_seed(ctx.cfg.run.seed)
     student = build_student(ctx.schema, ctx.cfg.student)
-    if ctx.run.is_done(stage):
-        return _load_model(ctx, filename, student)
-    ctx.run.begin(stage)
-    s, d = ctx.cfg.student, ctx.cfg.distill
-    listwise = alpha > 0 and d.soft == "listwise"
+    s = ctx.cfg.student
+    listwise = distill.alpha > 0 and distill.soft == "listwise"
     settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, ctx.cfg.run.seed, listwise)
     train = ctx.tables["train"].with_teacher(ctx.logits["train"]["teacher"])
 
     def loss(scores: torch.Tensor, batch: TensorTable) -> torch.Tensor:
-        return distill_loss(scores, batch.label, batch.teacher, batch.group, alpha=alpha,
-                            temperature=d.temperature, soft=d.soft)
+        return distill_loss(scores, batch.label, batch.teacher, batch.group, alpha=distill.alpha,
+                            temperature=distill.temperature, soft=distill.soft)
 
     result = fit(student, loss, train, ctx.tables["valid"], settings, ctx.device, _epoch_printer(ctx, stage))
+    return student, result
+
+
+def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float) -> torch.nn.Module:
+    if ctx.run.is_done(stage):
+        torch.manual_seed(ctx.cfg.run.seed)
+        return _load_model(ctx, filename, build_student(ctx.schema, ctx.cfg.student))
+    ctx.run.begin(stage)
+    student, result = train_student(ctx, stage, replace(ctx.cfg.distill, alpha=alpha))
     _save_model(ctx, stage, filename, student, result)
     return student
 
@@ -290,7 +302,20 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device)
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    run_ = RunDir.create(path, config_hash(cfg), overwrite=overwrite)
+    info: DistInfo = current()
+    run_: RunDir | None = None
+    refused: CoarseRankError | None = None
+    if info.is_main:
+        try:
+            run_ = RunDir.create(path, config_hash(cfg), overwrite=overwrite)
+        except CoarseRankError as exc:
+            refused = exc
+    payload = broadcast_object(refused if refused is not None else run_.manifest if run_ is not None else None)
+    if isinstance(payload, CoarseRankError):
+        raise payload  # every rank reports the same refusal instead of waiting for rank 0
+    if run_ is None:
+        run_ = RunDir(path, payload, writable=False)
+        progress = _quiet
     if not run_.is_done("config"):
         run_.begin("config")
         run_.record("config", atomic_write_text(run_.file("config.toml"), dump_config(cfg)))
@@ -310,19 +335,22 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         control = _stage_student(ctx, "student_hard", "student_hard.pt", 0.0)
         models: dict[str, torch.nn.Module] = {"teacher": teacher, "student": student, "student_hard": control}
         for split in SPLITS:
-            ctx.logits[split]["student"] = predict(student, ctx.tables[split], device)
-            ctx.logits[split]["student_hard"] = predict(control, ctx.tables[split], device)
-        stage = "gbdt"
-        _stage_gbdt(ctx)
-        stage = "metrics"
-        metrics = _stage_metrics(ctx)
-        for name, module in EXTRA_STAGES:
-            stage = name
-            if not run_.is_done(name):
-                importlib.import_module(module).run_stage(ctx, models)
+            ctx.logits[split]["student"] = predict_shared(student, ctx.tables[split], device)
+            ctx.logits[split]["student_hard"] = predict_shared(control, ctx.tables[split], device)
+        metrics: dict[str, Any] = {}
+        if info.is_main:  # single-process stages: the reference model, metrics, exports, report
+            stage = "gbdt"
+            _stage_gbdt(ctx)
+            stage = "metrics"
+            metrics = _stage_metrics(ctx)
+            for name, module in EXTRA_STAGES:
+                stage = name
+                if not run_.is_done(name):
+                    importlib.import_module(module).run_stage(ctx, models)
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
+    barrier()
     return RunResult(path, metrics, time.perf_counter() - start)
 
 

@@ -46,9 +46,10 @@ class RunDir:
     """A run directory and its manifest. Use :meth:`create` to start or resume a run and
     :meth:`open` to read a finished one."""
 
-    def __init__(self, path: Path | str, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path | str, manifest: dict[str, Any], *, writable: bool = True) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self.writable = writable  # False on distributed ranks other than 0: state is tracked, nothing written
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -100,6 +101,8 @@ class RunDir:
         return body
 
     def save(self) -> None:
+        if not self.writable:
+            return
         atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
 
     # -- stages ------------------------------------------------------------------------------
@@ -135,6 +138,8 @@ class RunDir:
 
     def record(self, stage: str, *paths: Path) -> None:
         """Hash files a stage wrote and list them as its outputs."""
+        if not self.writable:
+            return
         for p in paths:
             rel = Path(p).resolve().relative_to(self.path.resolve()).as_posix()
             self.manifest["files"][rel] = sha256_file(Path(p))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Final, Literal, NoReturn
+from typing import Any, Final, Literal, NoReturn, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -88,10 +88,13 @@ class RedisKVStore(KVStore):
         socket_timeout: float = 5.0,
     ) -> None:
         try:
-            parts = parse_url(url)
-        except ValueError as exc:
+            parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError:  # the message may quote parts of the URL: not repeated here
             scheme = url.split("://", 1)[0] if "://" in url else "?"
-            raise ServingError(f"not a Redis URL (scheme {scheme!r}): {exc}") from None
+            raise ServingError(
+                f"not a valid Redis URL (scheme {scheme!r}); expected "
+                "redis://[[user]:password@]host[:port][/db], rediss://... (TLS) or unix://path"
+            ) from None
         self._secret = password or parts.get("password")
         if "path" in parts:
             self._address = f"unix:{parts['path']}"
@@ -139,6 +142,9 @@ class RedisKVStore(KVStore):
     def _vkey(self, version: int, suffix: str) -> str:
         return f"{self._ns}:v{version}:{suffix}"
 
+    def _get_bytes(self, key: str) -> bytes | None:
+        return cast(bytes | None, self._client.get(key))
+
     # ---- reading -----------------------------------------------------------------------------
 
     def _resolve(self, version: int | None) -> int:
@@ -147,14 +153,16 @@ class RedisKVStore(KVStore):
         for _ in range(_RESOLVE_ATTEMPTS):
             with self._errors("reading the version"):
                 if requested is None:
-                    raw = self._client.get(self._key("current"))
+                    raw = self._get_bytes(self._key("current"))
                     if raw is None:
                         self._fail("nothing is published yet (no current version)")
                     version = int(raw)
                 assert version is not None
                 meta = {
                     k.decode(): v.decode()
-                    for k, v in self._client.hgetall(self._vkey(version, "meta")).items()
+                    for k, v in cast(
+                        dict[bytes, bytes], self._client.hgetall(self._vkey(version, "meta"))
+                    ).items()
                 }
             if meta:
                 break
@@ -225,7 +233,7 @@ class RedisKVStore(KVStore):
         """Return all ids of :attr:`version`, sorted ascending."""
         version = self.version
         with self._errors("reading ids"):
-            raw = self._client.get(self._vkey(version, "ids"))
+            raw = self._get_bytes(self._vkey(version, "ids"))
         if raw is None:
             self._fail(f"version {version} has no id list (deleted?)")
         return np.frombuffer(raw, dtype="<i8").astype(np.int64)
@@ -385,7 +393,7 @@ class RedisKVStore(KVStore):
                 self._client.append(ids_key, id_bytes[start : start + 8 * _IDS_CHUNK])
 
     def _prune(self, keep_previous: int, current: int) -> None:
-        with self._errors("deleting old versions"):
+        with self._errors(f"deleting old versions (version {current} is already current)"):
             versions = [int(v) for v in self._client.lrange(self._key("versions"), 0, -1)]
             keep = set(versions[max(0, len(versions) - keep_previous - 1) :]) | {current}
             for old in versions:
@@ -395,7 +403,7 @@ class RedisKVStore(KVStore):
     def _delete_version(self, version: int) -> None:
         """Delete a version: meta first (pinned readers then fail cleanly), then items and id list."""
         self._client.delete(self._vkey(version, "meta"))
-        raw = self._client.get(self._vkey(version, "ids"))
+        raw = self._get_bytes(self._vkey(version, "ids"))
         if raw is not None:
             prefix = self._vkey(version, "")
             ids = np.frombuffer(raw, dtype="<i8").tolist()
@@ -406,7 +414,7 @@ class RedisKVStore(KVStore):
             for batch in _batched(self._client.scan_iter(match=pattern, count=10_000), 10_000):
                 self._client.unlink(*batch)
         self._client.delete(self._vkey(version, "ids"))
-        self._client.lrem(self._key("versions"), 0, version)
+        self._client.lrem(self._key("versions"), 0, str(version))
 
     def close(self) -> None:
         """Close the connection pool."""
