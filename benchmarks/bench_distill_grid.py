@@ -43,7 +43,7 @@ def main() -> None:
     for seed in args.seeds:
         cfg = load_config(preset=preset, overrides=[*sets, f"run.seed={seed}"])
         run_dir = Path(args.out) / f"{args.dataset}-seed{seed}"
-        run(cfg, run_dir, progress=lambda m: None)
+        run(cfg, run_dir, progress=lambda m: None, extra_stages=False)
         ctx, _ = load_context(run_dir)
         ctx.progress = lambda m: None
         for point in GRID:

@@ -82,9 +82,8 @@ def read_tables(cfg: DataConfig) -> RawTables:
     def read(name: str) -> pl.DataFrame | None:
         return read_table(base / name, cfg.format, cfg.csv_separator) if name else None
 
-    exposures = read(cfg.exposures)
-    assert exposures is not None
-    return RawTables(exposures=exposures, users=read(cfg.users), items=read(cfg.items))
+    return RawTables(exposures=read_table(base / cfg.exposures, cfg.format, cfg.csv_separator),
+                     users=read(cfg.users), items=read(cfg.items))
 
 
 def _synthetic(cfg: DataConfig, synthetic: SyntheticConfig, seed: int) -> RawTables:

@@ -295,8 +295,9 @@ def load_context(run_dir: Path | str, *, progress: Progress = _quiet, device: st
 
 
 def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = False,
-        progress: Progress = _quiet) -> RunResult:
-    """Run (or resume) the whole pipeline for ``cfg`` into ``run_dir``."""
+        progress: Progress = _quiet, extra_stages: bool = True) -> RunResult:
+    """Run (or resume) the whole pipeline for ``cfg`` into ``run_dir``; ``extra_stages=False``
+    stops after the metrics (exports and report are left for a later resume)."""
     start = time.perf_counter()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
@@ -343,7 +344,7 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             _stage_gbdt(ctx)
             stage = "metrics"
             metrics = _stage_metrics(ctx)
-            for name, module in EXTRA_STAGES:
+            for name, module in EXTRA_STAGES if extra_stages else []:
                 stage = name
                 if not run_.is_done(name):
                     importlib.import_module(module).run_stage(ctx, models)
