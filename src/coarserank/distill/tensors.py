@@ -31,7 +31,7 @@ class TensorTable:
                            self.group.to(device), None if self.teacher is None else self.teacher.to(device))
 
     def with_teacher(self, logits: np.ndarray) -> TensorTable:
-        return TensorTable(self.inputs, self.label, self.group, torch.as_tensor(logits, dtype=torch.float32))
+        return TensorTable(self.inputs, self.label, self.group, torch.from_numpy(np.array(logits, dtype=np.float32)))
 
 
 def make_table(inputs: dict[str, np.ndarray], label: np.ndarray, group: np.ndarray,
