@@ -111,3 +111,8 @@ def test_saved_encoder_loads_and_encodes_identically(tmp_path):
 def test_transform_before_fit_is_an_error():
     with pytest.raises(ArtifactError, match="Encoder is not fitted"):
         Encoder(DataConfig(features=FEATURES)).transform(TRAIN)
+
+
+def test_nan_in_a_bucketed_column_is_missing():
+    frame = TRAIN.with_columns(pl.Series("age", [float("nan"), 20.0, 50.0, None]))
+    assert _enc().transform(frame)["age"].tolist() == [OOV, FIRST_ID + 1, FIRST_ID + 2, OOV]

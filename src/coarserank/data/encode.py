@@ -53,7 +53,7 @@ def raw_categorical(frame: pl.DataFrame, f: FeatureConfig) -> pl.Series:
     if f.boundaries:
         if not s.dtype.is_numeric():
             raise SchemaError(f"feature {f.name!r}: boundaries need a numeric column, {col!r} is {s.dtype}")
-        x = pl.col(col).cast(pl.Float64)
+        x = pl.col(col).cast(pl.Float64).fill_nan(None)  # NaN is missing, as in the ONNX graphs
         bucket = pl.sum_horizontal([(x >= b).cast(pl.Int64) for b in f.boundaries])
         return frame.select(pl.when(x.is_null()).then(None).otherwise(bucket).alias(f.name))[f.name]
     if s.dtype == pl.Boolean or s.dtype.is_integer():

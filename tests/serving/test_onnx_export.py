@@ -1,0 +1,280 @@
+"""ONNX export of the towers and the teacher: raw rows in, ONNX Runtime equals PyTorch within 1e-5.
+
+The run adds crosses the default config lacks (a string match, an int-vs-string match, a
+bucketed-vs-int match, a multi x single product and a bucketed x string product), and the parity
+rows are test rows rewritten to hold unseen ids and strings, nulls, NaN, numbers outside every
+bucket, blank and overlong multi-valued strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import polars as pl
+import pytest
+import torch
+
+from coarserank.config import load_config
+from coarserank.data.encode import Encoder
+from coarserank.data.schema import OOV, PAD
+from coarserank.errors import ConfigError, ServingError
+from coarserank.pipeline.run import load_context, run
+from coarserank.serving.onnx_export import (
+    export_item_tower,
+    export_teacher,
+    export_user_tower,
+    onnx_parity,
+)
+from coarserank.serving.onnx_inputs import feeds_from_frame, feeds_from_records, input_specs
+
+KINDS = ("user", "item", "teacher")
+TOLERANCE = 1e-5
+RUN_HASH = "0123abcd" * 8
+CROSSES = ('data.crosses=['
+           '{name="topic_match", a="fav_topic", b="topic", op="match"},'
+           '{name="region_x_category", a="region", b="category"},'
+           '{name="device_x_category", a="device", b="category"},'
+           '{name="region_is_category", a="region", b="category", op="match"},'
+           '{name="hour_is_device", a="hour", b="device", op="match"},'
+           '{name="age_is_topic", a="age", b="topic", op="match"},'
+           '{name="gender_x_tags", a="gender", b="tags", min_count=1},'
+           '{name="age_x_device", a="age", b="device", min_count=1}]')
+
+
+@dataclass
+class Exported:
+    encoder: Encoder
+    models: dict[str, torch.nn.Module]
+    paths: dict[str, Path]
+    rows: pl.DataFrame
+
+
+def _torch_model(exported: Exported, kind: str) -> torch.nn.Module:
+    if kind == "teacher":
+        return exported.models["teacher"]
+    student = exported.models["student"]
+    return student.user_tower if kind == "user" else student.item_tower
+
+
+def _edge_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """1,000 rows with unseen, missing and out-of-range values mixed in at different strides."""
+    i = pl.int_range(pl.len(), dtype=pl.Int64)
+
+    def every(n: int, r: int) -> pl.Expr:
+        return i % n == r
+
+    def put(col: str, *cases: tuple[pl.Expr, object]) -> pl.Expr:
+        expr = pl.col(col)
+        for cond, value in reversed(cases):
+            expr = pl.when(cond).then(pl.lit(value)).otherwise(expr)
+        return expr.alias(col)
+
+    nan = float("nan")
+    rows = frame.head(1000).with_columns(pl.col("age").cast(pl.Float64), pl.col("topic").cast(pl.Int64))
+    return rows.with_columns(
+        put("user_id", (every(10, 1), 10_000_000), (every(10, 2), None)),
+        put("item_id", (every(10, 3), -7), (every(10, 4), None)),
+        put("age", (every(7, 0), None), (every(7, 1), -5.0), (every(7, 2), 200.0), (every(7, 3), 35.0),
+            (every(7, 4), nan), (every(7, 5), 24.999)),
+        put("gender", (every(11, 0), None), (every(11, 1), "X")),
+        put("region", (every(9, 0), "zz-new"), (every(9, 1), None)),
+        put("category", (every(9, 0), "zz-new"), (every(9, 1), None), (every(9, 2), "c-new")),
+        put("fav_topic", (every(8, 0), 99_999), (every(8, 1), None)),
+        put("topic", (every(8, 0), 99_999), (every(8, 1), None), (every(8, 3), 3)),
+        put("device", (every(6, 0), "7"), (every(6, 1), None), (every(6, 2), "tablet")),
+        put("hour", (every(6, 0), 7), (every(13, 1), None), (every(13, 2), 99)),
+        put("tags", (every(5, 0), " t00| |zz-new||t02|t03|t04|t05"), (every(5, 1), None), (every(5, 2), ""),
+            (every(5, 3), "  |  ")),
+        put("price", (every(8, 0), nan), (every(8, 1), None), (every(8, 2), 250.0), (every(8, 3), -3.5)),
+        put("user_category_rate", (every(15, 0), None), (every(15, 1), nan)),
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]) -> Exported:
+    root = tmp_path_factory.mktemp("onnx_export")
+    cfg = load_config(overrides=[*tiny_overrides, CROSSES, "report.enabled=false"])
+    run(cfg, root / "run")
+    ctx, models = load_context(root / "run")
+    assert ctx.encoder is not None and ctx.frame is not None
+    student, encoder = models["student"], ctx.encoder
+    paths = {
+        "user": export_user_tower(student, encoder, root / "user_tower.onnx", run_hash=RUN_HASH),
+        "item": export_item_tower(student, encoder, root / "item_tower.onnx", run_hash=RUN_HASH),
+        "teacher": export_teacher(models["teacher"], encoder, root / "teacher.onnx", run_hash=RUN_HASH),
+    }
+    held_out_first = ctx.frame.sort(pl.col("_split") == "train", "_row")
+    rows = _edge_rows(held_out_first)
+    return Exported(ctx.encoder, models, paths, rows)
+
+
+_SESSIONS: dict[tuple[Path, int], ort.InferenceSession] = {}
+
+
+def _session(path: Path, level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+             ) -> ort.InferenceSession:
+    key = (path, int(level))
+    if key not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.intra_op_num_threads = 1
+        _SESSIONS[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _SESSIONS[key]
+
+
+def _torch_output(exported: Exported, kind: str, rows: pl.DataFrame) -> np.ndarray:
+    model = _torch_model(exported, kind).eval()
+    fields = model.embedding.schema.names
+    inputs = {k: torch.from_numpy(v) for k, v in exported.encoder.transform(rows, fields).items()}
+    with torch.no_grad():
+        return model(inputs).numpy()
+
+
+def _onnx_output(exported: Exported, kind: str, rows: pl.DataFrame,
+                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> np.ndarray:
+    return _session(exported.paths[kind], level).run(None, feeds_from_frame(exported.encoder, rows, kind))[0]
+
+
+def test_parity_rows_hold_unseen_missing_and_out_of_range_values(exported: Exported) -> None:
+    encoded = exported.encoder.transform(exported.rows)
+    for field in exported.encoder.schema_.fields:
+        if field.kind == "categorical":
+            assert (encoded[field.name] == OOV).any(), field.name
+    assert (encoded["tags"] == OOV).any() and (encoded["tags"] == PAD).all(axis=1).any()
+    assert (encoded["gender_x_tags"] == PAD).any() and (encoded["gender_x_tags"] == OOV).any()
+    for match in ("topic_match", "region_is_category", "hour_is_device", "age_is_topic"):
+        assert len(np.unique(encoded[match])) == 2, match  # both equal and unequal rows
+    assert exported.rows["price"].is_nan().any() and exported.rows["price"].is_null().any()
+
+
+@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   ort.GraphOptimizationLevel.ORT_DISABLE_ALL],
+                         ids=["enable_all", "disable_all"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnx_runtime_matches_pytorch_on_1000_raw_rows(exported: Exported, kind: str,
+                                                       level: ort.GraphOptimizationLevel) -> None:
+    got = _onnx_output(exported, kind, exported.rows, level)
+    want = _torch_output(exported, kind, exported.rows)
+    assert got.shape == want.shape == ((1000,) if kind == "teacher" else (1000, 16))
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_row_gives_the_same_output_as_that_row_in_a_batch(exported: Exported, kind: str) -> None:
+    batch = _onnx_output(exported, kind, exported.rows)
+    for row in (0, 4, 999):
+        single = _onnx_output(exported, kind, exported.rows.slice(row, 1))
+        assert single.shape[0] == 1
+        np.testing.assert_allclose(single[0], batch[row], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_onnx_parity_reports_the_largest_absolute_difference(exported: Exported, kind: str) -> None:
+    model = exported.models["teacher" if kind == "teacher" else "student"]
+    reported = onnx_parity(model, exported.encoder, exported.paths[kind], exported.rows, kind)
+    want = np.abs(_onnx_output(exported, kind, exported.rows).astype(np.float64)
+                  - _torch_output(exported, kind, exported.rows)).max()
+    assert reported == pytest.approx(want, abs=1e-9)
+    assert reported <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exported_graph_passes_the_onnx_checker(exported: Exported, kind: str) -> None:
+    onnx.checker.check_model(onnx.load(str(exported.paths[kind])), full_check=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_graph_uses_only_the_standard_onnx_and_onnx_ml_domains(exported: Exported, kind: str) -> None:
+    model = onnx.load(str(exported.paths[kind]))
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx.ml"}
+    assert {o.domain: o.version for o in model.opset_import} == {"": 17, "ai.onnx.ml": 2}
+
+
+@pytest.mark.parametrize("kind", ["user", "item"])
+def test_tower_metadata_carries_schema_dimension_score_and_run_hash(exported: Exported, kind: str) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(exported.paths[kind])).metadata_props}
+    student = exported.models["student"]
+    assert meta["model_kind"] == kind
+    assert meta["schema_version"] == "1"
+    assert meta["vector_dim"] == "16"
+    assert float(meta["score_a"]) == pytest.approx(float(student.a.detach()), abs=0)
+    assert float(meta["score_b"]) == pytest.approx(float(student.b.detach()), abs=0)
+    assert meta["run_hash"] == RUN_HASH
+    assert meta["input_names"].split(",") == [s.name for s in input_specs(exported.encoder, kind)]
+
+
+def test_teacher_metadata_carries_schema_version_and_run_hash(exported: Exported) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(exported.paths["teacher"])).metadata_props}
+    assert (meta["model_kind"], meta["schema_version"], meta["run_hash"]) == ("teacher", "1", RUN_HASH)
+    assert meta["output_name"] == "logit"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_graph_inputs_are_the_documented_specs(exported: Exported, kind: str) -> None:
+    onnx_types = {"tensor(int64)": "int64", "tensor(string)": "string", "tensor(float)": "float32"}
+    got = [(i.name, onnx_types[i.type], tuple(i.shape)) for i in _session(exported.paths[kind]).get_inputs()]
+    assert got == [(s.name, s.dtype, s.shape) for s in input_specs(exported.encoder, kind)]
+
+
+def test_teacher_takes_each_raw_feature_once_plus_the_history_cross(exported: Exported) -> None:
+    names = [s.name for s in input_specs(exported.encoder, "teacher")]
+    features = [f.name for f in exported.encoder.cfg.features]
+    assert names == [*features, "user_category_rate"]
+
+
+def test_user_tower_takes_only_user_and_context_features(exported: Exported) -> None:
+    names = [s.name for s in input_specs(exported.encoder, "user")]
+    assert names == ["user_id", "age", "gender", "region", "fav_topic", "device", "hour"]
+
+
+def test_input_dtype_follows_the_vocabulary_and_bucketed_input_is_float(exported: Exported) -> None:
+    specs = {s.name: s for s in input_specs(exported.encoder, "teacher")}
+    dtypes = (specs["user_id"].dtype, specs["region"].dtype, specs["age"].dtype)
+    assert dtypes == ("int64", "string", "float32")
+    assert (specs["tags"].dtype, specs["tags"].shape) == ("string", ("N", 4))
+
+
+def test_records_give_the_same_feeds_as_the_frame(exported: Exported) -> None:
+    rows = exported.rows.head(60)
+    names = [s.name for s in input_specs(exported.encoder, "teacher")]
+    from_records = feeds_from_records(exported.encoder, rows.select(names).to_dicts(), "teacher")
+    from_frame = feeds_from_frame(exported.encoder, rows, "teacher")
+    assert from_records.keys() == from_frame.keys()
+    for name, value in from_frame.items():
+        np.testing.assert_array_equal(from_records[name], value, err_msg=name)
+
+
+def test_record_without_a_feature_is_a_serving_error(exported: Exported) -> None:
+    records = exported.rows.head(3).select("item_id", "category", "topic", "tags").to_dicts()
+    with pytest.raises(ServingError, match=r"record 0 lacks feature 'price'"):
+        feeds_from_records(exported.encoder, records, "item")
+
+
+def test_record_with_a_string_where_an_int64_id_is_required_is_a_serving_error(exported: Exported) -> None:
+    records = exported.rows.head(3).select("item_id", "category", "topic", "tags", "price").to_dicts()
+    records[2]["item_id"] = "abc"
+    with pytest.raises(ServingError, match=r"record 2: feature 'item_id' needs an int64 id .* got str 'abc'"):
+        feeds_from_records(exported.encoder, records, "item")
+
+
+def test_record_with_a_number_where_a_string_is_required_is_a_serving_error(exported: Exported) -> None:
+    records = exported.rows.head(2).select("item_id", "category", "topic", "tags", "price").to_dicts()
+    records[1]["category"] = 5
+    with pytest.raises(ServingError, match=r"record 1: feature 'category' needs a string or null, got int 5"):
+        feeds_from_records(exported.encoder, records, "item")
+
+
+def test_opset_19_export_keeps_parity(exported: Exported, tmp_path: Path) -> None:
+    teacher = exported.models["teacher"]
+    path = export_teacher(teacher, exported.encoder, tmp_path / "t.onnx", run_hash=RUN_HASH, opset=19)
+    assert onnx_parity(teacher, exported.encoder, path, exported.rows, "teacher") <= TOLERANCE
+
+
+def test_opset_below_13_is_a_config_error(exported: Exported, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="serving.opset must be at least 13, got 12"):
+        export_user_tower(exported.models["student"], exported.encoder, tmp_path / "u.onnx",
+                          run_hash=RUN_HASH, opset=12)
