@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", default="benchmarks/out")
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--no-extras", action="store_true", help="stop after metrics (no exports, no report)")
     args = ap.parse_args()
     sets = list(args.sets)
     if args.data_dir:
@@ -48,13 +49,15 @@ def main() -> None:
         cfg = load_config(preset=preset, overrides=[*sets, f"run.seed={seed}"])
         tag = f"{args.dataset}{'-' + str(args.rows) if args.rows else ''}-seed{seed}"
         start = time.perf_counter()
-        result = run(cfg, Path(args.out) / tag, overwrite=False, progress=lambda m: print(m, file=sys.stderr))
+        result = run(cfg, Path(args.out) / tag, overwrite=False, progress=lambda m: print(m, file=sys.stderr),
+                     extra_stages=not args.no_extras)
         manifest = json.loads((result.run_dir / "manifest.json").read_text())
         rows.append({"seed": seed, "metrics": result.metrics, "stages": manifest["stages"],
                      "wall": time.perf_counter() - start})
     print(f"\n### `{' '.join(sys.argv)}`\n\nMachine: {machine()}\n")
-    print("| seed | " + " | ".join(f"{m} AUC / GAUC" for m in MODELS if m in rows[0]['metrics']['test']) + " |")
-    print("|---" * (1 + sum(m in rows[0]['metrics']['test'] for m in MODELS)) + "|")
+    present = [m for m in MODELS if m in rows[0]["metrics"]["test"]]
+    print("| seed | " + " | ".join(f"{m} AUC / GAUC" for m in present) + " |")
+    print("|---" * (1 + sum(m in rows[0]["metrics"]["test"] for m in MODELS)) + "|")
     for r in rows:
         t = r["metrics"]["test"]
         print(f"| {r['seed']} | " + " | ".join(f"{t[m]['auc']:.4f} / {t[m]['gauc']:.4f}" for m in MODELS if m in t) + " |")
@@ -71,7 +74,8 @@ def main() -> None:
         best = [r["stages"][model]["seconds_to_best"] for r in rows]
         print(f"{model}: training throughput {sum(rps)/len(rps):,.0f} rows/s (min {min(rps):,.0f}); "
               f"time to best valid GAUC {sum(best)/len(best):.1f} s (epoch {rows[0]['stages'][model]['best_epoch']})")
-    print(f"Whole `distill run` wall time per seed: {', '.join(f'{r['wall']:.0f}s' for r in rows)}")
+    walls = ", ".join(f"{r['wall']:.0f}s" for r in rows)
+    print(f"Whole `distill run` wall time per seed: {walls}")
 
 
 if __name__ == "__main__":

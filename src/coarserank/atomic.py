@@ -25,6 +25,7 @@ def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(target))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -35,6 +36,16 @@ def atomic_path(path: Path | str, suffix: str = "") -> Iterator[Path]:
             os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _mode_for(target: Path) -> int:
+    """Keep the mode of the file being replaced; a new file gets 0666 less the umask (mkstemp's 0600
+    would make artifacts unreadable to the rankers that serve them)."""
+    if target.exists():
+        return target.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:

@@ -188,11 +188,16 @@ class GbdtConfig:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """Exports written by ``distill run``: ONNX opset, KV dtype, Faiss index kind."""
+    """Exports written by ``distill run``: ONNX opset, KV dtype, Faiss index kind and its tuning, and the
+    largest ONNX-vs-PyTorch / score-path difference the export accepts (score units; a float16 KV
+    store adds ``|a| * 2**-11``)."""
 
     opset: int = 17
     kv_dtype: Literal["float32", "float16"] = "float32"
     index_kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"
+    recall_target: float = 0.95
+    index_queries: int = 2000
+    parity_tolerance: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,11 @@ class ReportConfig:
     enabled: bool = True
     sampled: int = 1000
     sampling: Literal["uniform", "popularity"] = "popularity"
-    max_users: int = 2000
+    max_users: int = 300
     bootstrap: int = 200
+    sizes: tuple[int, ...] = (100, 500, 1000)
+    ks: tuple[int, ...] = (10, 50)
+    ns: tuple[int, ...] = (50, 100, 200, 500, 1000)
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,18 @@ class ColdConfig:
     k: tuple[int, ...] = (4, 8, 12, 0)
     budget_ms: float = 0.0
     candidates: int = 1000
+    rank_by: Literal["se", "gbdt", "permutation"] = "se"
+    gate_l1: float = 0.05
+    embed_dim: int = 16
+    hidden: tuple[int, ...] = (128, 64)
+    lr: float = 2e-3
+    batch_size: int = 2048
+    epochs: int = 8
+    patience: int = 2
+    recall_sampled: int = 100
+    permutation_repeats: int = 2
+    latency_repeats: int = 200
+    latency_warmup: int = 20
 
 
 @dataclass(frozen=True)

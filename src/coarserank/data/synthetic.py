@@ -59,9 +59,9 @@ import polars as pl
 
 from coarserank.config import SyntheticConfig
 from coarserank.data.tables import RawTables
-from coarserank.errors import ConfigError
+from coarserank.errors import ConfigError, DataError
 
-__all__ = ["generate"]
+__all__ = ["generate", "oracle_probability"]
 
 N_CATEGORIES = 30
 N_REGIONS = 50
@@ -318,6 +318,69 @@ def _exposure_counts(rng: np.random.Generator, n_users: int, cfg: SyntheticConfi
     return floor + rng.multinomial(cfg.rows - floor * n_users, weight / weight.sum())
 
 
+def _mean_logit(w: _World, user: np.ndarray, item: np.ndarray, device: np.ndarray,
+                hour: np.ndarray) -> np.ndarray:
+    """The click model's logit without the per-exposure noise (module docstring)."""
+    category = w.item_category[item]
+    return (_BASE + w.user_effect[user] + w.item_effect[item]
+            + np.einsum("ij,ij->i", w.user_latent[user], w.item_latent[item], dtype=np.float64)
+            + w.device_category[device, category]
+            + _HOUR_AMPLITUDE * np.cos(2 * np.pi * (hour - 21) / 24)
+            + _TOPIC_MATCH * (w.item_topic[item] == w.fav_topic[user])
+            + w.user_category[user, category])
+
+
+def oracle_probability(cfg: SyntheticConfig, seed: int, user_id: np.ndarray, item_id: np.ndarray,
+                       device: np.ndarray, hour: np.ndarray) -> np.ndarray:
+    """True click probability without the per-exposure noise, for any (user, item, context).
+
+    Rebuilds the users and items that :func:`generate` draws for ``cfg`` and ``seed`` (the
+    exposure log is not redrawn) and evaluates ``sigmoid(logit - noise)`` of the click model.
+    Candidates that were never shown (sampled from the catalogue) get an oracle this way; for
+    shown rows it differs from ``p_true`` only by the unobservable noise term.
+
+    Parameters
+    ----------
+    cfg, seed
+        The configuration and seed the data was generated with.
+    user_id, item_id : np.ndarray
+        Integer ids as in the generated tables.
+    device : np.ndarray
+        Device names (``ios``, ``android``, ``web``).
+    hour : np.ndarray
+        Hour of day, 0-23.
+
+    Returns
+    -------
+    np.ndarray
+        float64 probabilities, one per row.
+
+    Raises
+    ------
+    DataError
+        An id outside the generated range or an unknown device name.
+    """
+    n_users, n_items = _validate(cfg, seed)
+    user, item = np.asarray(user_id, dtype=np.int64), np.asarray(item_id, dtype=np.int64)
+    for name, ids, n in (("user_id", user, n_users), ("item_id", item, n_items)):
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise DataError(f"oracle_probability: {name} must lie in [0, {n}) for this configuration, "
+                            f"got values in [{ids.min()}, {ids.max()}]")
+    names = np.asarray(device).astype(str)
+    device_idx = np.full(names.shape, -1, dtype=np.int64)
+    for code, name in enumerate(DEVICES):
+        device_idx[names == name] = code
+    if (device_idx < 0).any():
+        bad = names[device_idx < 0][0]
+        raise DataError(f"oracle_probability: unknown device {bad!r}; known: {', '.join(DEVICES)}")
+    table_seq, _ = np.random.SeedSequence(int(seed)).spawn(2)
+    rng = np.random.default_rng(table_seq)
+    _, item_weight, item_parts = _make_items(rng, n_items, cfg)
+    _, world = _make_users(rng, n_users, cfg, item_weight, item_parts)
+    logit = _mean_logit(world, user, item, device_idx, np.asarray(hour, dtype=np.int64))
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
 def _make_chunk(rng: np.random.Generator, w: _World, cfg: SyntheticConfig, first_user: int,
                 counts: np.ndarray, request_offset: int) -> tuple[pl.DataFrame, int]:
     """Exposures of users ``first_user .. first_user + len(counts) - 1``; returns (frame, #requests)."""
@@ -359,16 +422,9 @@ def _make_chunk(rng: np.random.Generator, w: _World, cfg: SyntheticConfig, first
     on_topic = rng.random(user.size) < cfg.on_topic_share
     item = w.sampler.draw(rng.random(user.size), np.where(on_topic, w.fav_topic[user], -1))
 
-    category = w.item_category[item]
     row_device = device[req_of_row]
     row_hour = hour[req_of_row]
-    logit = (_BASE + w.user_effect[user] + w.item_effect[item]
-             + np.einsum("ij,ij->i", w.user_latent[user], w.item_latent[item], dtype=np.float64)
-             + w.device_category[row_device, category]
-             + _HOUR_AMPLITUDE * np.cos(2 * np.pi * (row_hour - 21) / 24)
-             + _TOPIC_MATCH * (w.item_topic[item] == w.fav_topic[user])
-             + w.user_category[user, category]
-             + rng.normal(0.0, cfg.noise, user.size))
+    logit = _mean_logit(w, user, item, row_device, row_hour) + rng.normal(0.0, cfg.noise, user.size)
     p_true = 1.0 / (1.0 + np.exp(-logit))
     label = (rng.random(user.size) < p_true).astype(np.int64)
 

@@ -1,12 +1,411 @@
-"""Pipeline stage 'report' (being written)."""
+"""Pipeline stage 'report': score production-like candidate sets with every model, then write ``report/``.
+
+For each selected test user the candidate set is the user's test exposures plus ``report.sampled``
+catalogue items (:mod:`coarserank.pipeline.candidates`). Exposures keep the logits the run already
+computed for the test split; sampled candidates are encoded like any row (history crosses as of the
+user's first test request) and scored by the teacher, the student and the hard-label control. The
+per-candidate scores go to ``report/scores.parquet``; :func:`coarserank.ranking_eval.report.build_report`
+turns them into ``report.json`` and :func:`~coarserank.ranking_eval.report_html.render_html` into
+``report.html``. :func:`report_compare` builds the same report from any two scorers' files.
+"""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["run_stage"]
+import numpy as np
+import polars as pl
+import torch
+
+from coarserank.atomic import atomic_write_text, atomic_write_with
+from coarserank.config import ReportConfig, RunConfig
+from coarserank.data.prepare import add_history_crosses, base_rate
+from coarserank.distill.tensors import make_table
+from coarserank.distill.train import predict
+from coarserank.errors import ConfigError, DataError
+from coarserank.pipeline.candidates import (
+    ORACLES,
+    POPULARITY_SHARES,
+    Oracle,
+    activity_segments,
+    build_catalogue,
+    item_raw_columns,
+    sample_items,
+    sampled_frame,
+    sampling_weights,
+    select_users,
+    side_raw_columns,
+)
+from coarserank.ranking_eval.report import ReportSpec, build_report
+from coarserank.ranking_eval.report_html import render_html
+from coarserank.student import Tower, TwoTower
+
+__all__ = ["SCORED_MODELS", "ReportOutputs", "build_scores", "check_settings", "read_score_files",
+           "report_compare", "report_run", "run_stage", "write_report"]
+
+SCORED_MODELS = ("teacher", "student", "student_hard")
+_CHUNK = 1 << 16  # rows per tower / scoring batch
+Progress = Callable[[str], None]
 
 
-def run_stage(ctx: Any, models: dict[str, Any]) -> None:
-    """Placeholder until the stage lands: records nothing, so the stage is re-run once it exists."""
+def _quiet(_: str) -> None:
     return None
+
+
+@dataclass
+class ReportOutputs:
+    """The report dict and where its three files went."""
+
+    report: dict[str, Any]
+    scores: Path
+    json: Path
+    html: Path
+    seconds: float
+
+
+def check_settings(r: ReportConfig) -> None:
+    """Raise :class:`ConfigError` naming the ``report.*`` key that is out of range."""
+    for key in ("sampled", "max_users", "bootstrap"):
+        if getattr(r, key) < 1:
+            raise ConfigError(f"report.{key} must be >= 1, got {getattr(r, key)}")
+    for key in ("sizes", "ks", "ns"):
+        values = getattr(r, key)
+        if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+            raise ConfigError(f"report.{key} must be increasing integers >= 1, got {list(values)}")
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+@dataclass
+class _Sets:
+    """Candidate sets before scoring: users numbered ``_u``, items ``_c``, nesting order ``_pos``."""
+
+    users: pl.DataFrame  # _user, _u
+    catalogue: pl.DataFrame  # _c, item columns, item_train_rows, item_popularity
+    exposed: pl.DataFrame  # the users' test rows, one per item, plus _i (row in the test split)
+    sampled: pl.DataFrame  # sampled candidate rows with history crosses
+    base: pl.DataFrame  # per user (in _u order) the first test row, whose context sampled rows copy
+    repeated: int  # repeated exposures left out
+
+
+def _score(model: torch.nn.Module, encoded: dict[str, np.ndarray], rows: int,
+           device: torch.device) -> np.ndarray:
+    zeros = np.zeros(rows, dtype=np.int64)
+    return predict(model, make_table(encoded, zeros, zeros), device)
+
+
+@torch.no_grad()
+def _two_tower_score(model: TwoTower, encoder: Any, sets: _Sets, device: torch.device) -> np.ndarray:
+    """Sampled candidates' logits the way a coarse ranker computes them.
+
+    One user vector per user, one item vector per catalogue item, then ``a * <u, v> + b`` per
+    candidate: the student's forward pass, without encoding a million rows through both towers.
+    """
+    model.eval()
+
+    def vectors(tower: Tower, frame: pl.DataFrame) -> torch.Tensor:
+        enc = encoder.transform(frame, fields=tower.schema.names)
+        return torch.cat([tower({k: torch.from_numpy(np.ascontiguousarray(v[lo:lo + _CHUNK])).to(device)
+                                 for k, v in enc.items()}) for lo in range(0, frame.height, _CHUNK)])
+
+    u, v = vectors(model.user_tower, sets.base), vectors(model.item_tower, sets.catalogue)
+    ui, ii = (torch.from_numpy(sets.sampled[c].to_numpy().astype(np.int64)).to(device) for c in ("_u", "_c"))
+    return np.concatenate([model.score(u[ui[lo:lo + _CHUNK]], v[ii[lo:lo + _CHUNK]]).float().cpu().numpy()
+                           for lo in range(0, len(ui), _CHUNK)] or [np.zeros(0, dtype=np.float32)])
+
+
+def _candidate_sets(ctx: Any, oracle: Oracle | None) -> _Sets:
+    cfg: RunConfig = ctx.cfg
+    d, r = cfg.data, cfg.report
+    frame, test = ctx.frame, ctx.frames["test"]
+    picked = select_users(test["_user"], r.max_users, cfg.run.seed)
+    users = pl.DataFrame({"_user": pl.Series(picked).cast(test["_user"].dtype), "_u": np.arange(len(picked))})
+    catalogue = build_catalogue(frame, d).with_row_index("_c")
+    shown = test.with_row_index("_i").join(users, on="_user").sort("_u", "_time", "_row")
+    exposed = (shown.unique(subset=["_u", d.item_col], keep="first", maintain_order=True)
+               .with_columns(pl.int_range(pl.len()).over("_u").alias("_pos"))
+               .join(catalogue.select(d.item_col, "_c"), on=d.item_col, how="left").sort("_u", "_pos"))
+    n_exposed = np.bincount(exposed["_u"].to_numpy(), minlength=users.height)
+    weights = sampling_weights(catalogue["item_train_rows"].to_numpy(), r.sampling)
+    su, si, order = sample_items(weights, users.height, exposed["_u"].to_numpy(), exposed["_c"].to_numpy(),
+                                 r.sampled, cfg.run.seed)
+    item_cols = item_raw_columns(d)
+    extra = [c for c in (oracle.columns if oracle else ()) if c not in item_cols]
+    own = [*side_raw_columns(d, ("user", "context")), d.user_col, *extra, "_user", "_time", "_u"]
+    base = exposed.group_by("_u", maintain_order=True).first().sort("_u").select(list(dict.fromkeys(own)))
+    sampled = sampled_frame(base, catalogue, su, si, item_cols, int(frame["_row"].max()) + 1)
+    sampled = (add_history_crosses(sampled, d, base_rate(frame), history=frame).sort("_row")
+               .with_columns(pl.Series("_c", si, dtype=exposed["_c"].dtype),
+                             pl.Series("_pos", n_exposed[su] + order, dtype=pl.Int64)))
+    return _Sets(users, catalogue, exposed, sampled, base, shown.height - exposed.height)
+
+
+def _scores(ctx: Any, models: dict[str, torch.nn.Module], sets: _Sets, oracle: Oracle | None) -> pl.DataFrame:
+    """Probabilities of every model (and the oracle) for exposed then sampled candidates."""
+    item_col = ctx.cfg.data.item_col
+    exp, smp = sets.exposed, sets.sampled
+    ctx.progress(f"report: scoring {smp.height:,} sampled candidates for {sets.users.height:,} users")
+    encoded = ctx.encoder.transform(smp)
+    idx = exp["_i"].to_numpy()
+    cols = {}
+    for m in SCORED_MODELS:
+        model = models[m]
+        z = (_two_tower_score(model, ctx.encoder, sets, ctx.device) if isinstance(model, TwoTower)
+             else _score(model, encoded, smp.height, ctx.device))
+        cols[m] = np.concatenate([ctx.logits["test"][m][idx], z])
+    keys = [pl.col("_user").alias("group"), pl.col(item_col).alias("item_id"),
+            pl.col("_label").cast(pl.Int8).alias("label"),
+            pl.col("_pos").cast(pl.Int64).alias("set_position"), pl.col("_u"), pl.col("_c")]
+    scores = pl.concat([
+        exp.select(*keys, pl.lit(True).alias("exposed"), pl.col("_row").cast(pl.Int64).alias("row")),
+        smp.select(*keys, pl.lit(False).alias("exposed"), pl.lit(None, dtype=pl.Int64).alias("row")),
+    ]).with_columns(pl.Series(m, _sigmoid(z)) for m, z in cols.items())
+    if oracle is not None:
+        known = np.concatenate([oracle.probability(ctx.cfg, exp), oracle.probability(ctx.cfg, smp)])
+        scores = scores.with_columns(pl.Series("oracle", known, dtype=pl.Float64))
+    elif "_oracle" in exp.columns:
+        shown = pl.concat([exp["_oracle"].cast(pl.Float64), pl.Series([None] * smp.height, dtype=pl.Float64)])
+        scores = scores.with_columns(shown.alias("oracle"))
+    return scores
+
+
+def _with_segments(scores: pl.DataFrame, sets: _Sets,
+                   frame: pl.DataFrame) -> tuple[pl.DataFrame, tuple[tuple[str, str], ...]]:
+    """Add user and item segment columns (and their bases); return their definitions too."""
+    user_rows = (frame.filter(pl.col("_split") == "train").group_by("_user").len()
+                 .join(sets.users, on="_user", how="right").sort("_u")["len"].fill_null(0).to_numpy())
+    activity, (q1, q2) = activity_segments(user_rows)
+    per_user = pl.DataFrame({"_u": sets.users["_u"], "user_train_rows": user_rows.astype(np.int64),
+                             "user_activity": activity})
+    per_item = sets.catalogue.select("_c", "item_train_rows", "item_popularity")
+    scores = (scores.join(per_user, on="_u", how="left").join(per_item, on="_c", how="left")
+              .with_columns((pl.col("item_train_rows") > 0).alias("seen_in_train"),
+                            pl.len().over("_u").cast(pl.Int64).alias("set_size"))
+              .sort("_u", "set_position").drop("_u", "_c"))
+    head, torso = POPULARITY_SHARES
+    return scores, (
+        ("user_activity", f"the user's train rows: light <= {q1:g} < medium <= {q2:g} < heavy "
+                          "(tertiles over the report's users)"),
+        ("item_popularity", f"items ranked by train exposures: head holds the first {head:.0%} of them, "
+                            f"torso up to {torso:.0%}, tail the rest (never-exposed items included)"),
+        ("seen_in_train", "true: the item has train exposures; false: unseen in training"),
+    )
+
+
+def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataFrame, ReportSpec]:
+    """Candidate sets of the selected test users, scored by every model, and the spec of their report.
+
+    Returns the scores frame (one row per candidate: ``group`` = the user, ``item_id``, ``label``,
+    ``exposed``, ``set_position``, ``row``, probabilities per model, ``oracle`` when the source knows
+    it, and the segment columns) and the :class:`ReportSpec` that says how to read it.
+    """
+    cfg: RunConfig = ctx.cfg
+    r = cfg.report
+    check_settings(r)
+    oracle = ORACLES.get(cfg.data.source)
+    if oracle is not None and not set(oracle.columns) <= set(ctx.frame.columns):
+        oracle = None
+    sets = _candidate_sets(ctx, oracle)
+    scores, segments = _with_segments(_scores(ctx, models, sets, oracle), sets, ctx.frame)
+    has_oracle = "oracle" in scores.columns
+    notes = []
+    if sets.repeated:
+        notes.append(f"{sets.repeated} repeated test exposure(s) of an item to the same user are left out: "
+                     "a candidate set holds each item once (its first exposure)")
+    if has_oracle and oracle is None:
+        notes.append("the source cannot score unseen rows: the oracle is the exposures' _oracle only")
+    setup = {"mode": "run", "run_dir": str(ctx.run.path), "users": sets.users.height,
+             "candidates": {"sampled_per_group": r.sampled, "sampling": r.sampling, "max_users": r.max_users,
+                            "seed": cfg.run.seed, "excluded": "the user's test exposures",
+                            "weights": "uniform: 1; popularity: train exposures + 1",
+                            "context": "a sampled candidate copies the user's first test row"},
+             "scores": "probabilities: sigmoid of each model's logit",
+             "oracle_definition": ("noise-free click probability of the data generator" if oracle
+                                   else "the exposures' _oracle" if has_oracle else None)}
+    spec = ReportSpec(reference="teacher", models=("student", "student_hard"), label_models=SCORED_MODELS,
+                      gains=(("student", "student_hard"),), oracle="oracle" if has_oracle else None,
+                      sizes=r.sizes, ks=r.ks, ns=r.ns, segments=segments, n_boot=r.bootstrap,
+                      seed=cfg.run.seed, source=str(ctx.run.path / "report" / "scores.parquet"),
+                      setup=setup, notes=tuple(notes))
+    return scores, spec
+
+
+def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec) -> ReportOutputs:
+    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``."""
+    start = time.perf_counter()
+    report = build_report(scores, spec)
+    page = render_html(report, scores)
+    out_dir = Path(out_dir)
+    paths = (atomic_write_with(out_dir / "scores.parquet", scores.write_parquet, ".parquet"),
+             atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, allow_nan=False)),
+             atomic_write_text(out_dir / "report.html", page))
+    return ReportOutputs(report, *paths, time.perf_counter() - start)
+
+
+def _report(ctx: Any, models: dict[str, torch.nn.Module]) -> ReportOutputs | None:
+    ctx.run.begin("report")
+    if not ctx.cfg.report.enabled:
+        ctx.run.finish("report", skipped="report.enabled is false")
+        return None
+    start = time.perf_counter()
+    scores, spec = build_scores(ctx, models)
+    scored = time.perf_counter() - start
+    ctx.progress("report: computing metrics and plots")
+    out = write_report(ctx.run.file("report"), scores, spec)
+    ctx.run.record("report", out.scores, out.json, out.html)
+    counts = out.report["counts"]
+    ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],
+                   scoring_seconds=round(scored, 3), report_seconds=round(out.seconds, 3))
+    ctx.progress(f"report: {counts['candidates']:,} candidates in {counts['groups']:,} sets -> "
+                 f"{out.html} ({time.perf_counter() - start:.1f}s)")
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def run_stage(ctx: Any, models: dict[str, torch.nn.Module]) -> None:
+    """The 'report' stage of ``distill run``: writes and records ``report/`` in the run directory."""
+    _report(ctx, models)
+
+
+def report_run(run_dir: Path | str, *, progress: Progress = _quiet) -> ReportOutputs:
+    """(Re)build the report of a finished run directory (``distill report --run DIR``)."""
+    from coarserank.pipeline.run import load_context
+
+    ctx, models = load_context(run_dir, progress=progress)
+    missing = [m for m in SCORED_MODELS if m not in models]
+    if missing:
+        raise ConfigError(f"run {run_dir}: model(s) {', '.join(missing)} are not trained yet; "
+                          "finish the run first")
+    out = _report(ctx, models)
+    if out is None:
+        raise ConfigError(f"run {run_dir}: report.enabled is false in its config; nothing to report")
+    return out
+
+
+# --------------------------------------------------------------------------- comparing score files
+
+_KEYS = ("group", "item_id")
+_LABEL_EXTRAS = ("exposed", "set_position", "user_activity", "item_popularity", "seen_in_train")
+
+
+def _read(path: Path) -> pl.DataFrame:
+    if not path.is_file():
+        raise DataError(f"score file {path} does not exist")
+    try:
+        return pl.read_parquet(path) if path.suffix in (".parquet", ".pq") else pl.read_csv(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise DataError(f"{path}: cannot read it as {'parquet' if path.suffix else 'CSV'}: "
+                        f"{str(exc).splitlines()[0]}") from exc
+
+
+def _keyed(path: Path, table: pl.DataFrame, what: str) -> pl.DataFrame:
+    for key in _KEYS:
+        if key not in table.columns:
+            raise DataError(f"{path}: column {key!r} is missing; a {what} file needs one row per candidate "
+                            f"with columns group, item_id and {what}; present: {', '.join(table.columns)}")
+    blank = table["group"].cast(pl.String)
+    empty = int((blank.is_null() | (blank.str.strip_chars() == "")).sum())
+    if empty:
+        raise DataError(f"{path}: column 'group' has {empty} empty (null or blank) group id(s)")
+    table = table.with_columns(pl.col(k).cast(pl.String) for k in _KEYS)
+    dupes = table.select(_KEYS).is_duplicated()
+    if dupes.any():
+        row = table.filter(dupes).row(0, named=True)
+        extra = table.height - table.select(_KEYS).n_unique()
+        raise DataError(f"{path}: columns 'group', 'item_id' repeat {extra} candidate(s) (first: group "
+                        f"{row['group']!r}, item {row['item_id']!r}); one row per candidate")
+    return table
+
+
+def _score_column(path: Path, table: pl.DataFrame, column: str | None) -> str:
+    if column is None:
+        numeric = [c for c in table.columns
+                   if c not in (*_KEYS, "label") and table[c].dtype.is_numeric()]
+        column = "score" if "score" in table.columns else (numeric[0] if len(numeric) == 1 else None)
+        if column is None:
+            raise DataError(f"{path}: say which column holds the scores (FILE:COLUMN); numeric columns: "
+                            f"{', '.join(numeric) or 'none'}")
+    if column not in table.columns:
+        raise DataError(f"{path}: score column {column!r} is missing; present: {', '.join(table.columns)}")
+    s = table[column]
+    if not s.dtype.is_numeric():
+        raise DataError(f"{path}: score column {column!r} must be numeric, got {s.dtype}")
+    bad = table.filter(~s.cast(pl.Float64).is_finite() | s.is_null())
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise DataError(f"{path}: score column {column!r} has {bad.height} NaN, infinite or null score(s) "
+                        f"(first: group {row['group']!r}, item {row['item_id']!r}); they are never dropped "
+                        "silently")
+    return column
+
+
+def read_score_files(files: list[str], labels: str | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """Merge score files (``FILE`` or ``FILE:COLUMN``) and an optional labels file on (group, item_id).
+
+    Every score file must score exactly the same candidates; the labels file (columns group,
+    item_id, label, optionally exposed, set_position and segment columns) may cover a subset.
+    Returns the merged frame (keys as strings) and the scorer names, in file order.
+    """
+    merged: pl.DataFrame | None = None
+    names: list[str] = []
+    first: Path | None = None
+    for spec in files:
+        path, column = Path(spec), None
+        if not path.exists() and ":" in spec:
+            head, column = spec.rsplit(":", 1)
+            path = Path(head)
+        table = _keyed(path, _read(path), "score")
+        column = _score_column(path, table, column)
+        name = path.stem if column == "score" else column
+        name = name if name not in names else f"{name}_{len(names) + 1}"
+        names.append(name)
+        part = table.select(*_KEYS, pl.col(column).cast(pl.Float64).alias(name))
+        if merged is None:
+            merged, first = part, path
+            continue
+        only_a, only_b = merged.join(part, on=_KEYS, how="anti"), part.join(merged, on=_KEYS, how="anti")
+        if only_a.height or only_b.height:
+            row = (only_a if only_a.height else only_b).row(0, named=True)
+            raise DataError(f"score files {first} and {path} do not hold the same rows: {only_a.height} "
+                            f"candidate(s) only in {first}, {only_b.height} only in {path} (first: group "
+                            f"{row['group']!r}, item {row['item_id']!r}); columns 'group', 'item_id' must "
+                            "match")
+        merged = merged.join(part, on=_KEYS, how="inner")
+    if merged is None or len(names) < 2:
+        raise ConfigError("comparing needs at least two score files (--scores A --scores B)")
+    if labels is None:
+        return merged.with_columns(pl.lit(None, dtype=pl.Int8).alias("label")), names
+    lpath = Path(labels)
+    table = _keyed(lpath, _read(lpath), "label")
+    if "label" not in table.columns:
+        raise DataError(f"{lpath}: column 'label' is missing; present: {', '.join(table.columns)}")
+    extra = table.join(merged, on=_KEYS, how="anti")
+    if extra.height:
+        row = extra.row(0, named=True)
+        raise DataError(f"{lpath}: {extra.height} labelled row(s) are not in the score files (first: group "
+                        f"{row['group']!r}, item {row['item_id']!r})")
+    keep = [*_KEYS, "label", *(c for c in _LABEL_EXTRAS if c in table.columns)]
+    return merged.join(table.select(keep), on=_KEYS, how="left"), names
+
+
+def report_compare(files: list[str], out_dir: Path | str, *, labels: str | None = None, n_boot: int = 200,
+                   seed: int = 0, progress: Progress = _quiet) -> ReportOutputs:
+    """Report on two (or more) scorers' outputs: the first is the reference the others are compared with."""
+    scores, names = read_score_files(files, labels)
+    progress(f"report: {scores.height:,} candidates, reference {names[0]!r}, compared {', '.join(names[1:])}")
+    sizes = ReportConfig().sizes if "set_position" in scores.columns else ()
+    segments = tuple((c, f"as given in {labels}") for c in _LABEL_EXTRAS[2:] if c in scores.columns)
+    has_labels = scores["label"].is_not_null().any()
+    spec = ReportSpec(reference=names[0], models=tuple(names[1:]),
+                      label_models=tuple(names) if has_labels else (),
+                      gains=tuple((n, names[0]) for n in names[1:]), sizes=sizes, segments=segments,
+                      n_boot=n_boot, seed=seed, source=f"merged score files ({', '.join(files)})",
+                      setup={"mode": "compare", "files": list(files), "labels": labels})
+    return write_report(Path(out_dir), scores, spec)

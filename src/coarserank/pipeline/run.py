@@ -291,6 +291,8 @@ def load_context(run_dir: Path | str, *, progress: Progress = _quiet, device: st
                 ctx.logits[split][stage] = predict(models[stage], ctx.tables[split], ctx.device)
     if run_.is_done("gbdt"):
         _stage_gbdt(ctx)
+    for model in models.values():
+        model.eval()
     return ctx, models
 
 

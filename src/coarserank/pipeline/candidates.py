@@ -1,0 +1,227 @@
+"""Candidate sets that look like production, built from a finished run's data (no models here).
+
+A coarse ranker sees hundreds to thousands of candidates per request, not only the items a user
+was shown. For each selected test user the candidate set is the user's test exposures plus ``M``
+items drawn from the catalogue without replacement:
+
+Catalogue
+    Every item of the prepared frame with its item-side raw columns taken from its latest row,
+    its train exposure count and a popularity segment (:func:`build_catalogue`).
+Sampling
+    ``uniform``: every catalogue item has weight 1; ``popularity``: weight = train exposures + 1
+    (add-one, so items never exposed in train can still be drawn). Items the user was exposed to
+    in test are excluded. Draws follow Efraimidis-Spirakis keys ``log(u) / w``: the items with
+    the largest keys, in key order, are a weighted sample without replacement, and every prefix
+    of that order is one too, so smaller candidate sets are nested prefixes.
+Candidate rows
+    A sampled candidate copies the user's first test row (user and context columns, ``_time``)
+    and takes the item columns from the catalogue (:func:`sampled_frame`).
+Segments
+    User activity by train rows (tertiles over the selected users) and item popularity by share
+    of train exposures (:data:`POPULARITY_SHARES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from coarserank.config import DataConfig, RunConfig
+from coarserank.data.prepare import feature_column
+from coarserank.data.synthetic import oracle_probability
+from coarserank.errors import ConfigError, DataError
+
+__all__ = [
+    "ORACLES",
+    "POPULARITY_SHARES",
+    "Oracle",
+    "activity_segments",
+    "build_catalogue",
+    "item_raw_columns",
+    "sample_items",
+    "sampled_frame",
+    "sampling_weights",
+    "select_users",
+    "side_raw_columns",
+]
+
+POPULARITY_SHARES = (0.5, 0.8)
+"""Cumulative shares of train exposures that end the head and the torso."""
+
+_CHUNK_CELLS = 1 << 22  # users x catalogue keys drawn at once (32 MiB of float64)
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """A data source's true click probability for arbitrary rows.
+
+    ``columns`` are the raw columns ``probability(cfg, frame)`` reads; candidate rows copy the
+    non-item ones from the user's first test row.
+    """
+
+    columns: tuple[str, ...]
+    probability: Callable[[RunConfig, pl.DataFrame], np.ndarray]
+
+
+def _synthetic_oracle(cfg: RunConfig, frame: pl.DataFrame) -> np.ndarray:
+    cols = [frame[c].to_numpy() for c in ("user_id", "item_id", "device", "hour")]
+    return oracle_probability(cfg.synthetic, cfg.run.seed, *cols)
+
+
+ORACLES: dict[str, Oracle] = {
+    "synthetic": Oracle(("user_id", "item_id", "device", "hour"), _synthetic_oracle),
+}
+"""Sources that can compute the oracle for unseen (user, item, context) rows, by ``data.source``."""
+
+
+def side_raw_columns(cfg: DataConfig, sides: tuple[str, ...]) -> list[str]:
+    """Raw source columns of the features on ``sides``, in declaration order, without repeats."""
+    cols = [feature_column(f.name, f.column) for f in cfg.features if f.side in sides]
+    return list(dict.fromkeys(cols))
+
+
+def item_raw_columns(cfg: DataConfig) -> list[str]:
+    """The item id column followed by the raw columns of every item-side feature."""
+    return list(dict.fromkeys([cfg.item_col, *side_raw_columns(cfg, ("item",))]))
+
+
+def build_catalogue(frame: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
+    """Unique items with their latest item-side raw columns, train counts and popularity segment.
+
+    Parameters
+    ----------
+    frame : pl.DataFrame
+        The prepared frame (``_split``, ``_time``, ``_row`` and the raw item columns).
+    cfg : DataConfig
+        Names the item id column and the item-side features.
+
+    Returns
+    -------
+    pl.DataFrame
+        One row per item, sorted by id: the item columns, ``item_train_rows`` (Int64) and
+        ``item_popularity``: ``head`` for the most-exposed items that hold the first 50% of train
+        exposures (an item is head when the items ranked above it hold less than 50%), ``torso``
+        up to 80%, ``tail`` for the rest, items never exposed in train included.
+    """
+    cols = item_raw_columns(cfg)
+    latest = (frame.select(*cols, "_time", "_row").sort("_time", "_row")
+              .unique(subset=[cfg.item_col], keep="last").select(cols))
+    counts = (frame.filter(pl.col("_split") == "train").group_by(cfg.item_col)
+              .agg(pl.len().cast(pl.Int64).alias("item_train_rows")))
+    cat = (latest.join(counts, on=cfg.item_col, how="left")
+           .with_columns(pl.col("item_train_rows").fill_null(0))
+           .sort(pl.col("item_train_rows"), pl.col(cfg.item_col), descending=[True, False]))
+    rows = cat["item_train_rows"].to_numpy().astype(np.float64)
+    before = (np.cumsum(rows) - rows) / max(rows.sum(), 1.0)
+    head, torso = POPULARITY_SHARES
+    segment = np.where((before < head) & (rows > 0), "head",
+                       np.where((before < torso) & (rows > 0), "torso", "tail"))
+    return cat.with_columns(pl.Series("item_popularity", segment, dtype=pl.String)).sort(cfg.item_col)
+
+
+def select_users(users: pl.Series, max_users: int, seed: int) -> np.ndarray:
+    """Up to ``max_users`` distinct users drawn uniformly (seeded), sorted; all when fewer."""
+    if max_users < 1:
+        raise ConfigError(f"report.max_users must be >= 1, got {max_users}")
+    distinct = users.unique().sort().to_numpy()
+    if len(distinct) <= max_users:
+        return distinct
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57]))
+    return np.sort(distinct[rng.choice(len(distinct), max_users, replace=False)])
+
+
+def sample_items(weights: np.ndarray, n_users: int, excluded_user: np.ndarray, excluded_item: np.ndarray,
+                 m: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw up to ``m`` catalogue items per user without replacement, proportional to ``weights``.
+
+    Parameters
+    ----------
+    weights : np.ndarray
+        Positive weight per catalogue item.
+    n_users : int
+        Users numbered ``0 .. n_users - 1``.
+    excluded_user, excluded_item : np.ndarray
+        Pairs (user number, catalogue index) that must not be drawn.
+    m : int
+        Items per user; a user gets fewer only when the catalogue minus exclusions is smaller.
+    seed : int
+        Seed of the draw; the same inputs and seed give the same sample.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray, np.ndarray]
+        ``(user, item, order)``: user number, catalogue index and 0-based draw order per sampled
+        candidate, sorted by user then order. Every prefix of a user's draw order is itself a
+        weighted sample without replacement (Efraimidis-Spirakis keys ``log(u) / w``).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if m < 1:
+        raise ConfigError(f"report.sampled must be >= 1, got {m}")
+    if w.size == 0 or not (np.isfinite(w).all() and (w > 0).all()):
+        raise DataError("sampling weights must be positive and finite, one per catalogue item")
+    n_items = w.size
+    take = min(m, n_items)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3B1E]))
+    by_user = np.argsort(excluded_user, kind="stable")
+    ex_user, ex_item = np.asarray(excluded_user)[by_user], np.asarray(excluded_item)[by_user]
+    per_chunk = max(1, _CHUNK_CELLS // n_items)
+    users, items, orders = [], [], []
+    for lo in range(0, n_users, per_chunk):
+        hi = min(n_users, lo + per_chunk)
+        keys = np.log1p(-rng.random((hi - lo, n_items))) / w  # log(u), u in (0, 1]
+        a, b = np.searchsorted(ex_user, [lo, hi])
+        keys[ex_user[a:b] - lo, ex_item[a:b]] = -np.inf
+        top = (np.argpartition(-keys, take - 1, axis=1)[:, :take] if take < n_items
+               else np.broadcast_to(np.arange(n_items), keys.shape))
+        top_keys = np.take_along_axis(keys, top, axis=1)
+        by_key = np.argsort(-top_keys, axis=1, kind="stable")
+        top, top_keys = np.take_along_axis(top, by_key, 1), np.take_along_axis(top_keys, by_key, 1)
+        keep = np.isfinite(top_keys)  # excluded items sort last
+        users.append(np.repeat(np.arange(lo, hi), take).reshape(hi - lo, take)[keep])
+        items.append(top[keep])
+        orders.append(np.broadcast_to(np.arange(take), top.shape)[keep])
+    return np.concatenate(users), np.concatenate(items), np.concatenate(orders)
+
+
+def sampled_frame(base: pl.DataFrame, catalogue: pl.DataFrame, user: np.ndarray, item: np.ndarray,
+                  item_cols: list[str], first_row: int) -> pl.DataFrame:
+    """Candidate rows: ``base`` row ``user[j]`` with its item columns taken from catalogue row ``item[j]``.
+
+    ``base`` holds one row per user (its non-item columns are copied); the result gets fresh ``_row``
+    ids from ``first_row`` on and a null ``_label`` (the candidate was never shown).
+    """
+    own = base.drop([c for c in item_cols if c in base.columns])
+    left = own.select(pl.all().gather(user))
+    right = catalogue.select(item_cols).select(pl.all().gather(item))
+    rows = pl.Series("_row", np.arange(first_row, first_row + len(user), dtype=np.int64))
+    return pl.concat([left, right], how="horizontal").with_columns(
+        rows, pl.lit(None, dtype=pl.Int8).alias("_label"))
+
+
+def activity_segments(train_rows: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Light / medium / heavy by train rows: tertile cut points over the given users.
+
+    Returns the label per user and the cut points ``(q1, q2)``: light ``<= q1``, medium
+    ``<= q2``, heavy above.
+    """
+    x = np.asarray(train_rows, dtype=np.float64)
+    q1, q2 = (float(v) for v in np.quantile(x, [1 / 3, 2 / 3])) if x.size else (0.0, 0.0)
+    labels = np.where(x <= q1, "light", np.where(x <= q2, "medium", "heavy"))
+    return labels, (q1, q2)
+
+
+SamplingKind = Literal["uniform", "popularity"]
+
+
+def sampling_weights(train_rows: np.ndarray, sampling: SamplingKind) -> np.ndarray:
+    """Catalogue weights: all ones (uniform) or train exposures + 1 (popularity)."""
+    if sampling == "uniform":
+        return np.ones(len(train_rows), dtype=np.float64)
+    if sampling == "popularity":
+        return np.asarray(train_rows, dtype=np.float64) + 1.0
+    raise ConfigError(f"report.sampling must be 'uniform' or 'popularity', got {sampling!r}")
+
