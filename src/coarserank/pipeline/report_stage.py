@@ -121,7 +121,7 @@ def _two_tower_score(model: TwoTower, encoder: Any, sets: _Sets, device: torch.d
                            for lo in range(0, len(ui), _CHUNK)] or [np.zeros(0, dtype=np.float32)])
 
 
-def _candidate_sets(ctx: Any, oracle: Oracle | None) -> _Sets:
+def candidate_sets(ctx: Any, oracle: Oracle | None) -> _Sets:
     cfg: RunConfig = ctx.cfg
     d, r = cfg.data, cfg.report
     frame, test = ctx.frame, ctx.frames["test"]
@@ -212,7 +212,7 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
     oracle = ORACLES.get(cfg.data.source)
     if oracle is not None and not set(oracle.columns) <= set(ctx.frame.columns):
         oracle = None
-    sets = _candidate_sets(ctx, oracle)
+    sets = candidate_sets(ctx, oracle)
     scores, segments = _with_segments(_scores(ctx, models, sets, oracle), sets, ctx.frame)
     has_oracle = "oracle" in scores.columns
     notes = []

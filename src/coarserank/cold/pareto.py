@@ -1,0 +1,104 @@
+"""Pareto frontier of quality against latency, and the choice under a latency budget.
+
+A point is *dominated* when another point is at least as good on both axes (GAUC no lower, p99
+latency no higher) and strictly better on one. Points that tie exactly on both axes do not dominate
+each other, so both stay on the frontier.
+
+The choice under a budget is the point with the highest GAUC among those whose p99 latency is at
+most the budget; ties in GAUC go to the lower p99, then to the earlier point. Without a budget the
+highest-GAUC point overall is chosen. When no point meets the budget, :func:`choose_under_budget`
+raises a :class:`~coarserank.errors.ConfigError` that names the fastest point and its latency.
+
+Example
+-------
+>>> pareto_flags([0.70, 0.72, 0.71], [1.0, 3.0, 4.0])
+[True, True, False]
+>>> choose_under_budget([0.70, 0.72, 0.71], [1.0, 3.0, 4.0], 3.5)
+1
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from coarserank.errors import ConfigError, DataError
+
+__all__ = ["pareto_flags", "choose_under_budget", "check_budget"]
+
+
+def _checked(quality: Sequence[float], latency: Sequence[float]) -> tuple[list[float], list[float]]:
+    q, t = [float(x) for x in quality], [float(x) for x in latency]
+    if len(q) != len(t):
+        raise DataError(f"quality and latency must have one value per point, got {len(q)} and {len(t)}")
+    bad = [i for i, (a, b) in enumerate(zip(q, t)) if not (math.isfinite(a) and math.isfinite(b))]
+    if bad:
+        raise DataError(f"sweep point(s) {bad} have a NaN/inf GAUC or latency; every point needs both measured")
+    return q, t
+
+
+def pareto_flags(quality: Sequence[float], latency: Sequence[float]) -> list[bool]:
+    """``True`` for each point on the frontier (not dominated), ``False`` for dominated points.
+
+    Parameters
+    ----------
+    quality : Sequence[float]
+        Higher is better (GAUC).
+    latency : Sequence[float]
+        Lower is better (p99 ms).
+
+    Raises
+    ------
+    DataError
+        If the lengths differ or a value is not finite.
+    """
+    q, t = _checked(quality, latency)
+    flags = []
+    for i in range(len(q)):
+        dominated = any(q[j] >= q[i] and t[j] <= t[i] and (q[j] > q[i] or t[j] < t[i]) for j in range(len(q)))
+        flags.append(not dominated)
+    return flags
+
+
+def check_budget(budget_ms: float | None) -> float | None:
+    """``None`` (no budget) or a positive, finite budget in milliseconds.
+
+    Raises
+    ------
+    ConfigError
+        If the budget is zero, negative or not finite.
+    """
+    if budget_ms is None:
+        return None
+    if not math.isfinite(budget_ms) or budget_ms <= 0:
+        raise ConfigError(f"the latency budget must be a positive number of milliseconds, got {budget_ms}")
+    return float(budget_ms)
+
+
+def choose_under_budget(quality: Sequence[float], latency: Sequence[float], budget_ms: float | None) -> int:
+    """Index of the highest-quality point whose latency is within ``budget_ms``.
+
+    Parameters
+    ----------
+    quality, latency : Sequence[float]
+        GAUC and p99 latency (ms) per point.
+    budget_ms : float or None
+        The p99 budget; ``None`` chooses among all points.
+
+    Raises
+    ------
+    ConfigError
+        If there are no points, the budget is not positive, or no point meets it (the message names
+        the fastest point and its latency).
+    """
+    q, t = _checked(quality, latency)
+    budget = check_budget(budget_ms)
+    if not q:
+        raise ConfigError("there are no sweep points to choose from")
+    within = [i for i in range(len(q)) if budget is None or t[i] <= budget]
+    if not within:
+        fastest = min(range(len(t)), key=lambda i: (t[i], i))
+        raise ConfigError(f"no sweep point meets the p99 latency budget of {budget:g} ms: the fastest point "
+                          f"(#{fastest}) needs {t[fastest]:.3f} ms; raise the budget to at least that or "
+                          "sweep smaller k")
+    return min(within, key=lambda i: (-q[i], t[i], i))

@@ -1,0 +1,428 @@
+"""COLD-style feature-selection sweep: top-k features -> distilled coarse model -> quality and cost.
+
+:func:`run_sweep` works on a finished run (data, teacher and its logits) and writes ``sweep/`` in the
+run directory (the file format is documented in ``docs/sweep.md``):
+
+1. Importance (:mod:`coarserank.cold.importance`): SE gates of a COLD model on every field, LightGBM
+   gain, and permutation importance of the family's model on all its fields (``two_tower``: the
+   run's distilled student when it exists, else one trained here; ``cold``: the SE model itself).
+   Saved to ``sweep/importance-<family>.json``.
+2. For each k: the top-k fields of the ``rank_by`` ranking the family can use (``cold``: every field,
+   crosses included; ``two_tower``: user, context and item fields, with at least one field per tower:
+   if the top-k lacks a tower's side, its lowest-ranked pick is swapped for that side's best field).
+   The family's model is trained on them with :func:`coarserank.distill.train.fit` and the run's
+   distillation loss, then measured: test AUC and GAUC, Recall@10-in-100 against the teacher on the
+   candidate sets, ONNX Runtime latency (:mod:`coarserank.cold.latency`) and cost
+   (:mod:`coarserank.cold.cost`). Saved to ``sweep/points/<family>-k<k>.json`` (+ its ONNX files).
+3. Pareto flags of GAUC against p99 latency (1 intra-op thread), the choice under the budget
+   (:mod:`coarserank.cold.pareto`), ``sweep/sweep.json`` and ``sweep/frontier.png``.
+
+A point or importance file is reused when its ``fingerprint`` (run, teacher, data, every setting
+that changes it) and its features match, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from coarserank.atomic import atomic_write_text
+from coarserank.cold.cost import point_cost
+from coarserank.cold.importance import (
+    Importance,
+    gate_penalty,
+    gbdt_importance,
+    permutation_importance,
+    rank_agreement,
+    se_importance,
+    soft_label_loss,
+)
+from coarserank.cold.latency import cold_latency, two_tower_latency
+from coarserank.cold.pareto import check_budget, choose_under_budget, pareto_flags
+from coarserank.cold.se_model import build_cold_model
+from coarserank.config import RunConfig, config_to_dict, dump_config, load_config
+from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
+from coarserank.distill.tensors import TensorTable, make_table
+from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
+from coarserank.errors import ArtifactError, ConfigError, DataError
+from coarserank.ranking_eval import auc, gauc, recall_k_in_n
+from coarserank.student import build_student
+
+__all__ = ["FAMILIES", "CandidateSets", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields", "select_top_k",
+           "run_sweep", "write_chosen_config", "SWEEP_FORMAT"]
+
+FAMILIES = ("cold", "two_tower")
+SWEEP_FORMAT = 1
+RECALL_K, RECALL_N = 10, 100
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CandidateSets:
+    """Encoded candidate rows grouped into sets, with the teacher's logit per row."""
+
+    inputs: dict[str, np.ndarray]
+    groups: np.ndarray
+    teacher: np.ndarray
+    description: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """``sweep.json``'s body, where it went, and the budget message when no point met it."""
+
+    body: dict[str, Any]
+    path: Path
+    plot: Path
+    budget_error: str | None = None
+
+
+def parse_ks(text: str | Sequence[int | str]) -> list[int | None]:
+    """``"4,8,all"`` or ``[4, 8, 0]`` -> ``[4, 8, None]`` (``all`` and 0 mean every field).
+
+    Raises
+    ------
+    ConfigError
+        If a value is not a positive integer or ``all``, or the list is empty.
+    """
+    items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+    out: list[int | None] = []
+    for item in items:
+        if isinstance(item, str) and item.lower() == "all":
+            out.append(None)
+            continue
+        try:
+            k = int(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--k must list positive integers or 'all', e.g. 4,8,12,all; got {item!r}") from None
+        if k < 0:
+            raise ConfigError(f"--k values must be >= 1 (or 'all'), got {k}")
+        out.append(None if k == 0 else k)
+    if not out:
+        raise ConfigError("--k is empty; give at least one k, e.g. 4,8,all")
+    return out
+
+
+def eligible_fields(schema: Schema, family: str) -> list[str]:
+    """Fields the family may use: every field (``cold``) or user, context and item fields (``two_tower``)."""
+    if family not in FAMILIES:
+        raise ConfigError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if family == "cold":
+        return schema.names
+    return schema.select(STUDENT_USER_SIDES + STUDENT_ITEM_SIDES).names
+
+
+def select_top_k(ranking: Sequence[str], schema: Schema, family: str, k: int) -> list[str]:
+    """The top-k eligible fields of ``ranking`` in schema order (two-tower: one per tower at least)."""
+    allowed = eligible_fields(schema, family)
+    order = [f for f in ranking if f in allowed]
+    picked = order[:k]
+    if family == "two_tower":
+        for side in (STUDENT_USER_SIDES, STUDENT_ITEM_SIDES):
+            if not any(schema[f].side in side for f in picked):
+                best = next(f for f in order if schema[f].side in side)
+                other = [f for f in picked if schema[f].side not in side]
+                picked.remove(other[-1])
+                picked.append(best)
+    return [f for f in schema.names if f in picked]
+
+
+def resolve_ks(ks: Sequence[int | None], schema: Schema, family: str) -> list[int]:
+    """Feature counts to sweep: ``None`` -> every eligible field, repeats dropped, order kept.
+
+    Raises
+    ------
+    ConfigError
+        If a k exceeds the fields the family can use, or is below 2 for ``two_tower``.
+    """
+    n = len(eligible_fields(schema, family))
+    out: list[int] = []
+    for k in ks:
+        value = n if k is None else k
+        if value > n:
+            raise ConfigError(f"k={value} is larger than the {n} features the {family} family can use; "
+                              f"use k <= {n} or 'all'")
+        if family == "two_tower" and value < 2:
+            raise ConfigError("the two_tower family needs k >= 2 (one field per tower at least)")
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _fingerprint(ctx: Any, family: str, extra: dict[str, Any]) -> str:
+    cfg: RunConfig = ctx.cfg
+    m = ctx.run.manifest
+    body = {"format": SWEEP_FORMAT, "config": m.get("config_hash"), "data": m.get("data_fingerprint"),
+            "teacher": m.get("files", {}).get("teacher.pt"), "family": family,
+            "cold": config_to_dict(replace(cfg.cold, family="cold", k=(), budget_ms=0.0, rank_by="se")),
+            "student": config_to_dict(cfg.student), "distill": config_to_dict(cfg.distill), **extra}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_if_current(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return body if isinstance(body, dict) and body.get("fingerprint") == fingerprint else None
+
+
+def _table(ctx: Any, split: str, fields: Sequence[str], teacher: bool = False) -> TensorTable:
+    t = ctx.tables[split]
+    table = TensorTable({f: t.inputs[f] for f in fields}, t.label, t.group)
+    return table.with_teacher(ctx.logits[split]["teacher"]) if teacher else table
+
+
+def _epochs(progress: Progress, what: str) -> Callable[[EpochInfo], None]:
+    def show(info: EpochInfo) -> None:
+        progress(f"{what}: epoch {info.epoch} loss {info.train_loss:.4f} valid gauc {info.valid_gauc:.4f} "
+                 f"({info.seconds:.1f}s){' *' if info.is_best else ''}")
+    return show
+
+
+def _train(ctx: Any, family: str, fields: Sequence[str], progress: Progress, what: str,
+           gate_l1: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
+    cfg: RunConfig = ctx.cfg
+    torch.manual_seed(cfg.run.seed)
+    schema = ctx.schema.select(names=fields)
+    listwise = cfg.distill.alpha > 0 and cfg.distill.soft == "listwise"
+    if family == "cold":
+        c = cfg.cold
+        model: nn.Module = build_cold_model(schema, c.embed_dim, c.hidden)
+        settings = FitSettings(c.lr, c.batch_size, c.epochs, c.patience, 0.0, cfg.run.seed, listwise)
+        loss = gate_penalty(model, soft_label_loss(cfg.distill), gate_l1)  # type: ignore[arg-type]
+    else:
+        s = cfg.student
+        model = build_student(schema, s)
+        settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, cfg.run.seed, listwise)
+        loss = soft_label_loss(cfg.distill)
+    result = fit(model, loss, _table(ctx, "train", fields, teacher=True), _table(ctx, "valid", fields), settings,
+                 ctx.device, _epochs(progress, what))
+    return model, {"best_epoch": result.best_epoch, "best_valid_gauc": result.best_valid_gauc,
+                   "epochs": len(result.history), "train_seconds": round(result.train_seconds, 3)}
+
+
+def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: Progress) -> dict[str, Any]:
+    cfg: RunConfig = ctx.cfg
+    path = ctx.run.path / "sweep" / f"importance-{family}.json"
+    fingerprint = _fingerprint(ctx, family, {"what": "importance", "gbdt": config_to_dict(cfg.gbdt)})
+    done = _read_if_current(path, fingerprint)
+    if done is not None:
+        progress(f"sweep: importance ({family}) already computed, reusing {path.name}")
+        return done
+    start = time.perf_counter()
+    progress("sweep: importance 1/3: COLD model with SE gates on every field")
+    se_model, _ = _train(ctx, "cold", ctx.schema.names, progress, "importance se", cfg.cold.gate_l1)
+    se = se_importance(se_model, _table(ctx, "valid", ctx.schema.names), ctx.device)
+    progress("sweep: importance 2/3: LightGBM gain")
+    y = {s: ctx.frames[s]["_label"].to_numpy() for s in ("train", "valid")}
+    gb = gbdt_importance(ctx.schema, ctx.encoded["train"], y["train"], ctx.encoded["valid"], y["valid"], cfg.gbdt,
+                         seed=cfg.run.seed, threads=cfg.run.threads or 1)  # 1: OpenMP spins on a busy machine
+    fields = eligible_fields(ctx.schema, family)
+    if family == "cold":
+        swept, which = se_model, "the SE importance model (COLD, every field)"
+    elif "student" in models:
+        swept, which = models["student"], "the run's distilled two-tower student (every user/context/item field)"
+    else:
+        swept, _ = _train(ctx, "two_tower", fields, progress, "importance two_tower")
+        which = "a two-tower model distilled here on every user/context/item field"
+    progress(f"sweep: importance 3/3: permutation importance of {which}")
+    perm = permutation_importance(swept, _table(ctx, "valid", ctx.schema.names), fields,
+                                  repeats=cfg.cold.permutation_repeats, seed=cfg.run.seed, device=ctx.device)
+    methods = [se, gb, perm]
+    body = {"fingerprint": fingerprint, "family": family, "permutation_model": which,
+            "methods": {m.method: m.to_json() for m in methods}, "agreement_kendall_tau_b": rank_agreement(methods),
+            "seconds": round(time.perf_counter() - start, 3)}
+    atomic_write_text(path, json.dumps(body, indent=2))
+    return body
+
+
+def _exposure_sets(ctx: Any) -> CandidateSets:
+    return CandidateSets(ctx.encoded["test"], ctx.frames["test"]["_group"].to_numpy(),
+                         ctx.logits["test"]["teacher"], "each test group's own test exposures")
+
+
+def _latency_rows(ctx: Any, n: int) -> dict[str, np.ndarray]:
+    enc = ctx.encoded["test"]
+    total = len(next(iter(enc.values())))
+    idx = np.arange(n) % total
+    return {k: np.ascontiguousarray(v[idx]) for k, v in enc.items()}
+
+
+def _measure_point(ctx: Any, model: nn.Module, family: str, fields: list[str], sets: CandidateSets,
+                   out_dir: Path) -> dict[str, Any]:
+    cfg: RunConfig = ctx.cfg
+    test = ctx.frames["test"]
+    y, groups = test["_label"].to_numpy(), test["_group"].to_numpy()
+    z = predict(model, _table(ctx, "test", fields), ctx.device)
+    p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+    cand = make_table({f: sets.inputs[f] for f in fields}, np.zeros(len(sets.groups)), np.zeros(len(sets.groups)))
+    s = predict(model, cand, ctx.device)
+    try:
+        recall: float | None = recall_k_in_n(sets.teacher, s, sets.groups, RECALL_K, RECALL_N).value
+    except DataError:
+        recall = None
+    rows = _latency_rows(ctx, cfg.cold.candidates)
+    timer = cold_latency if family == "cold" else two_tower_latency
+    lat = timer(model, rows, out_dir, opset=cfg.serving.opset, repeats=cfg.cold.latency_repeats,  # type: ignore[arg-type]
+                warmup=cfg.cold.latency_warmup)
+    primary = lat.timings["threads_1"]
+    cost = point_cost(model, out_dir, cfg.cold.candidates)
+    return {"auc": auc(y, p), "gauc": gauc(y, p, groups).value, "recall_10_in_100": recall,
+            "p50_ms": primary.p50_ms, "p99_ms": primary.p99_ms, "params": cost["params"],
+            "macs_per_candidate": cost["macs_per_candidate"], "latency": lat.to_json(), "cost": cost}
+
+
+def _plot(points: list[dict[str, Any]], chosen: int | None, budget: float | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["p99_ms"])
+    ax.plot([p["p99_ms"] for p in front], [p["gauc"] for p in front], "-", color="#1f77b4", lw=1, label="Pareto frontier")
+    for i, p in enumerate(points):
+        style = {"color": "#1f77b4"} if p["pareto"] else {"facecolors": "none", "edgecolors": "#888888"}
+        ax.scatter([p["p99_ms"]], [p["gauc"]], s=36, zorder=3, **style)
+        ax.annotate(f"k={p['k']}", (p["p99_ms"], p["gauc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if i == chosen:
+            ax.scatter([p["p99_ms"]], [p["gauc"]], marker="*", s=220, color="#d62728", zorder=4, label="chosen")
+    if budget is not None:
+        ax.axvline(budget, color="#d62728", ls="--", lw=1, label=f"budget {budget:g} ms")
+    ax.set_xlabel("p99 latency per request, ms (ONNX Runtime, 1 thread)")
+    ax.set_ylabel("test GAUC")
+    ax.set_title(f"{points[0]['family']} sweep: GAUC vs p99 latency (hollow = dominated)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[int | None],
+              budget_ms: float | None, progress: Progress | None = None, *, rank_by: str | None = None,
+              candidates: CandidateSets | None = None) -> SweepResult:
+    """Sweep the top-k features of a finished run (see the module docstring); writes ``sweep/``.
+
+    Parameters
+    ----------
+    ctx, models : RunContext, dict[str, nn.Module]
+        A finished run as :func:`coarserank.pipeline.run.load_context` returns it.
+    family : str
+        ``cold`` or ``two_tower``.
+    ks : Sequence[int | None]
+        Feature counts; ``None`` means every field the family can use.
+    budget_ms : float or None
+        p99 latency budget (1 thread); ``None`` chooses the highest GAUC.
+    progress : callable, optional
+        Receives one line per step and epoch.
+    rank_by : str, optional
+        ``se``, ``gbdt`` or ``permutation`` (default ``cold.rank_by``).
+    candidates : CandidateSets, optional
+        Sets for Recall@10-in-100 (default: each test group's exposures).
+
+    Raises
+    ------
+    ArtifactError
+        If the run has no teacher or no teacher logits.
+    ConfigError
+        For an unknown family or ranking, a bad budget, or a k larger than the number of fields.
+    """
+    say = progress or (lambda _m: None)
+    cfg: RunConfig = ctx.cfg
+    if "teacher" not in models or "teacher" not in ctx.logits.get("train", {}):
+        raise ArtifactError(f"run {ctx.run.path} has no trained teacher (or no teacher logits); the sweep "
+                            "distils from them: finish the run with `distill run` first")
+    rank_by = rank_by or cfg.cold.rank_by
+    if rank_by not in ("se", "gbdt", "permutation"):
+        raise ConfigError(f"rank_by must be one of se, gbdt, permutation, got {rank_by!r}")
+    budget = check_budget(budget_ms)
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    resolved = resolve_ks(ks, ctx.schema, family)
+    sets = candidates or _exposure_sets(ctx)
+    start = time.perf_counter()
+    importance = _importance(ctx, models, family, say)
+    ranking = Importance.from_json(importance["methods"][rank_by]).ranking()
+    fingerprint = _fingerprint(ctx, family, {"what": "point", "candidates": sets.description})
+    points: list[dict[str, Any]] = []
+    for i, k in enumerate(resolved, 1):
+        features = select_top_k(ranking, ctx.schema, family, k)
+        name = f"{family}-k{k}"
+        path = ctx.run.path / "sweep" / "points" / f"{name}.json"
+        done = _read_if_current(path, fingerprint)
+        if done is not None and done.get("features") == features:
+            say(f"sweep [{i}/{len(resolved)}] {name}: done before, reusing (gauc {done['gauc']:.4f}, "
+                f"p99 {done['p99_ms']:.3f} ms)")
+            points.append(done)
+            continue
+        say(f"sweep [{i}/{len(resolved)}] {name}: training on {', '.join(features)}")
+        t0 = time.perf_counter()
+        model, train = _train(ctx, family, features, say, f"sweep {name}")
+        point = {"k": k, "family": family, "features": features, "rank_by": rank_by,
+                 **_measure_point(ctx, model, family, features, sets, path.parent / name), "train": train,
+                 "seconds": round(time.perf_counter() - t0, 3), "fingerprint": fingerprint}
+        atomic_write_text(path, json.dumps(point, indent=2))
+        say(f"sweep [{i}/{len(resolved)}] {name}: gauc {point['gauc']:.4f} p99 {point['p99_ms']:.3f} ms "
+            f"({point['seconds']:.0f}s)")
+        points.append(point)
+    flags = pareto_flags([p["gauc"] for p in points], [p["p99_ms"] for p in points])
+    points = [{**{k: v for k, v in p.items() if k != "fingerprint"}, "pareto": f} for p, f in zip(points, flags)]
+    error: str | None = None
+    try:
+        chosen: int | None = choose_under_budget([p["gauc"] for p in points], [p["p99_ms"] for p in points], budget)
+    except ConfigError as exc:
+        chosen, error = None, str(exc)
+    sweep_dir = ctx.run.path / "sweep"
+    plot = _plot(points, chosen, budget, sweep_dir / "frontier.png")
+    body = {"format": SWEEP_FORMAT, "run": str(ctx.run.path), "family": family, "rank_by": rank_by,
+            "budget_ms": budget, "chosen": chosen, "budget_note": error,
+            "latency_axis": "p99_ms: ONNX Runtime with 1 intra-op thread, one request of "
+                            f"{cfg.cold.candidates} candidates", "candidates": sets.description,
+            "recall": f"Recall@{RECALL_K}-in-{RECALL_N} against the teacher, mean over candidate sets with "
+                      f">= {RECALL_N} rows; null when none has",
+            "importance": {k: v for k, v in importance.items() if k != "fingerprint"}, "points": points,
+            "plot": plot.name, "seconds": round(time.perf_counter() - start, 3)}
+    path = atomic_write_text(sweep_dir / "sweep.json", json.dumps(body, indent=2))
+    return SweepResult(body, path, plot, error)
+
+
+def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str) -> Path:
+    """Write the run's configuration with ``data`` restricted to ``features``, for ``distill run --config``.
+
+    Chosen crosses keep the features they are built from; a cross (or history cross) stays when it
+    was chosen or when every feature it needs was chosen. ``run.out`` and ``run.name`` are cleared.
+
+    Raises
+    ------
+    ConfigError
+        If the chosen features cannot make a run (no user-side or no item-side feature).
+    """
+    chosen, d = set(features), cfg.data
+    crosses = tuple(c for c in d.crosses if c.name in chosen or {c.a, c.b} <= chosen)
+    history = tuple(h for h in d.history_crosses if h.name in chosen or {h.key, h.over} <= chosen)
+    needed = chosen | {p for c in crosses for p in (c.a, c.b)} | {p for h in history for p in (h.key, h.over)}
+    kept = tuple(f for f in d.features if f.name in needed)
+    if not {"user", "item"} <= {f.side for f in kept}:
+        raise ConfigError(f"the chosen features ({', '.join(features)}) leave no user-side or no item-side "
+                          "feature; `distill run` trains a two-tower student and needs both")
+    out = replace(cfg, data=replace(d, features=kept, crosses=crosses, history_crosses=history),
+                  run=replace(cfg.run, out="", name=""))
+    header = ("# Written by `distill sweep --write-config`: the swept run's configuration with data.features,\n"
+              f"# data.crosses and data.history_crosses restricted to the chosen point: {', '.join(features)}.\n"
+              "# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
+    target = atomic_write_text(Path(path), header + dump_config(out))
+    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
+    return target
