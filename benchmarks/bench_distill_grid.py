@@ -25,7 +25,8 @@ from coarserank.distill.train import predict  # noqa: E402
 from coarserank.pipeline.run import load_context, run, train_student  # noqa: E402
 from coarserank.ranking_eval import gauc  # noqa: E402
 
-GRID = ([DistillConfig(a, t, "pointwise") for a in (0.0, 0.3, 0.5, 0.7, 0.9) for t in (1.0, 2.0, 4.0)]
+GRID = ([DistillConfig(0.0, 1.0, "pointwise")]  # the hard-label control: T and soft do not matter
+        + [DistillConfig(a, t, "pointwise") for a in (0.3, 0.5, 0.7, 0.9) for t in (1.0, 2.0, 4.0)]
         + [DistillConfig(a, t, "listwise") for a in (0.3, 0.5, 0.7) for t in (1.0, 2.0)])
 
 
@@ -43,7 +44,7 @@ def main() -> None:
     for seed in args.seeds:
         cfg = load_config(preset=preset, overrides=[*sets, f"run.seed={seed}"])
         run_dir = Path(args.out) / f"{args.dataset}-seed{seed}"
-        run(cfg, run_dir, progress=lambda m: None, extra_stages=False)
+        run(cfg, run_dir, progress=lambda m: None, extra_stages=False)  # reuses a finished run
         ctx, _ = load_context(run_dir)
         ctx.progress = lambda m: None
         for point in GRID:

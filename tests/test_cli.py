@@ -91,3 +91,16 @@ def test_help_explains_every_run_option():
     result = CliRunner().invoke(distill, ["run", "--help"])
     for option in ("--config", "--dataset", "--data-dir", "--rows", "--seed", "--out", "--device", "--overwrite"):
         assert option in result.output
+
+
+def test_changing_a_report_setting_reruns_only_the_report(tiny_run, tiny_overrides):
+    out, _ = tiny_run
+    before = json.loads((out / "manifest.json").read_text())
+    result = CliRunner().invoke(distill, ["run", "--rows", "4000", "--seed", "3", "--out", str(out),
+                                          *_sets(tiny_overrides), "--set", "report.sampled=50"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((out / "manifest.json").read_text())
+    assert "teacher: epoch" not in result.output
+    assert after["files"]["teacher.pt"] == before["files"]["teacher.pt"]
+    assert after["stages"]["report"]["section_hash"] != before["stages"]["report"]["section_hash"]
+    assert "sampled = 50" in (out / "config.toml").read_text()

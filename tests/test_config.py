@@ -95,6 +95,12 @@ def test_config_hash_ignores_output_location_but_not_seed():
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
+def test_config_hash_covers_training_not_report_or_serving_settings():
+    base = load_config()
+    assert config_hash(base) == config_hash(load_config(overrides=["report.sampled=10", "serving.kv_dtype=\"float16\""]))
+    assert config_hash(base) != config_hash(load_config(overrides=["student.dim=32"]))
+
+
 def test_shipped_example_matches_the_movielens_preset(ml100k_dir):
     example = load_config(REPO / "examples" / "movielens-100k.toml", overrides=["data.path=\"\""])
     preset = load_config(preset="movielens-100k")

@@ -47,6 +47,7 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "config_hash",
+    "section_hash",
     "preset_path",
 ]
 
@@ -512,8 +513,18 @@ def dump_config(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
+TRAINING_SECTIONS = ("run", "data", "synthetic", "teacher", "student", "distill", "gbdt")
+
+
 def config_hash(cfg: RunConfig) -> str:
-    """sha256 of the resolved configuration, excluding where the output goes."""
-    body = config_to_dict(cfg)
-    body["run"] = {k: v for k, v in body["run"].items() if k not in ("out", "name", "threads")}
+    """sha256 of what determines a run's trained models: the data and training sections, excluding
+    where the output goes and how many threads run. Exports, report and sweep settings are not part
+    of it: changing them re-runs only their own stage (see :func:`section_hash`)."""
+    body = {k: v for k, v in config_to_dict(cfg).items() if k in TRAINING_SECTIONS}
+    body["run"] = {k: v for k, v in body["run"].items() if k not in ("out", "name", "threads", "device")}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def section_hash(cfg: RunConfig, section: str) -> str:
+    """sha256 of one section of the configuration."""
+    return hashlib.sha256(json.dumps(config_to_dict(getattr(cfg, section)), sort_keys=True).encode()).hexdigest()

@@ -20,7 +20,7 @@ import polars as pl
 import torch
 
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.config import DistillConfig, RunConfig, config_hash, config_to_dict, dump_config
+from coarserank.config import DistillConfig, RunConfig, config_hash, config_to_dict, dump_config, section_hash
 from coarserank.data.encode import Encoder
 from coarserank.data.prepare import SPLITS, prepare
 from coarserank.data.schema import Schema
@@ -261,9 +261,9 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
 
 
 # Stages after metrics, run in order: (stage name, module exposing ``run_stage(ctx, models)``).
-EXTRA_STAGES: list[tuple[str, str]] = [
-    ("export", "coarserank.pipeline.export_stage"),
-    ("report", "coarserank.pipeline.report_stage"),
+EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config section it depends on)
+    ("export", "coarserank.pipeline.export_stage", "serving"),
+    ("report", "coarserank.pipeline.report_stage", "report"),
 ]
 
 
@@ -319,9 +319,11 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     if run_ is None:
         run_ = RunDir(path, payload, writable=False)
         progress = _quiet
-    if not run_.is_done("config"):
-        run_.begin("config")
-        run_.record("config", atomic_write_text(run_.file("config.toml"), dump_config(cfg)))
+    resolved = dump_config(cfg)
+    config_file = run_.file("config.toml")
+    if not run_.is_done("config") or config_file.read_text() != resolved:
+        run_.begin("config")  # the resolved configuration, rewritten when a non-training section changed
+        run_.record("config", atomic_write_text(config_file, resolved))
         run_.finish("config", config=config_to_dict(cfg))
     ctx = RunContext(cfg, run_, device, progress)
     progress(f"run directory {path} (device {device})")
@@ -346,10 +348,15 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             _stage_gbdt(ctx)
             stage = "metrics"
             metrics = _stage_metrics(ctx)
-            for name, module in EXTRA_STAGES if extra_stages else []:
+            for name, module, section in EXTRA_STAGES if extra_stages else []:
                 stage = name
-                if not run_.is_done(name):
-                    importlib.import_module(module).run_stage(ctx, models)
+                wanted = section_hash(cfg, section)
+                if run_.is_done(name) and run_.manifest["stages"][name].get("section_hash") == wanted:
+                    continue
+                importlib.import_module(module).run_stage(ctx, models)
+                if name in run_.manifest["stages"]:
+                    run_.manifest["stages"][name]["section_hash"] = wanted
+                    run_.save()
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
