@@ -1,0 +1,396 @@
+"""Coarse ranking at serving time: user tower (ONNX Runtime) -> item vectors (KV store) -> top-n.
+
+One request costs one ONNX Runtime call on a single row of raw user/context features, one batched
+KV lookup of the candidate ids, one matrix-vector product and a partial sort
+(``argpartition``, then a sort of the n survivors only)::
+
+    s_i = a * <u, v_i> + b        u = user_tower(user), v_i = KV[candidate_i]
+
+which is exactly the PyTorch student's score (the export stage checks it on every run). Candidate
+ids missing from the store are dropped and counted (``RankResult.dropped``), never scored as zero;
+duplicate candidate ids are scored once per occurrence.
+
+:meth:`CoarseRanker.from_run` checks every file it reads against its sha256 in ``manifest.json``
+and that the KV store holds vectors of the run's student (``model_hash``). The ``user`` of a request
+is a dict keyed by feature name (``{"user_id": 12, "gender": "F", ...}``; ``null`` = missing); a
+missing feature or a value of the wrong type is a :class:`~coarserank.errors.ServingError` naming it.
+
+:class:`TeacherScorer` runs ``teacher.onnx`` on per-candidate rows for comparison benchmarks, and
+:func:`bench_latency` times both paths on the same requests in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from coarserank.config import load_config
+from coarserank.data.encode import Encoder
+from coarserank.errors import ArtifactError, ServingError
+from coarserank.serving.faiss_index import ItemIndex, sidecar_path
+from coarserank.serving.kv import KVStore, as_query_ids, open_store
+from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, input_specs
+from coarserank.serving.timing import machine, measure
+
+__all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
+           "TeacherScorer", "BenchRequest", "top_positions",
+           "onnx_session", "bench_latency", "SERVING_FILE"]
+
+SERVING_FILE: Final[str] = "serving.json"
+_MANIFEST: Final[str] = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Top-n candidates, best first: ``ids`` (int64), ``scores`` (float32 student scores) and how many
+    candidate ids were ``dropped`` because the store does not know them."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    dropped: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": self.ids.tolist(), "scores": [round(float(s), 6) for s in self.scores],
+                "dropped": self.dropped}
+
+
+def parse_user(text: str) -> dict[str, Any]:
+    """A request's user from JSON text: an object of feature values (``null`` = missing).
+
+    Raises
+    ------
+    ServingError
+        Text that is not JSON, or JSON that is not an object.
+    """
+    try:
+        user = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ServingError(f"the user is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                           'expected an object such as {"user_id": 12, "gender": "F"}') from None
+    if not isinstance(user, dict):
+        raise ServingError(f"the user must be a JSON object of feature values, got {type(user).__name__}")
+    return user
+
+
+def read_candidates(path: Path | str, text: str | None = None) -> np.ndarray:
+    """Candidate ids from a text file of one integer id per line (blank lines skipped); ``text``
+    replaces reading ``path`` (which then only names the source in errors, e.g. ``-`` for stdin).
+
+    Raises
+    ------
+    ServingError
+        An unreadable file, a line that is not an int64 integer (named by number), or no ids at all.
+    """
+    if text is None:
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServingError(f"cannot read the candidates file {path}: {exc}") from exc
+    lines = pl.Series("line", text.splitlines(), dtype=pl.Utf8).str.strip_chars()
+    filled = lines != ""
+    ids = lines.cast(pl.Int64, strict=False)
+    bad = (filled & ids.is_null()).arg_true()
+    if bad.len():
+        i = int(bad[0])
+        raise ServingError(f"candidates file {path}, line {i + 1}: {lines[i]!r} is not an integer item id "
+                           f"({bad.len()} such line(s)); the file holds one integer id per line")
+    out = ids.filter(filled).to_numpy().astype(np.int64)
+    if out.size == 0:
+        raise ServingError(f"candidates file {path} holds no item ids")
+    return out
+
+
+def top_positions(scores: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` largest scores, best first: a partial sort, then a sort of ``n``."""
+    if n >= scores.size:
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, n - 1)[:n]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session: ``threads`` intra-op threads, sequential execution, full graph
+    optimisation. A single request row gains nothing from more threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"ONNX model {path} cannot be loaded: {str(exc).splitlines()[0]}") from exc
+
+
+class RunFiles:
+    """Files of a finished run, each checked against its sha256 in ``manifest.json`` before use.
+
+    (The same rule as ``pipeline.rundir.RunDir.verified_path``, restated here because ``serving``
+    may not import ``pipeline``.)
+    """
+
+    def __init__(self, run_dir: Path | str, *, require: str = "export") -> None:
+        self.path = Path(run_dir)
+        try:
+            self.manifest = json.loads((self.path / _MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{self.path} is not a coarserank run directory (no readable {_MANIFEST}); "
+                                "create one with `distill run --out DIR`") from exc
+        status = self.manifest.get("stages", {}).get(require, {}).get("status")
+        if status != "done":
+            raise ArtifactError(f"run {self.path}: stage {require!r} is {status or 'missing'}; the serving "
+                                "artifacts come from it (`distill run` resumes the run)")
+
+    def verified(self, rel: str) -> Path:
+        """``run_dir/rel`` after checking it against the manifest."""
+        p = self.path / rel
+        expected = self.manifest.get("files", {}).get(rel)
+        if expected is None:
+            raise ArtifactError(f"run {self.path}: {rel} is not listed in {_MANIFEST}")
+        if not p.is_file():
+            raise ArtifactError(f"run {self.path}: {rel} is missing")
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise ArtifactError(f"run {self.path}: {rel} does not match its sha256 in {_MANIFEST} "
+                                "(modified or corrupt)")
+        return p
+
+    def json(self, rel: str) -> dict[str, Any]:
+        return json.loads(self.verified(rel).read_text())
+
+    def encoder(self) -> Encoder:
+        cfg = load_config(self.verified("config.toml"))
+        return Encoder.from_json(cfg.data, self.json("encoder.json"))
+
+
+@dataclass(frozen=True)
+class _Input:
+    name: str
+    kind: str
+    dtype: str
+    sep: str = "|"
+    max_len: int = 1
+
+
+class UserFeeds:
+    """ONNX feeds for one request row, built without a data frame (microseconds, not a millisecond).
+
+    Produces exactly what :func:`coarserank.serving.onnx_inputs.feeds_from_records` produces for a
+    one-record list (a test holds them equal); booleans are not accepted as ids or numbers.
+    """
+
+    def __init__(self, encoder: Encoder, model: str = "user") -> None:
+        self.encoder = encoder
+        by_name = {f.name: f for f in encoder.cfg.features}
+        self.inputs = [_Input(s.name, s.kind, "string" if s.kind == "multi" else s.dtype,
+                              by_name[s.name].sep if s.name in by_name else "|",
+                              by_name[s.name].max_len if s.name in by_name else 1)
+                       for s in input_specs(encoder, model)]  # type: ignore[arg-type]
+        self.names = [i.name for i in self.inputs]
+
+    def __call__(self, user: dict[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(user, dict):
+            raise ServingError(f"the user must be a JSON object of features, got {type(user).__name__}")
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            if spec.name not in user:
+                raise ServingError(f"the user lacks feature {spec.name!r} (give null for a missing value); "
+                                   f"the user tower reads: {', '.join(self.names)}")
+            feeds[spec.name] = self._one(spec, user[spec.name])
+        return feeds
+
+    @staticmethod
+    def _wrong(spec: _Input, what: str, value: Any) -> ServingError:
+        return ServingError(f"feature {spec.name!r} needs {what} or null, "
+                            f"got {type(value).__name__} {value!r}")
+
+    def _one(self, spec: _Input, v: Any) -> np.ndarray:
+        number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        if spec.dtype == "int64":
+            if v is None:
+                return np.array([MISSING_INT64], dtype=np.int64)
+            if not number or (isinstance(v, (float, np.floating)) and not float(v).is_integer()):
+                raise self._wrong(spec, "an int64 id (a JSON integer)", v)
+            return np.array([int(v)], dtype=np.int64)
+        if spec.dtype == "float32":
+            if v is None:
+                return np.array([np.nan], dtype=np.float32)
+            if not number:
+                raise self._wrong(spec, "a number", v)
+            x = float(v)
+            if spec.kind == "bucketed" and math.isnan(x):  # as the reference: NaN sorts above every boundary
+                x = math.inf
+            return np.array([x], dtype=np.float32)
+        if v is not None and not isinstance(v, str):
+            raise self._wrong(spec, "a string", v)
+        if spec.kind != "multi":
+            return np.array([MISSING_STRING if v is None else v], dtype=object)
+        out = np.full((1, spec.max_len), MISSING_STRING, dtype=object)
+        pieces = [p for p in (x.strip() for x in (v or "").split(spec.sep)) if p][:spec.max_len]
+        out[0, :len(pieces)] = pieces
+        return out
+
+
+class CoarseRanker:
+    """Rank candidate items for one user with the exported two-tower student.
+
+    Parameters
+    ----------
+    user_session
+        ONNX Runtime session of ``user_tower.onnx`` (raw user/context features -> ``[N, dim]``).
+    feeds
+        Builds the session's feeds from a user dict (:class:`UserFeeds`).
+    store
+        KV store of item vectors written for the same student.
+    a, b
+        The student's score scale and offset: ``s = a * <u, v> + b``.
+
+    Examples
+    --------
+    >>> ranker = CoarseRanker.from_run("runs/demo")                       # doctest: +SKIP
+    >>> ranker.rank({"user_id": 12, "gender": "F", ...}, ids, 100).ids    # doctest: +SKIP
+    """
+
+    def __init__(self, user_session: Any, feeds: UserFeeds, store: KVStore, a: float, b: float,
+                 files: RunFiles | None = None) -> None:
+        self.user_session = user_session
+        self.feeds = feeds
+        self.store = store
+        self.a = np.float32(a)
+        self.b = np.float32(b)
+        self.files = files
+        self._output = [user_session.get_outputs()[0].name]
+        self._index: ItemIndex | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: Path | str, *, store: str | None = None, threads: int = 1) -> CoarseRanker:
+        """Load from a finished run: ``serving.json``, ``user_tower.onnx`` and ``items.kv`` (or the KV
+        store at ``store``, a path or ``redis://`` URL), each verified.
+
+        Raises
+        ------
+        ArtifactError
+            A missing, modified or mismatched artifact (the message names it).
+        """
+        files = RunFiles(run_dir)
+        meta = files.json(SERVING_FILE)
+        encoder = files.encoder()
+        session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
+        kv = open_store(store if store is not None else files.verified(meta["files"]["kv"]),
+                        expected_dim=int(meta["dim"]))
+        if kv.model_hash != meta["model_hash"]:
+            raise ArtifactError(f"KV store {store or meta['files']['kv']} holds vectors of model "
+                                f"{kv.model_hash!r}, but run {files.path} serves model "
+                                f"{meta['model_hash']!r}; publish this run's "
+                                "item vectors first")
+        return cls(session, UserFeeds(encoder), kv, meta["score"]["a"], meta["score"]["b"], files)
+
+    def user_vector(self, user: dict[str, Any]) -> np.ndarray:
+        """The user tower's L2-normalised vector ``float32 [dim]`` for one request."""
+        return self.user_session.run(self._output, self.feeds(user))[0][0]
+
+    def rank(self, user: dict[str, Any], candidate_ids: npt.ArrayLike, top_n: int = 100) -> RankResult:
+        """Score ``candidate_ids`` for ``user`` and keep the best ``top_n``.
+
+        Raises
+        ------
+        ServingError
+            A malformed user (missing feature, wrong type) or non-integer candidate ids.
+        """
+        if top_n < 1:
+            raise ServingError(f"top-n must be >= 1, got {top_n}")
+        ids = as_query_ids(candidate_ids)
+        u = self.user_vector(user)
+        found = self.store.get(ids)
+        kept = ids if found.missing.size == 0 else ids[found.found]
+        scores = found.vectors @ u
+        scores *= self.a
+        scores += self.b
+        best = top_positions(scores, top_n)
+        return RankResult(kept[best], scores[best], int(found.missing.size))
+
+    def index(self) -> ItemIndex:
+        """The run's Faiss index (``items.faiss`` and its sidecar, verified), loaded once."""
+        if self._index is None:
+            if self.files is None:
+                raise ArtifactError("this ranker was not loaded from a run directory; it has no Faiss index")
+            meta = self.files.json(SERVING_FILE)
+            rel = meta["files"]["index"]
+            sidecar = self.files.verified(sidecar_path(rel).as_posix())
+            self._index = ItemIndex.load(self.files.verified(rel), sidecar)
+        return self._index
+
+    def recall(self, user: dict[str, Any], k: int = 100) -> RankResult:
+        """Top-``k`` catalogue items for ``user`` from the Faiss index, with student scores."""
+        ip, ids = self.index().search(self.user_vector(user)[None, :], k)
+        keep = ids[0] != -1
+        return RankResult(ids[0][keep], (self.a * ip[0][keep] + self.b).astype(np.float32), 0)
+
+
+class TeacherScorer:
+    """``teacher.onnx`` over per-candidate rows (raw user, context and item columns plus history
+    crosses, as :func:`coarserank.serving.catalogue.teacher_frame` assembles them)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self._output = [session.get_outputs()[0].name]
+
+    def scores(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.session.run(self._output, feeds)[0]).reshape(-1)
+
+    def rank(self, feeds: dict[str, np.ndarray], ids: np.ndarray, n: int) -> RankResult:
+        s = self.scores(feeds)
+        best = top_positions(s, n)
+        return RankResult(ids[best], s[best].astype(np.float32), 0)
+
+
+@dataclass
+class BenchRequest:
+    """One benchmark request: the user dict and, per candidate count, the candidate ids and the
+    teacher's feeds for them (assembled before timing, as a feature service would hand them over)."""
+
+    user: dict[str, Any]
+    candidates: dict[int, np.ndarray] = field(default_factory=dict)
+    teacher_feeds: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def bench_latency(ranker: CoarseRanker, teacher: TeacherScorer, requests: Sequence[BenchRequest],
+                  sizes: Sequence[int], *, top: int = 100, repeats: int = 200, warmup: int = 20,
+                  threads: int = 1) -> dict[str, Any]:
+    """Latency of the student path (``ranker.rank`` from the user dict) and of ``teacher.onnx`` on the
+    same candidates, per candidate count, cycling through ``requests``; plus p50 and p99 ratios."""
+    if not requests:
+        raise ServingError("the benchmark needs at least one request")
+    out: dict[str, Any] = {}
+    for size in sizes:
+        turn = iter(range(1 << 62))
+
+        def student() -> None:
+            r = requests[next(turn) % len(requests)]
+            ranker.rank(r.user, r.candidates[size], top)
+
+        def fine() -> None:
+            r = requests[next(turn) % len(requests)]
+            teacher.rank(r.teacher_feeds[size], r.candidates[size], top)
+
+        s = measure(student, repeats=repeats, warmup=warmup, threads=threads)
+        t = measure(fine, repeats=repeats, warmup=warmup, threads=threads)
+        out[str(size)] = {"student": s.to_json(), "teacher": t.to_json(),
+                          "ratio_p50": round(t.p50_ms / s.p50_ms, 2),
+                          "ratio_p99": round(t.p99_ms / s.p99_ms, 2)}
+    return {"candidates": out, "top_n": top, "requests": len(requests), "machine": machine(),
+            "student_path": "user dict -> ONNX user tower -> KV lookup -> matrix-vector product -> top-n",
+            "teacher_path": "teacher.onnx on prebuilt raw per-candidate feeds (assembly not timed) -> top-n"}

@@ -1,0 +1,127 @@
+"""The one latency helper: warm-up, repeats, percentiles, and the machine the figures came from.
+
+Every latency coarserank reports (``distill bench``, the Faiss build facts, ``benchmarks/``) goes
+through :func:`measure`, so the figures mean the same thing everywhere:
+
+- ``warmup`` calls first, not recorded (first calls pay for lazy allocation and cold caches);
+- then ``repeats`` calls, each timed alone with :func:`time.perf_counter_ns`;
+- ``p50_ms`` and ``p99_ms`` are numpy's linear-interpolation percentiles of those calls,
+  ``mean_ms`` and ``std_ms`` their mean and standard deviation, ``min_ms`` the fastest;
+- ``threads`` is what the caller says its code path uses (ONNX Runtime intra-op threads, Faiss
+  OpenMP threads), recorded beside the figures because latency means little without it.
+
+Timing is never asserted in a unit test (DESIGN.md); tests check the arithmetic only.
+
+Example
+-------
+>>> t = measure(lambda: sum(range(1000)), repeats=50, warmup=5, threads=1)
+>>> t.repeats, t.p50_ms <= t.p99_ms
+(50, True)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from coarserank.errors import ConfigError
+
+__all__ = ["Timing", "measure", "summarise", "machine", "available_cores"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency summary of repeated calls, in milliseconds."""
+
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    repeats: int
+    warmup: int
+    threads: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict, floats rounded to 4 decimals (0.1 microsecond)."""
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def summarise(samples_ns: np.ndarray, *, warmup: int, threads: int) -> Timing:
+    """Summarise per-call durations in nanoseconds into a :class:`Timing`.
+
+    Raises
+    ------
+    ConfigError
+        If there are no samples.
+    """
+    x = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if x.size == 0:
+        raise ConfigError("cannot summarise zero timing samples; repeats must be >= 1")
+    p50, p99 = np.percentile(x, [50.0, 99.0])
+    return Timing(p50_ms=float(p50), p99_ms=float(p99), mean_ms=float(x.mean()), std_ms=float(x.std()),
+                  min_ms=float(x.min()), repeats=int(x.size), warmup=warmup, threads=threads)
+
+
+def measure(fn: Callable[[], object], *, repeats: int = 200, warmup: int = 20, threads: int = 1) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times timed one by one.
+
+    Parameters
+    ----------
+    fn
+        The call to time; its return value is ignored.
+    repeats, warmup
+        Timed and untimed call counts (``repeats >= 1``, ``warmup >= 0``).
+    threads
+        Threads the timed code path uses, recorded in the result.
+
+    Raises
+    ------
+    ConfigError
+        If ``repeats < 1`` or ``warmup < 0``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"measure needs repeats >= 1 and warmup >= 0, "
+                          f"got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(repeats, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(repeats):
+        start = clock()
+        fn()
+        samples[i] = clock() - start
+    return summarise(samples, warmup=warmup, threads=threads)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> dict[str, Any]:
+    """Description of this machine and the libraries on the timed paths, for benchmark JSON."""
+    import faiss
+    import onnxruntime
+
+    return {"cpu": _cpu_model(), "cores_available": available_cores(), "cores_total": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
+            "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}
