@@ -144,7 +144,7 @@ class TeacherConfig:
 
     embed_dim: int = 16
     hidden: tuple[int, ...] = (256, 128)
-    dropout: float = 0.1
+    dropout: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch_size: int = 2048
@@ -159,7 +159,7 @@ class StudentConfig:
     dim: int = 64
     embed_dim: int = 16
     hidden: tuple[int, ...] = (256, 128)
-    dropout: float = 0.1
+    dropout: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch_size: int = 2048
