@@ -34,6 +34,7 @@ __all__ = [
     "HistoryCrossConfig",
     "DataConfig",
     "SyntheticConfig",
+    "ModelTrainingConfig",
     "TeacherConfig",
     "StudentConfig",
     "DistillConfig",
@@ -139,8 +140,8 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
-    """DeepFM over every field, crosses included."""
+class ModelTrainingConfig:
+    """Embedding width, hidden layers and optimiser settings shared by the teacher and the students."""
 
     embed_dim: int = 16
     hidden: tuple[int, ...] = (256, 128)
@@ -153,18 +154,15 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class StudentConfig:
-    """Two-tower student: user tower (user + context fields), item tower (item fields)."""
+class TeacherConfig(ModelTrainingConfig):
+    """DeepFM over every field, crosses included."""
+
+
+@dataclass(frozen=True)
+class StudentConfig(ModelTrainingConfig):
+    """Two-tower student: user tower (user + context fields), item tower (item fields) of ``dim``."""
 
     dim: int = 64
-    embed_dim: int = 16
-    hidden: tuple[int, ...] = (256, 128)
-    dropout: float = 0.0
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    batch_size: int = 2048
-    epochs: int = 8
-    patience: int = 2
 
 
 @dataclass(frozen=True)
