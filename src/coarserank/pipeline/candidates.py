@@ -34,6 +34,8 @@ from coarserank.config import DataConfig, RunConfig
 from coarserank.data.prepare import feature_column
 from coarserank.data.synthetic import oracle_probability
 from coarserank.errors import ConfigError, DataError
+from coarserank.serving.catalogue import build_catalogue as latest_items
+from coarserank.serving.catalogue import item_columns
 
 __all__ = [
     "ORACLES",
@@ -86,7 +88,7 @@ def side_raw_columns(cfg: DataConfig, sides: tuple[str, ...]) -> list[str]:
 
 def item_raw_columns(cfg: DataConfig) -> list[str]:
     """The item id column followed by the raw columns of every item-side feature."""
-    return list(dict.fromkeys([cfg.item_col, *side_raw_columns(cfg, ("item",))]))
+    return item_columns(cfg)
 
 
 def build_catalogue(frame: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
@@ -107,10 +109,8 @@ def build_catalogue(frame: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
         exposures (an item is head when the items ranked above it hold less than 50%), ``torso``
         up to 80%, ``tail`` for the rest, items never exposed in train included.
     """
-    cols = item_raw_columns(cfg)
-    latest = (frame.select(*cols, "_time", "_row").sort("_time", "_row")
-              .unique(subset=[cfg.item_col], keep="last").select(cols))
-    counts = (frame.filter(pl.col("_split") == "train").group_by(cfg.item_col)
+    latest = latest_items(frame, cfg)  # the serving catalogue: latest item columns, one row per item
+    counts = (frame.filter(pl.col("_split") == "train").group_by(pl.col(cfg.item_col).cast(pl.Int64))
               .agg(pl.len().cast(pl.Int64).alias("item_train_rows")))
     cat = (latest.join(counts, on=cfg.item_col, how="left")
            .with_columns(pl.col("item_train_rows").fill_null(0))

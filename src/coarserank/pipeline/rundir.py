@@ -8,7 +8,6 @@ is verified by :meth:`RunDir.verified_path` before use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -18,19 +17,11 @@ from typing import Any
 
 from coarserank import __version__
 from coarserank.atomic import atomic_write_text
+from coarserank.checksums import MANIFEST, sha256_file, verified_file
 from coarserank.errors import ArtifactError, ConfigError
 
 __all__ = ["RunDir", "sha256_file", "MANIFEST"]
 
-MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -150,16 +141,7 @@ class RunDir:
 
     def verified_path(self, rel: str) -> Path:
         """``path/rel`` after checking its sha256 against the manifest."""
-        p = self.path / rel
-        expected = self.manifest["files"].get(rel)
-        if expected is None:
-            raise ArtifactError(f"run {self.path}: {rel} is not listed in {MANIFEST}")
-        if not p.is_file():
-            raise ArtifactError(f"run {self.path}: {rel} is missing")
-        if sha256_file(p) != expected:
-            raise ArtifactError(f"run {self.path}: {rel} does not match its sha256 in {MANIFEST} "
-                                "(modified or corrupt)")
-        return p
+        return verified_file(self.path, self.manifest, rel)
 
     def set_check(self, name: str, value: Any) -> None:
         self.manifest["checks"][name] = value

@@ -21,7 +21,6 @@ missing feature or a value of the wrong type is a :class:`~coarserank.errors.Ser
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import polars as pl
 
 from coarserank.config import load_config
 from coarserank.data.encode import Encoder
+from coarserank.checksums import MANIFEST, verified_file
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
 from coarserank.serving.kv import KVStore, as_query_ids, open_store
@@ -45,7 +45,6 @@ __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds
            "onnx_session", "bench_latency", "SERVING_FILE"]
 
 SERVING_FILE: Final[str] = "serving.json"
-_MANIFEST: Final[str] = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -135,16 +134,15 @@ def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
 class RunFiles:
     """Files of a finished run, each checked against its sha256 in ``manifest.json`` before use.
 
-    (The same rule as ``pipeline.rundir.RunDir.verified_path``, restated here because ``serving``
-    may not import ``pipeline``.)
+    (The same rule as ``pipeline.rundir.RunDir.verified_path``: ``coarserank.checksums``.)
     """
 
     def __init__(self, run_dir: Path | str, *, require: str = "export") -> None:
         self.path = Path(run_dir)
         try:
-            self.manifest = json.loads((self.path / _MANIFEST).read_text())
+            self.manifest = json.loads((self.path / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.path} is not a coarserank run directory (no readable {_MANIFEST}); "
+            raise ArtifactError(f"{self.path} is not a coarserank run directory (no readable {MANIFEST}); "
                                 "create one with `distill run --out DIR`") from exc
         status = self.manifest.get("stages", {}).get(require, {}).get("status")
         if status != "done":
@@ -153,20 +151,7 @@ class RunFiles:
 
     def verified(self, rel: str) -> Path:
         """``run_dir/rel`` after checking it against the manifest."""
-        p = self.path / rel
-        expected = self.manifest.get("files", {}).get(rel)
-        if expected is None:
-            raise ArtifactError(f"run {self.path}: {rel} is not listed in {_MANIFEST}")
-        if not p.is_file():
-            raise ArtifactError(f"run {self.path}: {rel} is missing")
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        if digest.hexdigest() != expected:
-            raise ArtifactError(f"run {self.path}: {rel} does not match its sha256 in {_MANIFEST} "
-                                "(modified or corrupt)")
-        return p
+        return verified_file(self.path, self.manifest, rel)
 
     def json(self, rel: str) -> dict[str, Any]:
         return json.loads(self.verified(rel).read_text())
