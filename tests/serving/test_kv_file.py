@@ -374,3 +374,19 @@ def test_open_store_rejects_an_unknown_scheme() -> None:
 
 def test_header_size_and_magic_constants() -> None:
     assert HEADER_SIZE == 128 and MAGIC == b"CRKV"
+
+
+def test_dense_ids_use_the_direct_index_and_agree_with_binary_search(tmp_path):
+    from coarserank.serving.kv_file import _DirectIndex
+
+    rng = np.random.default_rng(5)
+    ids = np.sort(rng.choice(np.arange(10, 3_000), 1_000, replace=False)).astype(np.int64)
+    vectors = rng.standard_normal((ids.size, 8)).astype(np.float32)
+    path = write_kv_file(tmp_path / "dense.kv", ids, vectors, "m")
+    direct, bisect = FileKVStore(path), FileKVStore(path, index="bisect")
+    assert isinstance(direct._index, _DirectIndex)
+    query = np.concatenate([rng.choice(ids, 300), np.array([-5, 0, 9, 3_000, 10**12]), rng.integers(0, 3_100, 300)])
+    a, b = direct.get(query), bisect.get(query)
+    np.testing.assert_array_equal(a.found, b.found)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    np.testing.assert_array_equal(a.missing, b.missing)
