@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
+from coarserank.serving.timing import cpu_model
 
 
 def mixture(rng: np.random.Generator, n: int, centers: np.ndarray, spread: float) -> np.ndarray:
@@ -29,16 +30,6 @@ def mixture(rng: np.random.Generator, n: int, centers: np.ndarray, spread: float
     which = rng.integers(0, centers.shape[0], size=n)
     out = centers[which] + rng.normal(scale=spread, size=(n, centers.shape[1])).astype(np.float32)
     return out.astype(np.float32)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def time_gets(

@@ -14,13 +14,9 @@ def machine() -> str:
     """One line describing where a benchmark ran."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    from coarserank.serving.timing import cpu_model
+
+    cpu = cpu_model()
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({cpu}), "
             f"python {platform.python_version()}, torch {torch.__version__} threads {torch.get_num_threads()}")
 

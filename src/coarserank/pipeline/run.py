@@ -362,8 +362,3 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         raise
     barrier()
     return RunResult(path, metrics, time.perf_counter() - start)
-
-
-def replace_seed(cfg: RunConfig, seed: int) -> RunConfig:
-    """The same configuration with another seed (benchmarks use it for multi-seed runs)."""
-    return replace(cfg, run=replace(cfg.run, seed=seed))

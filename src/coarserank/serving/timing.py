@@ -32,7 +32,7 @@ import numpy as np
 
 from coarserank.errors import ConfigError
 
-__all__ = ["Timing", "measure", "summarise", "machine", "available_cores"]
+__all__ = ["Timing", "measure", "summarise", "machine", "available_cores", "cpu_model"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -122,6 +123,6 @@ def machine() -> dict[str, Any]:
     import faiss
     import onnxruntime
 
-    return {"cpu": _cpu_model(), "cores_available": available_cores(), "cores_total": os.cpu_count(),
+    return {"cpu": cpu_model(), "cores_available": available_cores(), "cores_total": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
             "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}
