@@ -110,3 +110,33 @@ def test_shipped_example_matches_the_movielens_preset(ml100k_dir):
 def test_unknown_preset_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match="presets shipped: default, movielens-100k"):
         load_config(preset="criteo")
+
+
+STREAMING = ["data.source=\"table\"", "data.exposures=\"log\"", "data.split=\"global_time\"", "data.streaming=true",
+             "data.history_crosses=[]"]
+
+
+def test_the_shipped_streaming_example_loads():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "streaming.toml")
+    assert cfg.data.streaming and cfg.data.split == "global_time" and not cfg.data.history_crosses
+
+
+def test_streaming_needs_the_table_source():
+    with pytest.raises(ConfigError, match="data.streaming reads a table source"):
+        load_config(overrides=[*STREAMING, "data.source=\"synthetic\""])
+
+
+def test_streaming_needs_the_global_time_split():
+    with pytest.raises(ConfigError, match="global_time"):
+        load_config(overrides=[*STREAMING, "data.split=\"user_time\""])
+
+
+def test_streaming_refuses_history_crosses():
+    with pytest.raises(ConfigError, match="history_crosses"):
+        load_config(overrides=STREAMING[:-1])
+
+
+def test_precision_accepts_only_fp32_and_bf16():
+    assert load_config(overrides=["run.precision=\"bf16\""]).run.precision == "bf16"
+    with pytest.raises(ConfigError, match="run.precision must be one of"):
+        load_config(overrides=["run.precision=\"fp16\""])

@@ -120,6 +120,10 @@ class DataConfig:
     group_col: str = ""
     valid_frac: float = 0.1
     test_frac: float = 0.1
+    split: Literal["user_time", "global_time"] = "user_time"
+    streaming: bool = False
+    shuffle_partitions: int = 4
+    sample_rows: int = 500_000
     features: tuple[FeatureConfig, ...] = ()
     crosses: tuple[CrossConfig, ...] = ()
     history_crosses: tuple[HistoryCrossConfig, ...] = ()
@@ -244,6 +248,7 @@ class RunSection:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out: str = ""
     threads: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)
@@ -454,6 +459,18 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.features: the student needs at least one user-side and one item-side feature")
     if not 0 <= d.valid_frac < 1 or not 0 <= d.test_frac < 1 or d.valid_frac + d.test_frac >= 1:
         raise ConfigError(f"data: valid_frac + test_frac must lie in [0, 1), got {d.valid_frac} + {d.test_frac}")
+    if d.shuffle_partitions < 1 or d.sample_rows < 1:
+        raise ConfigError("data.shuffle_partitions and data.sample_rows must be >= 1")
+    if d.streaming:
+        if d.source != "table":
+            raise ConfigError(f"data.streaming reads a table source's parquet partitions; data.source is {d.source!r} "
+                              "(write the log as parquet partitions and use source = \"table\")")
+        if d.split != "global_time":
+            raise ConfigError("data.streaming needs data.split = \"global_time\": a per-user split needs every "
+                              "user's whole history in memory")
+        if d.history_crosses:
+            raise ConfigError("data.streaming does not compute data.history_crosses (they need the whole log in "
+                              "time order); precompute them as numeric columns of the log instead")
     if not 0.0 <= cfg.distill.alpha <= 1.0:
         raise ConfigError(f"distill.alpha must lie in [0, 1], got {cfg.distill.alpha}")
     if cfg.distill.temperature <= 0:

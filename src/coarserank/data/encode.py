@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -44,6 +44,15 @@ class Vocab:
     @property
     def size(self) -> int:
         return len(self.values) + FIRST_ID
+
+    def codes(self) -> tuple[pl.Series, pl.Series]:
+        """(known values, their codes) as series, built once: encoding a partition at a time
+        would otherwise rebuild them from Python lists for every batch."""
+        if getattr(self, "_codes", None) is None or len(self._codes[0]) != len(self.values):
+            dtype = pl.Int64 if self.dtype == "int64" else pl.Utf8
+            self._codes = (pl.Series(self.values, dtype=dtype),
+                           pl.Series(np.arange(FIRST_ID, self.size, dtype=np.int64)))
+        return self._codes
 
 
 def raw_categorical(frame: pl.DataFrame, f: FeatureConfig) -> pl.Series:
@@ -70,25 +79,94 @@ def raw_categorical(frame: pl.DataFrame, f: FeatureConfig) -> pl.Series:
 def _multi_long(frame: pl.DataFrame, f: FeatureConfig) -> pl.DataFrame:
     """(row, pos, value) for the first ``max_len`` non-blank values of a multi-valued column."""
     col = feature_column(f.name, f.column)
-    return (frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("i"),
-                         pl.col(col).cast(pl.Utf8).str.split(f.sep).alias("v"))
-            .explode("v").with_columns(pl.col("v").str.strip_chars())
-            .filter(pl.col("v").is_not_null() & (pl.col("v") != ""))
-            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("i").alias("p"))
-            .filter(pl.col("p") < f.max_len))
+    lists = frame.select(pl.col(col).cast(pl.Utf8).str.split(f.sep)
+                         .list.eval(pl.element().str.strip_chars())
+                         .list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
+                         .list.head(f.max_len).alias("v"))["v"]
+    lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    return pl.DataFrame({"i": rows, "p": np.arange(len(rows), dtype=np.int64) - starts[rows],
+                         "v": lists.explode().drop_nulls()})
 
 
-def _fit_vocab(values: pl.Series, min_count: int, boundaries: tuple[float, ...]) -> Vocab:
-    if boundaries:
-        return Vocab("int64", list(range(len(boundaries) + 1)), list(boundaries))
-    counts = values.drop_nulls().value_counts()
-    kept = counts.filter(pl.col("count") >= min_count)[values.name].sort()
-    return Vocab("int64" if values.dtype == pl.Int64 else "string", kept.to_list())
+def _numbers(frame: pl.DataFrame, col: str, name: str) -> np.ndarray:
+    s = frame[col]
+    if not s.dtype.is_numeric():
+        raise SchemaError(f"numeric feature {name!r}: column {col!r} is {s.dtype}, not a number")
+    return s.cast(pl.Float64).to_numpy()
+
+
+class _Counts:
+    """Value counts of one categorical column, merged batch by batch."""
+
+    def __init__(self) -> None:
+        self.table: pl.DataFrame | None = None
+
+    def add(self, values: pl.Series) -> None:
+        batch = values.drop_nulls().rename("v").value_counts(name="n").with_columns(pl.col("n").cast(pl.Int64))
+        if self.table is not None and batch.schema != self.table.schema:
+            if batch.height == 0:
+                return
+            if self.table.height:
+                raise SchemaError(f"column {values.name!r} changes type between batches "
+                                  f"({self.table['v'].dtype} then {batch['v'].dtype})")
+        merged = batch if self.table is None or self.table.height == 0 else pl.concat([self.table, batch])
+        self.table = merged.group_by("v").agg(pl.col("n").sum())
+
+    def vocab(self, min_count: int) -> Vocab:
+        table = self.table if self.table is not None else pl.DataFrame({"v": pl.Series([], dtype=pl.Utf8), "n": []})
+        kept = table.filter(pl.col("n") >= min_count)["v"].sort()
+        return Vocab("int64" if kept.dtype == pl.Int64 else "string", kept.to_list())
+
+
+class _CodeCounts:
+    """Counts of int64 pair codes, merged batch by batch."""
+
+    def __init__(self) -> None:
+        self.codes = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, codes: np.ndarray) -> None:
+        uniq, inverse = np.unique(np.concatenate([self.codes, codes.ravel()]), return_inverse=True)
+        weights = np.concatenate([self.counts, np.ones(codes.size, dtype=np.int64)])
+        self.codes, self.counts = uniq, np.bincount(inverse, weights=weights, minlength=len(uniq)).astype(np.int64)
+
+    def kept(self, min_count: int) -> np.ndarray:
+        return self.codes[self.counts >= min_count]
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations, merged batch by batch (Chan et al.); nulls and
+    NaN are skipped."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        x = x[~np.isnan(x)]
+        if not len(x):
+            return
+        n, mean = len(x), float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.n = total
+
+    def mean_std(self) -> tuple[float, float]:
+        if not self.n:
+            return 0.0, 1.0
+        std = float(np.sqrt(self.m2 / self.n))
+        return self.mean, (std if std > 1e-12 else 1.0)
 
 
 def _lookup(values: pl.Series, vocab: Vocab) -> np.ndarray:
-    codes = values.replace_strict(vocab.values, list(range(FIRST_ID, vocab.size)), default=OOV,
-                                  return_dtype=pl.Int64)
+    known, codes_of = vocab.codes()
+    if values.dtype != known.dtype and len(known):
+        values = values.cast(known.dtype, strict=False)
+    codes = values.replace_strict(known, codes_of, default=OOV, return_dtype=pl.Int64)
     return codes.fill_null(OOV).to_numpy().astype(np.int64)
 
 
@@ -116,38 +194,54 @@ class Encoder:
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, train: pl.DataFrame) -> Encoder:
-        self.vocabs_: dict[str, Vocab] = {}
-        self.stats_: dict[str, tuple[float, float]] = {}
-        self.cross_values_: dict[str, np.ndarray] = {}
+        """Fit on the train rows of one in-memory frame."""
+        return self.fit_batches(lambda: iter([train]))
+
+    def fit_batches(self, batches: Callable[[], Iterable[pl.DataFrame]]) -> Encoder:
+        """Fit on train rows that arrive in batches (one parquet partition at a time, say), so the
+        whole table is never in memory. ``batches()`` is called once, and a second time when a
+        product cross needs the first pass's vocabularies. Same result as :meth:`fit` on the
+        concatenated rows (up to floating-point rounding of the statistics)."""
+        counts: dict[str, _Counts] = {}
+        moments: dict[str, _Moments] = {}
         for f in self.cfg.features:
-            if f.kind == "categorical":
-                self.vocabs_[f.name] = _fit_vocab(raw_categorical(train, f), f.min_count, f.boundaries)
-            elif f.kind == "multi":
-                self.vocabs_[f.name] = _fit_vocab(_multi_long(train, f)["v"], f.min_count, ())
-            else:
-                self.stats_[f.name] = self._moments(train, feature_column(f.name, f.column), f.name)
-        codes = {name: self._encode_feature(train, self._feature(name)) for name in self.vocabs_}
-        for c in self.cfg.crosses:
-            if c.op == "product":
-                pairs, pad = _pair_codes(codes[c.a], codes[c.b], self.vocabs_[c.b].size)
-                uniq, counts = np.unique(pairs[~pad], return_counts=True)
-                self.cross_values_[c.name] = uniq[counts >= c.min_count]
-            else:
-                self.stats_[c.name] = self._moments(self._match(train, c.a, c.b).to_frame("m"), "m", c.name)
-        for h in self.cfg.history_crosses:
-            self.stats_[h.name] = self._moments(train, h.name, h.name)
+            if f.kind in ("categorical", "multi") and not f.boundaries:
+                counts[f.name] = _Counts()
+        for frame in batches():
+            for f in self.cfg.features:
+                if f.name in counts:
+                    counts[f.name].add(raw_categorical(frame, f) if f.kind == "categorical"
+                                       else _multi_long(frame, f)["v"])
+                elif f.kind == "numeric":
+                    moments.setdefault(f.name, _Moments()).add(
+                        _numbers(frame, feature_column(f.name, f.column), f.name))
+            for c in self.cfg.crosses:
+                if c.op == "match":
+                    moments.setdefault(c.name, _Moments()).add(self._match(frame, c.a, c.b).to_numpy())
+            for h in self.cfg.history_crosses:
+                moments.setdefault(h.name, _Moments()).add(_numbers(frame, h.name, h.name))
+        self.vocabs_: dict[str, Vocab] = {}
+        for f in self.cfg.features:
+            if f.boundaries:
+                self.vocabs_[f.name] = Vocab("int64", list(range(len(f.boundaries) + 1)), list(f.boundaries))
+            elif f.name in counts:
+                self.vocabs_[f.name] = counts[f.name].vocab(f.min_count)
+        self.stats_: dict[str, tuple[float, float]] = {k: m.mean_std() for k, m in moments.items()}
+        for name in [f.name for f in self.cfg.features if f.kind == "numeric"] + [
+                c.name for c in self.cfg.crosses if c.op == "match"] + [h.name for h in self.cfg.history_crosses]:
+            self.stats_.setdefault(name, (0.0, 1.0))
+        self.cross_values_: dict[str, np.ndarray] = {}
+        products = [c for c in self.cfg.crosses if c.op == "product"]
+        if products:
+            pair_counts = {c.name: _CodeCounts() for c in products}
+            for frame in batches():
+                codes = {n: self._encode_feature(frame, self._feature(n)) for n in {x for c in products for x in (c.a, c.b)}}
+                for c in products:
+                    pairs, pad = _pair_codes(codes[c.a], codes[c.b], self.vocabs_[c.b].size)
+                    pair_counts[c.name].add(pairs[~pad])
+            self.cross_values_ = {c.name: pair_counts[c.name].kept(c.min_count) for c in products}
         self.schema_ = self._schema()
         return self
-
-    @staticmethod
-    def _moments(frame: pl.DataFrame, col: str, name: str) -> tuple[float, float]:
-        s = frame[col]
-        if not s.dtype.is_numeric():
-            raise SchemaError(f"numeric feature {name!r}: column {col!r} is {s.dtype}, not a number")
-        x = s.cast(pl.Float64).drop_nulls().to_numpy()
-        mean = float(x.mean()) if len(x) else 0.0
-        std = float(x.std()) if len(x) else 1.0
-        return mean, (std if std > 1e-12 else 1.0)
 
     def _feature(self, name: str) -> FeatureConfig:
         return next(f for f in self.cfg.features if f.name == name)

@@ -8,14 +8,15 @@ the source knows the true click probability.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from coarserank.config import DataConfig, HistoryCrossConfig
 from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
-__all__ = ["SPLITS", "prepare", "feature_column", "split_per_user", "add_history_cross", "add_history_crosses",
-           "base_rate"]
+__all__ = ["SPLITS", "prepare", "annotate", "feature_column", "split_per_user", "time_cutoffs", "split_by_time",
+           "check_splits", "add_history_cross", "add_history_crosses", "base_rate"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -32,10 +33,10 @@ def _require(frame: pl.DataFrame, columns: list[str], where: str) -> None:
                           f"columns that exist: {', '.join(frame.columns)}")
 
 
-def _join(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
+def _join(raw: RawTables, cfg: DataConfig, row_offset: int, where: str) -> pl.DataFrame:
     frame = raw.exposures
-    _require(frame, [cfg.user_col, cfg.item_col], "exposure log")
-    frame = frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64))
+    _require(frame, [cfg.user_col, cfg.item_col], where)
+    frame = frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64) + row_offset)
     for table, key, what in ((raw.users, cfg.user_col, "user table"), (raw.items, cfg.item_col, "item table")):
         if table is None:
             continue
@@ -47,13 +48,13 @@ def _join(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
     return frame.sort("_row")
 
 
-def _label(frame: pl.DataFrame, cfg: DataConfig) -> pl.Series:
+def _label(frame: pl.DataFrame, cfg: DataConfig, where: str) -> pl.Series:
     col = cfg.rating_col or cfg.label_col
-    _require(frame, [col], "exposure log (label)")
+    _require(frame, [col], f"{where} (label)")
     series = frame[col]
     nulls = series.null_count()
     if nulls:
-        raise DataError(f"label column {col!r} has {nulls} null value(s); every exposure needs a label")
+        raise DataError(f"{where}: label column {col!r} has {nulls} null value(s); every exposure needs a label")
     if cfg.rating_col:
         if not series.dtype.is_numeric():
             raise DataError(f"rating column {col!r} must be numeric, got {series.dtype}")
@@ -63,7 +64,7 @@ def _label(frame: pl.DataFrame, cfg: DataConfig) -> pl.Series:
     bad = series.filter(~series.is_in([0, 1])).unique().head(5).to_list() if series.dtype.is_numeric() else None
     if bad is None or bad:
         shown = bad if bad is not None else series.unique().head(5).to_list()
-        raise DataError(f"label column {col!r} must hold only 0 and 1; found values such as {shown} "
+        raise DataError(f"{where}: label column {col!r} must hold only 0 and 1; found values such as {shown} "
                         "(for ratings set data.rating_col and data.label_threshold)")
     return series.cast(pl.Int8)
 
@@ -117,36 +118,79 @@ def add_history_cross(frame: pl.DataFrame, h: HistoryCrossConfig, key_col: str, 
     return out.with_columns(pl.col(h.name).fill_null(base_rate))
 
 
-def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
-    """Join, label, split and add history crosses; checks every declared column exists."""
-    frame = _join(raw, cfg)
+def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = "exposure log") -> pl.DataFrame:
+    """Join the side tables and add the reserved columns ``_row`` (from ``row_offset``), ``_label``,
+    ``_user``, ``_time``, ``_group`` (and ``_oracle``); checks every declared column exists.
+    ``where`` names the input in errors (a partition's file, say)."""
+    frame = _join(raw, cfg, row_offset, where)
     feature_cols = [feature_column(f.name, f.column) for f in cfg.features]
-    _require(frame, feature_cols, "data.features")
-    if len(frame) == 0:
-        raise DataError("the exposure log has no rows")
+    _require(frame, feature_cols, f"{where}: data.features")
     time = pl.col(cfg.timestamp_col) if cfg.timestamp_col else pl.col("_row")
     if cfg.timestamp_col:
-        _require(frame, [cfg.timestamp_col], "data.timestamp_col")
+        _require(frame, [cfg.timestamp_col], f"{where}: data.timestamp_col")
         if frame[cfg.timestamp_col].null_count():
-            raise DataError(f"timestamp column {cfg.timestamp_col!r} has null values")
+            raise DataError(f"{where}: timestamp column {cfg.timestamp_col!r} has null values")
     if cfg.group_col:
-        _require(frame, [cfg.group_col], "data.group_col")
+        _require(frame, [cfg.group_col], f"{where}: data.group_col")
     if frame[cfg.user_col].null_count():
-        raise DataError(f"user id column {cfg.user_col!r} has null values")
+        raise DataError(f"{where}: user id column {cfg.user_col!r} has null values")
     frame = frame.with_columns(
-        _label(frame, cfg).alias("_label"),
+        _label(frame, cfg, where).alias("_label"),
         pl.col(cfg.user_col).alias("_user"),
         time.cast(pl.Int64).alias("_time"),
         pl.col(cfg.group_col or cfg.user_col).alias("_group"),
     )
     if raw.oracle_col:
         frame = frame.with_columns(pl.col(raw.oracle_col).cast(pl.Float64).alias("_oracle"))
-    frame = frame.with_columns(split_per_user(frame, cfg.valid_frac, cfg.test_frac))
-    counts = dict(frame.group_by("_split").len().iter_rows())
+    return frame
+
+
+def time_cutoffs(times: np.ndarray, valid_frac: float, test_frac: float) -> tuple[int, int]:
+    """``(valid_from, test_from)``: rows at or after ``test_from`` are the last ``test_frac`` of the
+    log by time, those from ``valid_from`` the ``valid_frac`` before them (rows at one instant stay
+    together, so shares are approximate when times repeat)."""
+    n = len(times)
+    n_test = int(n * test_frac + 0.5)
+    n_valid = int(n * valid_frac + 0.5)
+    never = np.iinfo(np.int64).max
+
+    def kth(k: int) -> int:
+        return int(np.partition(times, k)[k]) if 0 <= k < n else never
+
+    test_from = kth(n - n_test) if n_test else never
+    valid_from = kth(n - n_test - n_valid) if n_valid else test_from
+    return valid_from, test_from
+
+
+def split_by_time(times: pl.Series, cutoffs: tuple[int, int]) -> pl.Series:
+    """train / valid / test by the ``(valid_from, test_from)`` cutoffs of :func:`time_cutoffs`."""
+    valid_from, test_from = cutoffs
+    t = pl.col("_time")
+    split = (pl.when(t >= test_from).then(pl.lit("test")).when(t >= valid_from).then(pl.lit("valid"))
+             .otherwise(pl.lit("train")))
+    return times.alias("_time").to_frame().select(split.alias("_split"))["_split"]
+
+
+def check_splits(counts: dict[str, int], cfg: DataConfig) -> None:
+    """Every split the fractions ask for has rows."""
     for split, frac in (("train", 1.0), ("valid", cfg.valid_frac), ("test", cfg.test_frac)):
         if frac > 0 and not counts.get(split):
-            raise DataError(f"the {split} split is empty: users need more rows for a "
-                            f"valid_frac={cfg.valid_frac}, test_frac={cfg.test_frac} split")
+            how = "users need more rows for" if cfg.split == "user_time" else "the log needs more distinct times for"
+            raise DataError(f"the {split} split is empty: {how} a "
+                            f"valid_frac={cfg.valid_frac}, test_frac={cfg.test_frac} split ({cfg.split})")
+
+
+def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
+    """Join, label, split and add history crosses; checks every declared column exists."""
+    if raw.exposures.height == 0:
+        raise DataError("the exposure log has no rows")
+    frame = annotate(raw, cfg)
+    if cfg.split == "global_time":
+        split = split_by_time(frame["_time"], time_cutoffs(frame["_time"].to_numpy(), cfg.valid_frac, cfg.test_frac))
+    else:
+        split = split_per_user(frame, cfg.valid_frac, cfg.test_frac)
+    frame = frame.with_columns(split)
+    check_splits(dict(frame.group_by("_split").len().iter_rows()), cfg)
     return add_history_crosses(frame, cfg, base_rate(frame)).sort("_row")
 
 

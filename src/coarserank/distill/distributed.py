@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "current", "init_from_env", "gather_strided", "broadcast_object", "barrier", "shutdown"]
+__all__ = ["DistInfo", "current", "init_from_env", "gather_strided", "gather_objects", "broadcast_object", "barrier",
+           "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,13 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    info = current()
+    if info.world == 1:
+        return [obj]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from coarserank.distill.distributed import current, gather_strided
-from coarserank.distill.tensors import TensorTable, batch_indices
+from coarserank.distill.stream_table import StreamingTable
+from coarserank.distill.tensors import TensorTable
 from coarserank.ranking_eval.metrics import gauc
 
 __all__ = ["FitSettings", "EpochInfo", "FitResult", "fit", "predict", "predict_shared", "resolve_device"]
@@ -35,6 +36,7 @@ class FitSettings:
     weight_decay: float = 0.0
     seed: int = 0
     grouped_batches: bool = False
+    bf16: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,14 @@ def predict_shared(model: nn.Module, table: TensorTable, device: torch.device) -
     return gather_strided(local, len(table)).astype(np.float32)
 
 
-def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTable, settings: FitSettings,
-        device: torch.device, progress: Callable[[EpochInfo], None] | None = None) -> FitResult:
-    """Train ``model`` in place; on return it holds the weights of its best validation-GAUC epoch."""
+def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable | StreamingTable, valid: TensorTable,
+        settings: FitSettings, device: torch.device,
+        progress: Callable[[EpochInfo], None] | None = None) -> FitResult:
+    """Train ``model`` in place; on return it holds the weights of its best validation-GAUC epoch.
+
+    ``train`` is an in-memory table or a :class:`StreamingTable` read partition by partition.
+    ``settings.bf16`` runs forward passes and losses under bfloat16 autocast (weights, optimiser
+    state and validation stay float32)."""
     ranks = current()
     torch.manual_seed(settings.seed + ranks.rank)  # dropout masks differ per rank; weights come from rank 0
     generator = torch.Generator().manual_seed(settings.seed)  # the same global batches on every rank
@@ -102,7 +109,7 @@ def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTabl
         from torch.nn.parallel import DistributedDataParallel
 
         stepped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_dev = train.to(device)
+    source = train.to(device) if isinstance(train, TensorTable) else train
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     valid_labels = valid.label.numpy()
     valid_groups = valid.group.numpy()
@@ -115,14 +122,11 @@ def fit(model: nn.Module, loss_fn: LossFn, train: TensorTable, valid: TensorTabl
         model.train()
         start = time.perf_counter()
         total, batches = 0.0, 0
-        group = train.group if settings.grouped_batches else None
-        for idx in batch_indices(len(train), settings.batch_size, generator, group):
-            if ranks.world > 1:
-                if len(idx) < ranks.world:
-                    continue
-                idx = idx[ranks.rank::ranks.world]
-            batch = train_dev.take(idx.to(device))
-            loss = loss_fn(stepped(batch.inputs), batch)
+        for batch in source.batches(settings.batch_size, generator, ranks.rank, ranks.world,
+                                    settings.grouped_batches):
+            batch = batch.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+                loss = loss_fn(stepped(batch.inputs).float(), batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

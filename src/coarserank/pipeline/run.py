@@ -20,18 +20,21 @@ import polars as pl
 import torch
 
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.config import DistillConfig, RunConfig, config_hash, config_to_dict, dump_config, section_hash
+from coarserank.config import DistillConfig, ModelTrainingConfig, RunConfig, config_hash, config_to_dict, dump_config, section_hash
 from coarserank.data.encode import Encoder
+from coarserank.data.partitions import PartitionedLog
 from coarserank.data.prepare import SPLITS, prepare
 from coarserank.data.schema import Schema
 from coarserank.data.sources import load_source
 from coarserank.distill.gbdt import GbdtReference
 from coarserank.distill.losses import distill_loss, hard_loss
+from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, predict_shared, resolve_device
 from coarserank.errors import CoarseRankError
 from coarserank.pipeline.rundir import RunDir
+from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
 from coarserank.ranking_eval.metrics import auc, gauc, logloss
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
@@ -69,6 +72,8 @@ class RunContext:
     encoded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
     logits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    log: PartitionedLog | None = None  # streaming runs: the partitioned log ...
+    stream: StreamingTable | None = None  # ... and its train rows, read partition by partition
 
     @property
     def schema(self) -> Schema:
@@ -86,6 +91,35 @@ def default_run_dir(cfg: RunConfig) -> Path:
 # -- stages ------------------------------------------------------------------------------------
 
 def _stage_data(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    start = time.perf_counter()
+    if cfg.data.streaming:
+        fingerprint = load_streaming_data(ctx)
+        assert ctx.log is not None
+        counts = dict(ctx.log.split_rows_)
+        facts: dict[str, Any] = {"partitions": len(ctx.log.partitions_), "in_memory_rows": ctx.frame.height,
+                                 "train_sample_rows": ctx.frames["train"].height}
+    else:
+        fingerprint, counts = _load_data(ctx)
+        facts = {}
+    previous = ctx.run.manifest.get("data_fingerprint")
+    if previous and previous != fingerprint:
+        raise CoarseRankError(f"run {ctx.run.path}: the data changed since this run started "
+                              "(fingerprint differs); use --overwrite to start over")
+    if ctx.run.is_done("data"):
+        return
+    ctx.run.begin("data")
+    ctx.run.manifest["data_fingerprint"] = fingerprint
+    if ctx.run.writable:
+        written = ctx.encoder.save(ctx.run.path)
+        written.append(atomic_write_text(ctx.run.file("schema.json"), ctx.schema.dumps()))
+        ctx.run.record("data", *written)
+    ctx.run.finish("data", rows=counts, fields=len(ctx.schema), read_seconds=round(time.perf_counter() - start, 3),
+                   **facts)
+
+
+def _load_data(ctx: RunContext) -> tuple[str, dict[str, int]]:
+    """The in-memory path: the whole log prepared and encoded; returns (fingerprint, rows per split)."""
     cfg = ctx.cfg
     ctx.progress(f"data: reading source {cfg.data.source!r}")
     raw = load_source(cfg.data, cfg.synthetic, cfg.run.seed)
@@ -106,20 +140,7 @@ def _stage_data(ctx: RunContext) -> None:
     counts = {s: len(ctx.frames[s]) for s in SPLITS}
     ctx.progress("data: " + ", ".join(f"{s} {n:,} rows" for s, n in counts.items())
                  + f"; {len(encoder.schema_)} fields")
-    fingerprint = digest.hexdigest()
-    previous = ctx.run.manifest.get("data_fingerprint")
-    if previous and previous != fingerprint:
-        raise CoarseRankError(f"run {ctx.run.path}: the data changed since this run started "
-                              "(fingerprint differs); use --overwrite to start over")
-    if ctx.run.is_done("data"):
-        return
-    ctx.run.begin("data")
-    ctx.run.manifest["data_fingerprint"] = fingerprint
-    if ctx.run.writable:
-        written = encoder.save(ctx.run.path)
-        written.append(atomic_write_text(ctx.run.file("schema.json"), encoder.schema_.dumps()))
-        ctx.run.record("data", *written)
-    ctx.run.finish("data", rows=counts, fields=len(encoder.schema_))
+    return digest.hexdigest(), counts
 
 
 def _epoch_printer(ctx: RunContext, model: str) -> Callable[[EpochInfo], None]:
@@ -149,30 +170,41 @@ def _load_model(ctx: RunContext, name: str, model: torch.nn.Module) -> torch.nn.
     return model.to(ctx.device)
 
 
+def _settings(ctx: RunContext, section: ModelTrainingConfig, grouped: bool = False) -> FitSettings:
+    return FitSettings(section.lr, section.batch_size, section.epochs, section.patience, section.weight_decay,
+                       ctx.cfg.run.seed, grouped, bf16=ctx.cfg.run.precision == "bf16")
+
+
 def _stage_teacher(ctx: RunContext) -> torch.nn.Module:
     torch.manual_seed(ctx.cfg.run.seed)
     teacher = build_teacher(ctx.schema, ctx.cfg.teacher)
     if ctx.run.is_done("teacher"):
         return _load_model(ctx, "teacher.pt", teacher)
     ctx.run.begin("teacher")
-    t = ctx.cfg.teacher
-    settings = FitSettings(t.lr, t.batch_size, t.epochs, t.patience, t.weight_decay, ctx.cfg.run.seed)
-    result = fit(teacher, lambda s, b: hard_loss(s, b.label), ctx.tables["train"], ctx.tables["valid"],
-                 settings, ctx.device, _epoch_printer(ctx, "teacher"))
+    train = ctx.stream if ctx.stream is not None else ctx.tables["train"]
+    result = fit(teacher, lambda s, b: hard_loss(s, b.label), train, ctx.tables["valid"],
+                 _settings(ctx, ctx.cfg.teacher), ctx.device, _epoch_printer(ctx, "teacher"))
     _save_model(ctx, "teacher", "teacher.pt", teacher, result)
     return teacher
 
 
 def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
+    # a streaming run writes train logits per partition; train logits in memory are the sample's
+    in_files = ("valid", "test") if ctx.stream is not None else SPLITS
     if ctx.run.is_done("logits"):
-        for split in SPLITS:
+        for split in in_files:
             body = pl.read_parquet(ctx.run.verified_path(f"logits/{split}.parquet"))
             ctx.logits.setdefault(split, {})["teacher"] = body["logit"].to_numpy()
+        if ctx.stream is not None:  # is_done checked every partition's file against its sha256
+            ctx.logits.setdefault("train", {})["teacher"] = predict_shared(teacher, ctx.tables["train"], ctx.device)
         return
     ctx.run.begin("logits")
     temperature = ctx.cfg.distill.temperature
     written = []
-    for split in SPLITS:
+    if ctx.stream is not None:
+        written += write_train_logits(ctx, teacher)
+        ctx.logits.setdefault("train", {})["teacher"] = predict_shared(teacher, ctx.tables["train"], ctx.device)
+    for split in in_files:
         z = predict_shared(teacher, ctx.tables[split], ctx.device)
         ctx.logits.setdefault(split, {})["teacher"] = z
         if ctx.run.writable:
@@ -188,10 +220,11 @@ def train_student(ctx: RunContext, stage: str, distill: DistillConfig) -> tuple[
     control); same architecture, data and seed for every call. Writes nothing."""
     torch.manual_seed(ctx.cfg.run.seed)
     student = build_student(ctx.schema, ctx.cfg.student)
-    s = ctx.cfg.student
     listwise = distill.alpha > 0 and distill.soft == "listwise"
-    settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, ctx.cfg.run.seed, listwise)
-    train = ctx.tables["train"].with_teacher(ctx.logits["train"]["teacher"])
+    settings = _settings(ctx, ctx.cfg.student, listwise)
+    train: TensorTable | StreamingTable = (
+        streaming_train(ctx, with_teacher=True) if ctx.stream is not None
+        else ctx.tables["train"].with_teacher(ctx.logits["train"]["teacher"]))
 
     def loss(scores: torch.Tensor, batch: TensorTable) -> torch.Tensor:
         return distill_loss(scores, batch.label, batch.teacher, batch.group, alpha=distill.alpha,
