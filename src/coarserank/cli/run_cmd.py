@@ -88,9 +88,10 @@ def run_command(config_path: Path | None, dataset: str | None, data_dir: Path | 
         click.echo(f"run directory: {result.run_dir}  ({result.seconds:.0f}s)")
 
 
-def _relaunch(nproc: int) -> int:
-    """Re-run this command under torchrun with ``nproc`` local processes (loopback rendezvous)."""
-    args = [a for a in sys.argv[1:]]
+def _relaunch(nproc: int, argv: list[str] | None = None) -> int:
+    """Re-run this command (``argv``, default ``sys.argv[1:]``) under torchrun with ``nproc`` local
+    processes (loopback rendezvous)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     if "--nproc" in args:
         i = args.index("--nproc")
         del args[i:i + 2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +11,18 @@ import click
 import numpy as np
 
 from coarserank.cli import distill
+from coarserank.cli.run_cmd import _relaunch
 from coarserank.cold.sweep import CandidateSets, parse_ks, resolve_ks, run_sweep, write_chosen_config
+from coarserank.distill.distributed import broadcast_object, current, init_from_env, shutdown
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
+from coarserank.errors import ArtifactError, CoarseRankError
+from coarserank.pipeline.rundir import RunDir
 from coarserank.pipeline.run import load_context
 
 __all__ = ["sweep_command", "format_sweep", "report_candidates"]
+
+SWEEP_DEVICE = "cpu"  # load_context's device: the sweep trains on CPU (ONNX Runtime times on CPU too)
 
 
 def report_candidates(ctx: Any, teacher: Any) -> CandidateSets:
@@ -52,8 +60,10 @@ def format_sweep(body: dict[str, Any]) -> str:
 
 
 @distill.command("sweep")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A finished run directory (it needs its teacher and teacher logits).")
+@click.option("--run", "--run-dir", "run_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="A finished run directory (it needs its teacher and teacher logits). Under torchrun "
+                   "spell it --run-dir: torchrun reads --run as an abbreviation of its own --run-path.")
 @click.option("--family", type=click.Choice(["cold", "two_tower"]), default=None,
               help="Coarse-model family to sweep. Default: cold.family of the run's config.")
 @click.option("--k", "ks", default=None, metavar="LIST",
@@ -67,27 +77,62 @@ def format_sweep(body: dict[str, Any]) -> str:
                                       "catalogue items) or each test group's exposures only.")
 @click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the chosen point as a config for `distill run --config FILE`.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes on this machine (torch.distributed, gloo: the sweep trains on "
+                   "CPU); rank 0 alone measures latency and writes. Same as `torchrun --standalone "
+                   "--nproc-per-node N -m coarserank.cli sweep --run-dir DIR ...`.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final table.")
 def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: float | None, rank_by: str | None,
-                  candidate_mode: str, write_config: Path | None, quiet: bool) -> None:
+                  candidate_mode: str, write_config: Path | None, nproc: int, quiet: bool) -> None:
     """Rank features (SE gates, LightGBM gain, permutation), train the family's coarse model on the
     top-k for each k, measure GAUC and ONNX Runtime latency, mark the Pareto frontier and choose the
     best GAUC within the budget. Writes RUN/sweep/sweep.json and RUN/sweep/frontier.png; finished
     points are reused when the sweep is run again.
     """
+    k_list = parse_ks(ks) if ks is not None else None  # a malformed --k fails before any relaunch
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise SystemExit(_relaunch_sweep(nproc))
+    info = init_from_env(os.environ, SWEEP_DEVICE)
+    try:
+        _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
+               quiet or not info.is_main)
+    finally:
+        shutdown()
+
+
+def _relaunch_sweep(nproc: int) -> int:
+    """:func:`coarserank.cli.run_cmd._relaunch` with ``--run`` spelled ``--run-dir``: torchrun's
+    argument parser takes ``--run`` anywhere on its command line for an ambiguous abbreviation of its
+    own ``--run-path`` and refuses to start."""
+    return _relaunch(nproc, ["--run-dir" if a == "--run" else "--run-dir=" + a[len("--run="):]
+                             if a.startswith("--run=") else a for a in sys.argv[1:]])
+
+
+def _sweep(run_dir: Path, family: str | None, k_list: list[int | None] | None, budget_ms: float | None,
+           rank_by: str | None, candidate_mode: str, write_config: Path | None, quiet: bool) -> None:
+    """The sweep on this process: every rank trains; rank 0 alone measures, writes and prints."""
+    main = current().is_main
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
-    ctx, models = load_context(run_dir, progress=echo, require=("teacher", "logits"))
+    if current().world > 1:
+        _check_nothing_to_repair(run_dir, ("config", "data", "teacher", "logits"))
+    ctx, models = load_context(run_dir, progress=echo, device=SWEEP_DEVICE, require=("teacher", "logits"))
+    if not main:  # a read-only view: this rank never writes the run directory
+        ctx.run = RunDir(ctx.run.path, ctx.run.manifest, writable=False)
     cold = ctx.cfg.cold
     budget = cold.budget_ms if budget_ms is None else budget_ms
     family = family or cold.family
-    k_list = parse_ks(ks) if ks is not None else parse_ks(list(cold.k))
+    k_list = k_list if k_list is not None else parse_ks(list(cold.k))
     resolve_ks(k_list, ctx.schema, family)  # a bad k fails before the candidate sets are built
     candidates = None
-    if candidate_mode == "report" and "teacher" in models:
+    if main and candidate_mode == "report" and "teacher" in models:  # only rank 0 measures
         echo("sweep: building the report's candidate sets")
         candidates = report_candidates(ctx, models["teacher"])
     result = run_sweep(ctx, models, family, k_list, budget if budget else None, echo, rank_by=rank_by,
                        candidates=candidates)
+    if not main:
+        if result.budget_error:
+            raise SystemExit(1)  # rank 0 prints the message
+        return
     click.echo(format_sweep(result.body))
     click.echo(f"sweep: {result.path}  plot: {result.plot}")
     if result.budget_error:
@@ -96,3 +141,24 @@ def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: 
         chosen = result.body["points"][result.body["chosen"]]
         path = write_chosen_config(ctx.cfg, chosen["features"], write_config)
         click.echo(f"chosen config (k={chosen['k']}): {path}")
+
+
+def _check_nothing_to_repair(run_dir: Path, stages: tuple[str, ...]) -> None:
+    """Distributed sweeps: make sure :func:`load_context` will only read. It would redo (and write) a
+    finished stage whose files no longer match their hashes; rank 0 checks, and every rank raises
+    the same error when one would be redone."""
+    error: CoarseRankError | None = None
+    if current().is_main:
+        try:
+            run_ = RunDir.open(run_dir, require=stages)
+            changed = [s for s in stages if not run_.is_done(s)]
+            if changed:
+                error = ArtifactError(
+                    f"run {run_dir}: the files of stage {changed[0]!r} changed since it finished; a "
+                    "distributed sweep only reads the run: resume it with `distill run` first (or sweep "
+                    "with one process)")
+        except CoarseRankError as exc:
+            error = exc
+    error = broadcast_object(error)
+    if error is not None:
+        raise error

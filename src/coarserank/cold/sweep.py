@@ -19,6 +19,14 @@ run directory (the file format is documented in ``docs/sweep.md``):
 
 A point or importance file is reused when its ``fingerprint`` (run, teacher, data, every setting
 that changes it) and its features match, so an interrupted sweep resumes where it stopped.
+
+Under torch.distributed (``distill sweep --nproc N`` or torchrun) every rank calls :func:`run_sweep`
+with the same arguments. Training (:func:`~coarserank.distill.train.fit`, DistributedDataParallel)
+runs on every rank; everything else runs on rank 0 only: deciding what is reused (rank 0 reads the
+files and broadcasts the plan, so every rank trains the same models in the same order), the
+importance scores (SE gates, LightGBM, permutation; broadcast to the other ranks), the test metrics,
+ONNX export and latency timing (while the other ranks wait, so nothing competes with the timed
+calls), and every file written. Only rank 0 reports progress; every rank returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from coarserank.cold.pareto import check_budget, choose_under_budget, pareto_fla
 from coarserank.cold.se_model import build_cold_model
 from coarserank.config import RunConfig, config_to_dict, dump_config, load_config
 from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
+from coarserank.distill.distributed import broadcast_object, current
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
 from coarserank.errors import ArtifactError, ConfigError, DataError
@@ -213,21 +222,19 @@ def _train(ctx: Any, family: str, fields: Sequence[str], progress: Progress, wha
 
 
 def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: Progress) -> dict[str, Any]:
+    """The importance body (rank 0's on every rank): reused from its file or computed. The models
+    are trained on every rank (DDP); the scores are computed and written by rank 0 alone."""
     cfg: RunConfig = ctx.cfg
+    main = current().is_main
     path = ctx.run.path / "sweep" / f"importance-{family}.json"
     fingerprint = _fingerprint(ctx, family, {"what": "importance", "gbdt": config_to_dict(cfg.gbdt)})
-    done = _read_if_current(path, fingerprint)
+    done = broadcast_object(_read_if_current(path, fingerprint) if main else None)
     if done is not None:
         progress(f"sweep: importance ({family}) already computed, reusing {path.name}")
         return done
     start = time.perf_counter()
     progress("sweep: importance 1/3: COLD model with SE gates on every field")
     se_model, _ = _train(ctx, "cold", ctx.schema.names, progress, "importance se", cfg.cold.gate_l1)
-    se = se_importance(se_model, _table(ctx, "valid", ctx.schema.names), ctx.device)
-    progress("sweep: importance 2/3: LightGBM gain")
-    y = {s: ctx.frames[s]["_label"].to_numpy() for s in ("train", "valid")}
-    gb = gbdt_importance(ctx.schema, ctx.encoded["train"], y["train"], ctx.encoded["valid"], y["valid"], cfg.gbdt,
-                         seed=cfg.run.seed, threads=cfg.run.threads or 1)  # 1: OpenMP spins on a busy machine
     fields = eligible_fields(ctx.schema, family)
     if family == "cold":
         swept, which = se_model, "the SE importance model (COLD, every field)"
@@ -236,6 +243,13 @@ def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: P
     else:
         swept, _ = _train(ctx, "two_tower", fields, progress, "importance two_tower")
         which = "a two-tower model distilled here on every user/context/item field"
+    if not main:  # the rest trains nothing: rank 0 scores, writes and broadcasts
+        return broadcast_object(None)
+    se = se_importance(se_model, _table(ctx, "valid", ctx.schema.names), ctx.device)
+    progress("sweep: importance 2/3: LightGBM gain")
+    y = {s: ctx.frames[s]["_label"].to_numpy() for s in ("train", "valid")}
+    gb = gbdt_importance(ctx.schema, ctx.encoded["train"], y["train"], ctx.encoded["valid"], y["valid"], cfg.gbdt,
+                         seed=cfg.run.seed, threads=cfg.run.threads or 1)  # 1: OpenMP spins on a busy machine
     progress(f"sweep: importance 3/3: permutation importance of {which}")
     perm = permutation_importance(swept, _table(ctx, "valid", ctx.schema.names), fields,
                                   repeats=cfg.cold.permutation_repeats, seed=cfg.run.seed, device=ctx.device)
@@ -244,7 +258,7 @@ def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: P
             "methods": {m.method: m.to_json() for m in methods}, "agreement_kendall_tau_b": rank_agreement(methods),
             "seconds": round(time.perf_counter() - start, 3)}
     atomic_write_text(path, json.dumps(body, indent=2))
-    return body
+    return broadcast_object(body)
 
 
 def _exposure_sets(ctx: Any) -> CandidateSets:
@@ -331,7 +345,12 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     rank_by : str, optional
         ``se``, ``gbdt`` or ``permutation`` (default ``cold.rank_by``).
     candidates : CandidateSets, optional
-        Sets for Recall@10-in-100 (default: each test group's exposures).
+        Sets for Recall@10-in-100 (default: each test group's exposures). Under torch.distributed
+        only rank 0's are used (other ranks may pass ``None``).
+
+    Under torch.distributed every rank must call this with the same run, family, ``ks`` and
+    ``rank_by``: models are trained on every rank, the rest runs on rank 0 (module docstring), and
+    every rank returns rank 0's result.
 
     Raises
     ------
@@ -340,7 +359,8 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     ConfigError
         For an unknown family or ranking, a bad budget, or a k larger than the number of fields.
     """
-    say = progress or (lambda _m: None)
+    main = current().is_main
+    say = progress if progress is not None and main else (lambda _m: None)
     cfg: RunConfig = ctx.cfg
     if "teacher" not in models or "teacher" not in ctx.logits.get("train", {}):
         raise ArtifactError(f"run {ctx.run.path} has no trained teacher (or no teacher logits); the sweep "
@@ -357,27 +377,44 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     importance = _importance(ctx, models, family, say)
     ranking = Importance.from_json(importance["methods"][rank_by]).ranking()
     fingerprint = _fingerprint(ctx, family, {"what": "point", "candidates": sets.description})
+    # rank 0 decides what is reused and broadcasts the plan: every rank trains the same points in order
+    reused: dict[int, dict[str, Any]] = {}  # rank 0 only
+    plan: list[tuple[int, list[str], bool]] = []  # (k, features, train it)
+    if main:
+        for k in resolved:
+            features = select_top_k(ranking, ctx.schema, family, k)
+            done = _read_if_current(_point_path(ctx, family, k), fingerprint)
+            if done is not None and done.get("features") == features:
+                reused[k] = done
+            plan.append((k, features, k not in reused))
+    plan = broadcast_object(plan)
     points: list[dict[str, Any]] = []
-    for i, k in enumerate(resolved, 1):
-        features = select_top_k(ranking, ctx.schema, family, k)
+    for i, (k, features, train_it) in enumerate(plan, 1):
         name = f"{family}-k{k}"
-        path = ctx.run.path / "sweep" / "points" / f"{name}.json"
-        done = _read_if_current(path, fingerprint)
-        if done is not None and done.get("features") == features:
-            say(f"sweep [{i}/{len(resolved)}] {name}: done before, reusing (gauc {done['gauc']:.4f}, "
-                f"p99 {done['p99_ms']:.3f} ms)")
-            points.append(done)
+        path = _point_path(ctx, family, k)
+        if not train_it:
+            if main:
+                done = reused[k]
+                say(f"sweep [{i}/{len(plan)}] {name}: done before, reusing (gauc {done['gauc']:.4f}, "
+                    f"p99 {done['p99_ms']:.3f} ms)")
+                points.append(done)
             continue
-        say(f"sweep [{i}/{len(resolved)}] {name}: training on {', '.join(features)}")
+        say(f"sweep [{i}/{len(plan)}] {name}: training on {', '.join(features)}")
         t0 = time.perf_counter()
         model, train = _train(ctx, family, features, say, f"sweep {name}")
+        if not main:  # on to the next fit; rank 0 measures (alone on the machine) and writes
+            continue
         point = {"k": k, "family": family, "features": features, "rank_by": rank_by,
                  **_measure_point(ctx, model, family, features, sets, path.parent / name), "train": train,
                  "seconds": round(time.perf_counter() - t0, 3), "fingerprint": fingerprint}
         atomic_write_text(path, json.dumps(point, indent=2))
-        say(f"sweep [{i}/{len(resolved)}] {name}: gauc {point['gauc']:.4f} p99 {point['p99_ms']:.3f} ms "
+        say(f"sweep [{i}/{len(plan)}] {name}: gauc {point['gauc']:.4f} p99 {point['p99_ms']:.3f} ms "
             f"({point['seconds']:.0f}s)")
         points.append(point)
+    sweep_dir = ctx.run.path / "sweep"
+    if not main:
+        shared = broadcast_object(None)  # rank 0's (body, budget error)
+        return SweepResult(shared[0], sweep_dir / "sweep.json", sweep_dir / shared[0]["plot"], shared[1])
     flags = pareto_flags([p["gauc"] for p in points], [p["p99_ms"] for p in points])
     points = [{**{k: v for k, v in p.items() if k != "fingerprint"}, "pareto": f} for p, f in zip(points, flags)]
     error: str | None = None
@@ -385,7 +422,6 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
         chosen: int | None = choose_under_budget([p["gauc"] for p in points], [p["p99_ms"] for p in points], budget)
     except ConfigError as exc:
         chosen, error = None, str(exc)
-    sweep_dir = ctx.run.path / "sweep"
     plot = _plot(points, chosen, budget, sweep_dir / "frontier.png")
     body = {"format": SWEEP_FORMAT, "run": str(ctx.run.path), "family": family, "rank_by": rank_by,
             "budget_ms": budget, "chosen": chosen, "budget_note": error,
@@ -396,7 +432,12 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
             "importance": {k: v for k, v in importance.items() if k != "fingerprint"}, "points": points,
             "plot": plot.name, "seconds": round(time.perf_counter() - start, 3)}
     path = atomic_write_text(sweep_dir / "sweep.json", json.dumps(body, indent=2))
+    broadcast_object((body, error))
     return SweepResult(body, path, plot, error)
+
+
+def _point_path(ctx: Any, family: str, k: int) -> Path:
+    return ctx.run.path / "sweep" / "points" / f"{family}-k{k}.json"
 
 
 def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str) -> Path:
