@@ -47,9 +47,10 @@ def _partition_files(root: Path) -> list[Path]:
     return files
 
 
-def _read(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+def _read(path: Path, columns: list[str] | None = None, data: bytes | None = None) -> pl.DataFrame:
+    """``path`` as a frame (from ``data`` when its bytes were already read); errors name the file."""
     try:
-        return pl.read_parquet(path, columns=columns)
+        return pl.read_parquet(io.BytesIO(data) if data is not None else path, columns=columns)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataError(f"parquet partition {path} cannot be read: {str(exc).splitlines()[0]}") from exc
 
@@ -119,16 +120,12 @@ class PartitionedLog:
         """Partition ``i`` prepared: joined, labelled, with global ``_row`` ids and ``_split``.
         With ``digest``, the file's bytes are fed to it (one read serves both)."""
         part = self.partitions_[i]
+        data = None
         if digest is not None:
             data = part.path.read_bytes()
             digest.update(part.path.name.encode())
             digest.update(hashlib.sha256(data).digest())
-            try:
-                frame = pl.read_parquet(io.BytesIO(data))
-            except (pl.exceptions.PolarsError, OSError) as exc:
-                raise DataError(f"parquet partition {part.path} cannot be read: {str(exc).splitlines()[0]}") from exc
-        else:
-            frame = _read(part.path)
+        frame = _read(part.path, data=data)
         if frame.height != part.rows:
             raise DataError(f"parquet partition {part.path} changed while the run read it "
                             f"({part.rows} rows at the start, {frame.height} now)")

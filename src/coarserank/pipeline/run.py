@@ -188,6 +188,11 @@ def _stage_teacher(ctx: RunContext) -> torch.nn.Module:
     return teacher
 
 
+def _sample_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
+    """A streaming run's in-memory train logits: the teacher's on the train sample."""
+    ctx.logits.setdefault("train", {})["teacher"] = predict_shared(teacher, ctx.tables["train"], ctx.device)
+
+
 def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
     # a streaming run writes train logits per partition; train logits in memory are the sample's
     in_files = ("valid", "test") if ctx.stream is not None else SPLITS
@@ -196,14 +201,14 @@ def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
             body = pl.read_parquet(ctx.run.verified_path(f"logits/{split}.parquet"))
             ctx.logits.setdefault(split, {})["teacher"] = body["logit"].to_numpy()
         if ctx.stream is not None:  # is_done checked every partition's file against its sha256
-            ctx.logits.setdefault("train", {})["teacher"] = predict_shared(teacher, ctx.tables["train"], ctx.device)
+            _sample_logits(ctx, teacher)
         return
     ctx.run.begin("logits")
     temperature = ctx.cfg.distill.temperature
     written = []
     if ctx.stream is not None:
         written += write_train_logits(ctx, teacher)
-        ctx.logits.setdefault("train", {})["teacher"] = predict_shared(teacher, ctx.tables["train"], ctx.device)
+        _sample_logits(ctx, teacher)
     for split in in_files:
         z = predict_shared(teacher, ctx.tables[split], ctx.device)
         ctx.logits.setdefault(split, {})["teacher"] = z
