@@ -37,6 +37,7 @@ __all__ = [
     "ModelTrainingConfig",
     "TeacherConfig",
     "StudentConfig",
+    "RecallConfig",
     "DistillConfig",
     "GbdtConfig",
     "ServingConfig",
@@ -164,9 +165,40 @@ class TeacherConfig(ModelTrainingConfig):
 
 @dataclass(frozen=True)
 class StudentConfig(ModelTrainingConfig):
-    """Two-tower student: user tower (user + context fields), item tower (item fields) of ``dim``."""
+    """Two-tower student: user tower (user + context fields), item tower (item fields) of ``dim``.
+
+    ``objective``: ``pointwise`` (the distillation loss on exposures) or ``sampled_softmax`` (the
+    recall objective of :mod:`coarserank.distill.recall_losses`: each positive exposure against the
+    batch's items plus ``extra_negatives`` uniform catalogue items, cosine / ``softmax_temperature``,
+    ``logq`` correction from training ``counts``, a ``streaming`` estimate or ``none``, and the
+    teacher's softmax over the same candidates weighted by ``softmax_alpha``)."""
 
     dim: int = 64
+    objective: Literal["pointwise", "sampled_softmax"] = "pointwise"
+    softmax_temperature: float = 0.05
+    extra_negatives: int = 0
+    logq: Literal["counts", "streaming", "none"] = "counts"
+    softmax_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecallConfig(StudentConfig):
+    """The recall model trained beside the coarse ranker when ``enabled``: a ``two_tower`` or a
+    ``multi_interest`` user tower (``interests`` vectors from the behaviour ``sequence`` feature,
+    "" = the first one, by self-attention or capsule ``routing``; trained with label-aware attention
+    of the given ``sharpness``), and retrieval metrics at ``ks`` over up to ``max_users`` test users
+    (0 = all)."""
+
+    enabled: bool = False
+    objective: Literal["pointwise", "sampled_softmax"] = "sampled_softmax"
+    family: Literal["two_tower", "multi_interest"] = "multi_interest"
+    interests: int = 4
+    extractor: Literal["attention", "routing"] = "attention"
+    sequence: str = ""
+    sharpness: float = 20.0
+    routing_iterations: int = 3
+    ks: tuple[int, ...] = (50, 100, 500)
+    max_users: int = 0
 
 
 @dataclass(frozen=True)
@@ -260,6 +292,7 @@ class RunConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    recall: RecallConfig = field(default_factory=RecallConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     gbdt: GbdtConfig = field(default_factory=GbdtConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
@@ -480,6 +513,30 @@ def validate(cfg: RunConfig) -> None:
     for section in (cfg.teacher, cfg.student):
         if section.batch_size < 1 or section.epochs < 1 or section.lr <= 0:
             raise ConfigError(f"{type(section).__name__}: batch_size, epochs must be >= 1 and lr > 0")
+    _check_recall(cfg)
+
+
+def _check_recall(cfg: RunConfig) -> None:
+    """The recall objective and the recall section (sequence and item features are checked on the schema)."""
+    for name, section in (("student", cfg.student), ("recall", cfg.recall)):
+        if section.softmax_temperature <= 0:
+            raise ConfigError(f"{name}.softmax_temperature must be > 0, got {section.softmax_temperature}")
+        if section.extra_negatives < 0:
+            raise ConfigError(f"{name}.extra_negatives must be >= 0, got {section.extra_negatives}")
+        if not 0.0 <= section.softmax_alpha <= 1.0:
+            raise ConfigError(f"{name}.softmax_alpha must lie in [0, 1], got {section.softmax_alpha}")
+    r = cfg.recall
+    if r.interests < 1:
+        raise ConfigError(f"recall.interests (K) must be >= 1, got {r.interests}")
+    if r.routing_iterations < 1 or r.sharpness < 0:
+        raise ConfigError(f"recall.routing_iterations must be >= 1 and recall.sharpness >= 0, got "
+                          f"{r.routing_iterations}, {r.sharpness}")
+    if not r.ks or min(r.ks) < 1:
+        raise ConfigError(f"recall.ks: every retrieval cut-off K must be >= 1, got {list(r.ks)}")
+    if r.max_users < 0:
+        raise ConfigError(f"recall.max_users must be >= 0 (0 = every test user), got {r.max_users}")
+    if r.enabled and (r.batch_size < 1 or r.epochs < 1 or r.lr <= 0):
+        raise ConfigError("recall: batch_size, epochs must be >= 1 and lr > 0")
 
 
 # ----------------------------------------------------------------------------------------------
