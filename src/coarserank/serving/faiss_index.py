@@ -27,6 +27,11 @@ on a set of *user* vectors (the real queries); :func:`evaluate` then reports rec
 exact search on a disjoint set and queries per second. Recall@k is the share of the exact top-k
 (by inner product over the same vectors) that the index returns in its top-k, averaged over queries.
 
+Users with several interest vectors (``[nq, K, dim]``, :func:`search_interests`) query the index
+once per interest (one batched search of ``nq * K`` rows) and the ``K`` result lists are merged by
+score (:func:`merge_by_score`): an item found by several interests keeps its best score, so the
+result is the top-``k`` by the maximum over interests among the items any interest found.
+
 New items (an unseen id with known content features) are encoded by the item tower and added with
 :meth:`ItemIndex.add` without a rebuild: IVF kinds assign them to the trained lists, HNSW links them in.
 """
@@ -47,7 +52,7 @@ from coarserank.errors import ArtifactError, ConfigError, DataError, ServingErro
 from coarserank.serving.timing import measure
 
 __all__ = ["KINDS", "AUTO_FLAT_BELOW", "ItemIndex", "choose_kind", "exact_search", "recall_at_k", "tune",
-           "evaluate", "sidecar_path"]
+           "evaluate", "sidecar_path", "merge_by_score", "search_interests"]
 
 KINDS: Final[tuple[str, ...]] = ("flat", "hnsw", "ivf", "ivfpq")
 AUTO_FLAT_BELOW: Final[int] = 50_000
@@ -308,6 +313,47 @@ class ItemIndex:
                                 f"{meta.get('dim')} expected)")
         return cls(index, meta["kind"], meta.get("build", {}), meta.get("search", {}),
                    meta.get("removed", []))
+
+
+# -- several interests per user ------------------------------------------------------------------
+
+def merge_by_score(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge result lists per row: ``scores``/``ids`` ``[nq, m]`` (several lists side by side) ->
+    the top-``k`` distinct ids by score ``[nq, k]``, best first, each id with its highest score;
+    -1 / -inf pad rows with fewer than ``k`` distinct ids. Equal scores keep the input order."""
+    s, i = np.asarray(scores, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+    if s.shape != i.shape or s.ndim != 2:
+        raise DataError(f"scores and ids must be matching [rows, m] arrays, got {s.shape} and {i.shape}")
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    order = np.argsort(-s, axis=1, kind="stable")
+    s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+    by_id = np.argsort(i, axis=1, kind="stable")  # equal ids stay in score order: the first is the best
+    sorted_ids = np.take_along_axis(i, by_id, axis=1)
+    repeat = np.zeros_like(i, dtype=bool)
+    np.put_along_axis(repeat, by_id[:, 1:], sorted_ids[:, 1:] == sorted_ids[:, :-1], axis=1)
+    drop = repeat | (i == -1)
+    s = np.where(drop, -np.inf, s).astype(np.float32)
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept entries first, still in score order
+    out_s, out_i = np.take_along_axis(s, order, axis=1), np.take_along_axis(np.where(drop, -1, i), order, axis=1)
+    if out_s.shape[1] < k:
+        pad = k - out_s.shape[1]
+        out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
+    return out_s, out_i
+
+
+def search_interests(index: ItemIndex, queries: npt.ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items for users with ``K`` interest vectors ``[nq, K, dim]`` (``[nq, dim]`` = one):
+    one search per interest, merged by score (:func:`merge_by_score`)."""
+    q = np.asarray(queries)
+    if q.ndim == 2:
+        return index.search(q, k)
+    if q.ndim != 3:
+        raise DataError(f"interest queries must be [users, K, dim], got shape {q.shape}")
+    n, interests, dim = q.shape
+    scores, ids = index.search(q.reshape(n * interests, dim), k)
+    return merge_by_score(scores.reshape(n, interests * k), ids.reshape(n, interests * k), k)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
