@@ -79,3 +79,12 @@ def test_a_test_split_without_positives_is_a_data_error():
     frames["test"] = frames["test"].with_columns(pl.lit(0).alias("_label"))
     with pytest.raises(DataError, match="the test split has no positive rows"):
         retrieval_data(frames, frame, Encoder(CFG).fit(frames["train"]), CFG)
+
+
+def test_on_the_valid_split_known_items_are_the_train_exposures():
+    frames, frame = _frames()
+    frames["valid"] = frames["valid"].with_columns(pl.lit(1).alias("_label"))
+    d = retrieval_data(frames, frame, Encoder(CFG).fit(frames["train"]), CFG, split="valid")
+    assert d.users.tolist() == [1, 3]
+    assert [d.item_ids[d.known.row(u)].tolist() for u in range(2)] == [[10, 11], [13]]
+    assert [d.item_ids[d.heldout.row(u)].tolist() for u in range(2)] == [[12], [14]]

@@ -27,6 +27,7 @@ from torch import nn
 
 from coarserank.config import DataConfig
 from coarserank.data.encode import Encoder
+from coarserank.data.prepare import SPLITS
 from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES
 from coarserank.errors import DataError
 from coarserank.ranking_eval.retrieval import UserItems, evaluate_retrieval, popularity_item_vectors
@@ -59,29 +60,31 @@ def _positions(ids: np.ndarray, catalogue: np.ndarray) -> np.ndarray:
 
 
 def retrieval_data(frames: dict[str, pl.DataFrame], frame: pl.DataFrame, encoder: Encoder, cfg: DataConfig, *,
-                   max_users: int = 0, seed: int = 0) -> RetrievalData:
-    """Build :class:`RetrievalData` from the prepared ``frames`` per split and the whole ``frame``.
+                   max_users: int = 0, seed: int = 0, split: str = "test") -> RetrievalData:
+    """Build :class:`RetrievalData` from the prepared ``frames`` per split and the whole ``frame``;
+    ``split = "valid"`` measures on the valid split instead (known items: the train exposures).
 
     Raises
     ------
     DataError
-        No test user has a test positive outside the items it already knew.
+        No user of ``split`` has a positive there outside the items it already knew.
     """
     catalogue = build_catalogue(frame, cfg)
     item_ids = catalogue_ids(catalogue, cfg)
     item_fields = encoder.schema_.select(STUDENT_ITEM_SIDES).names
-    test = frames["test"].with_row_index("_pos").sort("_time", "_row")
+    test = frames[split].with_row_index("_pos").sort("_time", "_row")
     positives = test.filter(pl.col("_label") == 1)
     users = np.unique(positives["_user"].to_numpy())
     if users.size == 0:
-        raise DataError("the test split has no positive rows; retrieval metrics need held-out positives")
-    before = pl.concat([frames["train"].select("_user", cfg.item_col), frames["valid"].select("_user", cfg.item_col)])
+        raise DataError(f"the {split} split has no positive rows; retrieval metrics need held-out positives")
+    earlier = SPLITS[:SPLITS.index(split)]
+    before = pl.concat([frames[s].select("_user", cfg.item_col) for s in earlier])
     known_all = _pairs(before, users, item_ids, cfg)
     held_all = _pairs(positives, users, item_ids, cfg)
     usable = np.flatnonzero(held_all.minus(known_all).sizes > 0)
     if usable.size == 0:
-        raise DataError("no test user has a test positive outside the items it was exposed to before the test "
-                        "period; retrieval over the catalogue has nothing to find")
+        raise DataError(f"no {split} user has a {split} positive outside the items it was exposed to before; "
+                        "retrieval over the catalogue has nothing to find")
     if 0 < max_users < usable.size:
         usable = np.sort(np.random.default_rng(seed).choice(usable, max_users, replace=False))
     users = users[usable]
@@ -89,7 +92,7 @@ def retrieval_data(frames: dict[str, pl.DataFrame], frame: pl.DataFrame, encoder
     first = first.filter(pl.col("_user").is_in(users.tolist())).sort("_user")
     rows = first["_pos"].to_numpy()
     user_fields = encoder.schema_.select(STUDENT_USER_SIDES).names
-    user_inputs = encoder.transform(frames["test"][rows], fields=user_fields)
+    user_inputs = encoder.transform(frames[split][rows], fields=user_fields)
     train_pos = frames["train"].filter(pl.col("_label") == 1)[cfg.item_col].cast(pl.Int64).to_numpy()
     counts = np.bincount(_positions(train_pos, item_ids), minlength=item_ids.size).astype(np.float64)
     return RetrievalData(item_ids, encoder.transform(catalogue, fields=item_fields), users, user_inputs,

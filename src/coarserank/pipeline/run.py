@@ -33,6 +33,7 @@ from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, predict_shared, resolve_device
 from coarserank.errors import CoarseRankError
+from coarserank.pipeline import recall_stage
 from coarserank.pipeline.rundir import RunDir
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
 from coarserank.ranking_eval.metrics import auc, gauc, logloss
@@ -277,7 +278,7 @@ def _label_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> dict[str
             "gauc_groups_used": g.groups_used, "gauc_groups_skipped": g.groups_skipped}
 
 
-def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
+def _stage_metrics(ctx: RunContext, retrieval: dict[str, Any]) -> dict[str, Any]:
     ctx.run.begin("metrics")
     metrics: dict[str, Any] = {}
     for split in ("valid", "test"):
@@ -286,6 +287,7 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
         metrics[split] = {m: _label_metrics(y, _sigmoid(ctx.logits[split][m]), groups) for m in MODELS}
         if "_oracle" in frame.columns:
             metrics[split]["oracle"] = _label_metrics(y, frame["_oracle"].to_numpy(), groups)
+    metrics["test"]["retrieval"] = retrieval  # over the whole catalogue (coarserank.pipeline.recall_stage)
     metrics["definitions"] = {
         "auc": "Mann-Whitney AUC over all rows, ties count one half",
         "gauc": "per-group AUC weighted by the group's rows; groups with one class skipped (counted)",
@@ -384,8 +386,10 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         if info.is_main:  # single-process stages: the reference model, metrics, exports, report
             stage = "gbdt"
             _stage_gbdt(ctx)
+            stage = recall_stage.STAGE
+            retrieval = recall_stage.run_recall(ctx, models)
             stage = "metrics"
-            metrics = _stage_metrics(ctx)
+            metrics = _stage_metrics(ctx, retrieval)
             for name, module, section in EXTRA_STAGES if extra_stages else []:
                 stage = name
                 wanted = section_hash(cfg, section)
