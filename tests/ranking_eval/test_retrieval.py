@@ -15,6 +15,7 @@ from coarserank.ranking_eval.retrieval import (
     popularity_item_vectors,
     popularity_percentiles,
     retrieval_metrics,
+    retrieval_summary,
     top_k,
 )
 
@@ -165,3 +166,17 @@ def test_user_items_minus_and_take_are_row_wise_set_operations(rng):
         assert diff.row(u).tolist() == sorted(set(a.row(u).tolist()) - set(b.row(u).tolist()))
     picked = a.take(np.array([7, 3, 3]))
     assert [picked.row(i).tolist() for i in range(3)] == [a.row(7).tolist(), a.row(3).tolist(), a.row(3).tolist()]
+
+
+def test_the_summary_flags_models_whose_top_k_is_head_only_but_not_the_popularity_baseline(rng):
+    n_items = 300
+    counts = np.sort(rng.zipf(1.3, n_items).clip(max=10_000))[::-1].astype(float)
+    heldout = _random_sets(rng, 40, n_items, 4.0)
+    pop = evaluate_retrieval(np.ones((40, 1), np.float32), popularity_item_vectors(counts), heldout, None, (10, 50),
+                             counts)
+    spread = evaluate_retrieval(rng.normal(size=(40, 8)).astype(np.float32),
+                                rng.normal(size=(n_items, 8)).astype(np.float32), heldout, None, (10, 50), counts)
+    table = {"recall": spread.to_json(), "student": pop.to_json(), "popularity": pop.to_json()}
+    summary = retrieval_summary(table, 100)
+    assert summary["head_only"] == ["student"]
+    assert [r["k"] for r in summary["rows"]] == [50, 50, 50]

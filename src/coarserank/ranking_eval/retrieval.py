@@ -59,6 +59,7 @@ __all__ = [
     "popularity_percentiles",
     "gini",
     "check_ks",
+    "retrieval_summary",
 ]
 
 HEAD_SHARE: Final[float] = 0.5
@@ -351,3 +352,23 @@ def popularity_item_vectors(counts: np.ndarray) -> np.ndarray:
     score = np.empty(c.size, dtype=np.float32)
     score[order] = np.arange(c.size, 0, -1, dtype=np.float32)  # exact in float32 below 2**24 items
     return score[:, None]
+
+
+def retrieval_summary(table: dict[str, dict[str, Any]], k: int = 100) -> dict[str, Any]:
+    """The report's view of ``metrics["test"]["retrieval"]``: one row per model at cut-off ``k`` (or the
+    largest cut-off below it) and the models whose top-K is head-only: a mean popularity percentile of
+    at least ``1 - K / items``, as concentrated on popular items as a list drawn from the ``2K`` most
+    popular ones (popularity's own top-K sits near ``1 - K / (2 items)``). The popularity baseline is
+    head-only by construction and is not listed."""
+    rows, flagged = [], []
+    for model, m in table.items():
+        cuts = sorted(int(key.split("@")[1]) for key in m if key.startswith("recall@"))
+        at = max([c for c in cuts if c <= k] or cuts[:1])
+        row = {"model": model, "k": at, **{name: m[f"{name}@{at}"] for name in
+                                           ("recall", "ndcg", "coverage", "popularity_percentile", "head_share")}}
+        row["head_only"] = bool(row["popularity_percentile"] >= 1.0 - at / max(int(m["items"]), 1))
+        rows.append(row)
+        if row["head_only"] and model != "popularity":
+            flagged.append(model)
+    return {"rows": rows, "head_only": flagged,
+            "head_only_rule": "mean popularity percentile of the top K >= 1 - K / catalogue items"}
