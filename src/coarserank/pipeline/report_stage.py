@@ -43,6 +43,7 @@ from coarserank.pipeline.candidates import (
 )
 from coarserank.ranking_eval.report import ReportSpec, build_report
 from coarserank.ranking_eval.report_html import render_html
+from coarserank.ranking_eval.retrieval import retrieval_summary
 from coarserank.student import Tower, TwoTower
 
 __all__ = ["SCORED_MODELS", "ReportOutputs", "build_scores", "check_settings", "read_score_files",
@@ -237,10 +238,14 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
     return scores, spec
 
 
-def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec) -> ReportOutputs:
-    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``."""
+def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec,
+                 retrieval: dict[str, Any] | None = None) -> ReportOutputs:
+    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``;
+    ``retrieval`` (``metrics["test"]["retrieval"]``) adds the retrieval-over-the-catalogue section."""
     start = time.perf_counter()
     report = build_report(scores, spec)
+    if retrieval:
+        report["retrieval"] = retrieval_summary(retrieval)
     page = render_html(report, scores)
     out_dir = Path(out_dir)
     paths = (atomic_write_with(out_dir / "scores.parquet", scores.write_parquet, ".parquet"),
@@ -258,7 +263,8 @@ def _report(ctx: Any, models: dict[str, torch.nn.Module]) -> ReportOutputs | Non
     scores, spec = build_scores(ctx, models)
     scored = time.perf_counter() - start
     ctx.progress("report: computing metrics and plots")
-    out = write_report(ctx.run.file("report"), scores, spec)
+    metrics = json.loads(ctx.run.verified_path("metrics.json").read_text())
+    out = write_report(ctx.run.file("report"), scores, spec, metrics.get("test", {}).get("retrieval"))
     ctx.run.record("report", out.scores, out.json, out.html)
     counts = out.report["counts"]
     ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],

@@ -230,6 +230,18 @@ def _segments(report: dict[str, Any]) -> str:
     return "".join(parts) or '<p class="note">No segment columns.</p>'
 
 
+def _retrieval(report: dict[str, Any]) -> str:
+    """Retrieval over the whole catalogue per model, with head-only models called out."""
+    summary = report["retrieval"]
+    rows = [[r["model"], r["k"], r["recall"], r["ndcg"], r["coverage"], r["popularity_percentile"], r["head_share"],
+             "HEAD ONLY" if r["head_only"] and r["model"] != "popularity" else ""] for r in summary["rows"]]
+    warn = ("<p><strong>Head-only recall:</strong> " + html.escape(", ".join(summary["head_only"]))
+            + " returns the popular head of the catalogue to nearly everyone (" + html.escape(summary["head_only_rule"])
+            + ").</p>") if summary["head_only"] else ""
+    return warn + _table(["model", "K", "recall@K", "ndcg@K", "coverage@K", "popularity percentile", "head share",
+                          ""], rows)
+
+
 def render_html(report: dict[str, Any], scores: pl.DataFrame) -> str:
     """One self-contained HTML page for ``report`` (from :func:`build_report`) and its ``scores``.
 
@@ -262,6 +274,8 @@ def render_html(report: dict[str, Any], scores: pl.DataFrame) -> str:
         "<h2>By candidate-set size</h2>" + _by_size(report),
         "<h2>Segments</h2>" + _segments(report),
     ]
+    if "retrieval" in report:
+        sections.insert(2, "<h2>Retrieval over the whole catalogue</h2>" + _retrieval(report))
     if "oracle_consistency" in report:
         sections.append(f"<h2>Against the oracle ({html.escape(str(setup['oracle']))})</h2>"
                         + _consistency_table(report["oracle_consistency"]))
