@@ -34,7 +34,6 @@ class Field:
     kind: str
     size: int = 0
     max_len: int = 1
-    of: str = ""  # TEMP (retrieval branch): the sequence kind's field per SEQUENCE_SPEC; reverted when main has it
 
 
 @dataclass(frozen=True)
