@@ -129,7 +129,7 @@ def run_stage(ctx: Any, models: dict[str, Any]) -> None:
     export_user_tower(student, encoder, path["user_tower"], run_hash=model_hash, opset=serving.opset)
     export_item_tower(student, encoder, path["item_tower"], run_hash=model_hash, opset=serving.opset)
     export_teacher(teacher, encoder, path["teacher"], run_hash=run.manifest["files"]["teacher.pt"],
-                   opset=serving.opset)
+                   opset=serving.opset, history_base_rate=base_rate(ctx.frame))
     test = ctx.frames["test"]
     rows = _sample(test.with_row_index("_pos"), PARITY_ROWS, cfg.run.seed)
     positions = rows["_pos"].to_numpy()
