@@ -102,6 +102,10 @@ def _contract(encoder: Encoder, spec: InputSpec) -> InputContract:
                 derivation += f"; a piece that is not an integer is sent as {UNPARSED_INT64} (-> OOV)"
         else:
             derivation = f"{derivation + '; ' if derivation else ''}{split}"
+    elif spec.kind == "categorical":
+        known = len(encoder.vocabs_[f.name].values)
+        derivation = (f"{derivation + '; ' if derivation else ''}raw value, looked up in the graph among "
+                      f"{known} known values; unseen or missing -> OOV")
     elif spec.kind == "bucketed":
         derivation = (f"{derivation + '; ' if derivation else ''}raw number, bucketed in the graph at "
                       f"{list(f.boundaries)} (bucket = count of boundaries <= x)")
@@ -147,6 +151,9 @@ def model_metadata(encoder: Encoder, kind: ModelKind, fields: Sequence[str], out
             "missing_int64": str(MISSING_INT64), "missing_string": MISSING_STRING, "missing_float32": "NaN"}
     if output == "vector":
         meta["vector_dim"] = str(out_shape[-1])
+    crosses = [{"name": c.name, "op": c.op, "a": c.a, "b": c.b} for c in encoder.cfg.crosses if c.name in fields]
+    if crosses:
+        meta["graph_crosses"] = json.dumps(crosses)
     history = history_contract(encoder, [c.name for c in contract if c.kind == "history"], base_rate)
     if history:
         meta["history_crosses"] = json.dumps(history)
@@ -168,9 +175,10 @@ def read_contract(meta: dict[str, str], where: str) -> dict[str, Any]:
         inputs = json.loads(meta["inputs"])
         history = json.loads(meta.get("history_crosses", "[]"))
         shape = json.loads(meta["output_shape"]) if "output_shape" in meta else None
+        crosses = json.loads(meta.get("graph_crosses", "[]"))
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{where}: metadata holds malformed JSON: {exc}") from exc
-    shown = {"inputs", "history_crosses", "output_shape"}
+    shown = {"inputs", "history_crosses", "output_shape", "graph_crosses"}
     return {"model_kind": meta["model_kind"], "output": {"name": meta["output_name"], "shape": shape},
-            "inputs": inputs, "history_crosses": history,
+            "inputs": inputs, "history_crosses": history, "graph_crosses": crosses,
             "properties": {k: v for k, v in sorted(meta.items()) if k not in shown}}

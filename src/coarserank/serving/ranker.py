@@ -108,11 +108,18 @@ def read_candidates(path: Path | str, text: str | None = None) -> np.ndarray:
 
 
 def top_positions(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` largest scores, best first: a partial sort, then a sort of ``n``."""
+    """Positions of the ``n`` largest scores, best first: a partial sort, then a sort of ``n``.
+
+    Ties keep candidate order: of equal scores the earlier position comes first, and where equal
+    scores straddle the cut the earlier positions are kept (``docs/serving.md``).
+    """
     if n >= scores.size:
         return np.argsort(-scores, kind="stable")
-    part = np.argpartition(-scores, n - 1)[:n]
-    return part[np.argsort(-scores[part], kind="stable")]
+    kth = scores[np.argpartition(-scores, n - 1)[n - 1]]  # the n-th largest score
+    above = np.flatnonzero(scores > kth)
+    chosen = np.concatenate([above, np.flatnonzero(scores == kth)[: n - above.size]])
+    chosen.sort()
+    return chosen[np.argsort(-scores[chosen], kind="stable")]
 
 
 def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
