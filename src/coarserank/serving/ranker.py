@@ -211,6 +211,8 @@ class UserFeeds:
                             f"got {type(value).__name__} {value!r}")
 
     def _one(self, spec: _Input, v: Any) -> np.ndarray:
+        if spec.kind == "sequence":
+            return self._sequence(spec, v)
         number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
         if spec.dtype == "int64":
             if v is None:
@@ -227,8 +229,6 @@ class UserFeeds:
             if spec.kind == "bucketed" and math.isnan(x):  # as the reference: NaN sorts above every boundary
                 x = math.inf
             return np.array([x], dtype=np.float32)
-        if spec.kind == "sequence":
-            return self._sequence(spec, v)
         if v is not None and not isinstance(v, str):
             raise self._wrong(spec, "a string", v)
         if spec.kind != "multi":
