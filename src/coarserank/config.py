@@ -472,6 +472,18 @@ def _check_sequence(f: FeatureConfig, by_name: dict[str, FeatureConfig], d: Data
                           "ready-made column (values joined by sep, most recent first) with 'column'")
 
 
+def _check_entire_space(t: DistillConfig, d: DataConfig) -> None:
+    """Sampled-item settings that no data can make right."""
+    for key in ("sampled", "sampled_weight", "rank_weight"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"distill.{key} must be >= 0, got {getattr(t, key)}")
+    if t.rank_top < 1:
+        raise ConfigError(f"distill.rank_top must be >= 1, got {t.rank_top}")
+    if t.sampled and d.streaming:
+        raise ConfigError("distill.sampled > 0 scores sampled items against in-memory training rows; a streaming "
+                          "run (data.streaming = true) needs distill.sampled = 0")
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     d = cfg.data
@@ -529,6 +541,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"distill.alpha must lie in [0, 1], got {cfg.distill.alpha}")
     if cfg.distill.temperature <= 0:
         raise ConfigError(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
+    _check_entire_space(cfg.distill, d)
     if cfg.synthetic.rows < 100:
         raise ConfigError(f"synthetic.rows must be >= 100, got {cfg.synthetic.rows}")
     for section in (cfg.teacher, cfg.student):

@@ -35,7 +35,7 @@ from coarserank.errors import ConfigError
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
-__all__ = ["Trained", "split_table", "train_teacher", "distill", "score_split"]
+__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "distill", "score_split"]
 
 
 @dataclass
@@ -63,6 +63,13 @@ def _built(build: Callable[[], nn.Module], seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+def check_sampling(cfg: DistillConfig, pairs: PairEncoder) -> None:
+    """Entire-space settings that this data cannot satisfy (call before any training)."""
+    if cfg.alpha > 0 and cfg.sampled >= pairs.n_items:
+        raise ConfigError(f"distill.sampled = {cfg.sampled} needs a catalogue of more items; this data has "
+                          f"{pairs.n_items} (use fewer sampled items per exposure)")
 
 
 def _table(split: EncodedSplit | TensorTable | StreamingTable) -> TensorTable | StreamingTable:
@@ -108,6 +115,8 @@ def distill(teacher: nn.Module | np.ndarray | None, train: EncodedSplit | Tensor
         raise ConfigError("distill: alpha > 0 needs the teacher (a module or its train logits)")
     if entire and (not isinstance(teacher, nn.Module) or pairs is None):
         raise ConfigError("distill.sampled > 0 needs the teacher module and a PairEncoder to score sampled items")
+    if entire and pairs is not None:
+        check_sampling(distill_cfg, pairs)
     if isinstance(train, EncodedSplit):
         logits = teacher if isinstance(teacher, np.ndarray) else train_logits
         if soft and logits is None:

@@ -30,7 +30,7 @@ from coarserank.distill.gbdt import GbdtReference
 from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
-from coarserank.distill.api import Trained, distill, split_table, train_teacher
+from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
 from coarserank.errors import CoarseRankError
 from coarserank.pipeline.rundir import RunDir
@@ -125,6 +125,7 @@ def _load_data(ctx: RunContext) -> tuple[str, dict[str, int]]:
     ctx.progress(f"data: reading source {cfg.data.source!r}")
     raw = load_source(cfg.data, cfg.synthetic, cfg.run.seed)
     data = encode_splits(prepare(raw, cfg.data), cfg.data)
+    check_sampling(cfg.distill, data.pairs)  # before the teacher trains
     ctx.data = data
     ctx.frame = data.frame
     ctx.encoder = data.encoder
