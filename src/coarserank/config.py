@@ -186,7 +186,8 @@ class StudentConfig(ModelTrainingConfig):
     recall objective of :mod:`coarserank.distill.recall_losses`: each positive exposure against the
     batch's items plus ``extra_negatives`` uniform catalogue items, cosine / ``softmax_temperature``,
     ``logq`` correction from training ``counts``, a ``streaming`` estimate or ``none``, and the
-    teacher's softmax over the same candidates weighted by ``softmax_alpha``)."""
+    teacher's softmax over the same candidates weighted by ``softmax_alpha``, computed for up to
+    ``softmax_teacher_rows`` positive rows per batch: each costs one teacher row per candidate)."""
 
     dim: int = 64
     objective: Literal["pointwise", "sampled_softmax"] = "pointwise"
@@ -194,19 +195,20 @@ class StudentConfig(ModelTrainingConfig):
     extra_negatives: int = 0
     logq: Literal["counts", "streaming", "none"] = "counts"
     softmax_alpha: float = 0.0
+    softmax_teacher_rows: int = 64
 
 
 @dataclass(frozen=True)
 class RecallConfig(StudentConfig):
     """The recall model trained beside the coarse ranker when ``enabled``: a ``two_tower`` or a
-    ``multi_interest`` user tower (``interests`` vectors from the behaviour ``sequence`` feature,
+    ``multi_interest`` user tower (``auto``: multi-interest when the data has a sequence feature) (``interests`` vectors from the behaviour ``sequence`` feature,
     "" = the first one, by self-attention or capsule ``routing``; trained with label-aware attention
     of the given ``sharpness``), and retrieval metrics at ``ks`` over up to ``max_users`` test users
     (0 = all)."""
 
     enabled: bool = False
     objective: Literal["pointwise", "sampled_softmax"] = "sampled_softmax"
-    family: Literal["two_tower", "multi_interest"] = "multi_interest"
+    family: Literal["auto", "two_tower", "multi_interest"] = "auto"
     interests: int = 4
     extractor: Literal["attention", "routing"] = "attention"
     sequence: str = ""
@@ -592,6 +594,8 @@ def _check_recall(cfg: RunConfig) -> None:
             raise ConfigError(f"{name}.extra_negatives must be >= 0, got {section.extra_negatives}")
         if not 0.0 <= section.softmax_alpha <= 1.0:
             raise ConfigError(f"{name}.softmax_alpha must lie in [0, 1], got {section.softmax_alpha}")
+        if section.softmax_teacher_rows < 1:
+            raise ConfigError(f"{name}.softmax_teacher_rows must be >= 1, got {section.softmax_teacher_rows}")
     r = cfg.recall
     if r.interests < 1:
         raise ConfigError(f"recall.interests (K) must be >= 1, got {r.interests}")

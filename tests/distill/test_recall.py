@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from coarserank.config import RecallConfig, StudentConfig, TeacherConfig
-from coarserank.data.schema import PAD, Field, Schema
-from coarserank.distill.recall import PairView, RecallFields, check_recall_inputs, pair_inputs, recall_loss_fn
+from coarserank.config import RecallConfig, StudentConfig
+from coarserank.data.schema import Field, Schema
+from coarserank.distill.recall import PairView, RecallFields, check_recall_inputs, fit_recall, recall_loss_fn
 from coarserank.distill.tensors import TensorTable, make_table
-from coarserank.distill.train import FitSettings, fit
+from coarserank.distill.train import FitSettings
 from coarserank.errors import ConfigError, DataError, SchemaError
 from coarserank.ranking_eval.retrieval import UserItems, evaluate_retrieval, popularity_item_vectors
 from coarserank.student import build_student
 from coarserank.student.multi_interest import build_multi_interest
-from coarserank.teacher import build_teacher
 
 USERS, ITEMS, CLUSTERS, HIST = 150, 240, 12, 8
 FIELDS = RecallFields(item="item_id", user="user_id")
@@ -118,8 +117,7 @@ def _gain_over_popularity(rng, cfg: StudentConfig, sequence: bool) -> float:
     train, valid = _table(tr_in, tr_y), _table(te_in, te_y)
     torch.manual_seed(0)
     model = build_multi_interest(_schema(True), cfg) if sequence else build_student(_schema(False), cfg)
-    fit(PairView(model), recall_loss_fn(model, train, _schema(sequence), cfg, FIELDS), train, valid, SETTINGS,
-        torch.device("cpu"))
+    fit_recall(model, train, valid, _schema(sequence), cfg, FIELDS, settings=SETTINGS)
     return _retrieval(model, tr_in, tr_y, te_in, te_y)
 
 
@@ -144,32 +142,6 @@ def test_pair_view_gives_vectors_in_training_and_scores_in_evaluation(rng):
     pair = view(batch)
     assert torch.equal(pair[:, 0], model.user_tower(batch)) and torch.equal(pair[:, 1], model.item_tower(batch))
     assert torch.equal(view.eval()(batch), model(batch))
-
-
-def test_teacher_distillation_term_trains_and_scores_every_row_candidate_pair(rng):
-    inputs, label, _ = _log(rng, 2000, sequence=False)
-    schema = Schema(_schema(False).fields + (Field("match", "cross", "numeric"),))
-    inputs["match"] = rng.random(2000).astype(np.float32)
-    train = _table(inputs, label)
-    teacher = build_teacher(schema, TeacherConfig(embed_dim=4, hidden=(8,))).eval()
-    cfg = StudentConfig(dim=8, embed_dim=4, hidden=(8,), objective="sampled_softmax", softmax_alpha=0.5,
-                        extra_negatives=16)
-    model = build_student(_schema(False), cfg)
-    loss_fn = recall_loss_fn(model, train, _schema(False), cfg, FIELDS, teacher=teacher)
-    batch = train.take(torch.arange(128))
-    loss = loss_fn(PairView(model).train()(batch.inputs), batch)
-    loss.backward()
-    assert torch.isfinite(loss) and model.user_tower.mlp.net[0].weight.grad is not None
-
-
-def test_pair_inputs_take_user_fields_from_the_row_and_item_fields_from_the_candidate():
-    schema = Schema((Field("u", "user", "categorical", size=9), Field("i", "item", "categorical", size=9),
-                     Field("x", "cross", "categorical", size=9)))
-    inputs = {"u": torch.tensor([1, 2, 3]), "i": torch.tensor([4, 5, 6]), "x": torch.tensor([7, 8, 7])}
-    pairs = pair_inputs(inputs, schema, torch.tensor([0, 2]), {"i": torch.tensor([4, 5, 6, 8])})
-    assert pairs["u"].tolist() == [1, 1, 1, 1, 3, 3, 3, 3]
-    assert pairs["i"].tolist() == [4, 5, 6, 8, 4, 5, 6, 8]
-    assert pairs["x"].tolist() == [PAD] * 8
 
 
 def _tiny_table(label: np.ndarray) -> TensorTable:

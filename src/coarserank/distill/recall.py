@@ -1,17 +1,22 @@
 """Training with the recall objective (sampled softmax over in-batch items) in the one training loop.
 
-:class:`PairView` lets :func:`coarserank.distill.train.fit` drive a two-tower model under a loss that
-needs *vectors*, not scores: in training mode its forward returns ``[B, 2, dim]`` (each row's user
-vector, attended to the row's item for several interests, and the item vector); in evaluation mode
-the model's own score, so validation GAUC and early stopping work as for every other model.
+:class:`PairView` lets :func:`coarserank.distill.train.fit` drive a two-tower (or multi-interest) model
+under a loss that needs *vectors*, not scores: in training mode its forward returns ``[B, 2, dim]``
+(each row's user vector, attended to the row's item for several interests, and the item vector) and,
+given extra items, their item vectors in the same forward pass; in evaluation mode the model's own
+score, so validation GAUC and the usual callbacks work as for every other model.
 
 :func:`recall_loss_fn` builds the loss of :mod:`coarserank.distill.recall_losses` for one training
-table: item identity from the item id field's codes, ``log Q`` from the training item counts (or
-the streaming estimate), uniform extra negatives drawn from the items seen in training (their
-item-side inputs from the item's first training row), the same user's other positives masked when
-a user id field exists, and, with ``softmax_alpha > 0``, the teacher's logits over the same
-candidates (:func:`pair_inputs`: user and context fields of the positive row, item fields of the
-candidate; the teacher's cross fields cannot be rebuilt from codes and are left missing there).
+table:
+
+- item identity: the row's catalogue index (``_item``, from the
+  :class:`~coarserank.data.pairs.PairEncoder` columns) when present, else the item id field's codes;
+- ``log Q``: from the training exposures per item (``counts``) or the streaming estimate;
+- uniform extra negatives: drawn from the catalogue (the pair encoder's) or from the items seen in
+  training (their item-side inputs from the item's first training row);
+- the same user's other positives are masked when a user id field exists;
+- ``softmax_alpha > 0``: the teacher's logits for up to ``softmax_teacher_rows`` positive rows of the
+  batch against every candidate, the pairs encoded exactly by the pair encoder (crosses included).
 
 :func:`check_recall_inputs` rejects what cannot train, before any training starts.
 """
@@ -19,14 +24,15 @@ candidate; the teacher's cross fields cannot be rebuilt from codes and are left 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from coarserank.config import StudentConfig
-from coarserank.data.schema import PAD, STUDENT_ITEM_SIDES, Schema
+from coarserank.data.pairs import ROW_ITEM, PairEncoder
+from coarserank.data.schema import STUDENT_ITEM_SIDES, Schema
 from coarserank.distill.recall_losses import (
     Candidates,
     StreamingFrequency,
@@ -34,32 +40,38 @@ from coarserank.distill.recall_losses import (
     frequencies_from_counts,
     sampled_softmax_loss,
 )
+from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable
+from coarserank.distill.train import Callback, EpochInfo, FitResult, FitSettings, fit
 from coarserank.errors import ConfigError, DataError, SchemaError
 
-__all__ = ["PairView", "RecallFields", "check_recall_inputs", "recall_loss_fn", "pair_inputs", "item_catalogue"]
+__all__ = ["PairView", "RecallFields", "check_recall_inputs", "recall_loss_fn", "fit_recall", "teacher_candidate_logits"]
 
-LossFn = Callable[[torch.Tensor, TensorTable], torch.Tensor]
+LossFn = Callable[[nn.Module, TensorTable], torch.Tensor]
 
 
 class PairView(nn.Module):
-    """Training: ``[B, 2, dim]`` (user vector, item vector) per row; evaluation: the model's score."""
+    """Training: ``[B, 2, dim]`` (user vector, item vector) per row, plus the item vectors of
+    ``items`` when given; evaluation: the model's score."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor],
+                items: dict[str, torch.Tensor] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not self.training:
             return self.model(inputs)
         if hasattr(self.model, "pair_vectors"):
-            return self.model.pair_vectors(inputs)
-        return torch.stack([self.model.user_tower(inputs), self.model.item_tower(inputs)], dim=1)
+            pair = self.model.pair_vectors(inputs)
+        else:
+            pair = torch.stack([self.model.user_tower(inputs), self.model.item_tower(inputs)], dim=1)
+        return pair if items is None else (pair, self.model.item_tower(items))
 
 
 @dataclass(frozen=True)
 class RecallFields:
-    """Which encoded fields identify the item (required) and the user (optional, for masking)."""
+    """Which encoded fields identify the item (its id field) and the user (optional, for masking)."""
 
     item: str
     user: str = ""
@@ -72,7 +84,8 @@ def check_recall_inputs(schema: Schema, train: TensorTable, cfg: StudentConfig, 
     if not len(item_fields):
         raise SchemaError(f"{section}: a recall model needs an item id or item features; no item-side "
                           "feature is declared in data.features")
-    if fields.item not in item_fields.names or item_fields[fields.item].kind != "categorical":
+    if ROW_ITEM not in train.inputs and (fields.item not in item_fields.names
+                                         or item_fields[fields.item].kind != "categorical"):
         raise SchemaError(f"{section}.objective = \"sampled_softmax\" tells in-batch items apart by the item id: "
                           f"declare {fields.item!r} (data.item_col) as an item-side categorical feature "
                           f"(item-side features now: {', '.join(item_fields.names)})")
@@ -87,79 +100,117 @@ def check_recall_inputs(schema: Schema, train: TensorTable, cfg: StudentConfig, 
                           f"average, so most batches have no positive for the sampled softmax; use at least {need}")
 
 
-def item_catalogue(train: TensorTable, schema: Schema, item: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """Item-side inputs of every item code seen in ``train`` (from its first row) and the training
-    row count per item code (``bincount`` over the item id field's vocabulary)."""
-    codes = train.inputs[item].cpu().numpy()
-    _, first = np.unique(codes, return_index=True)
-    rows = torch.from_numpy(np.sort(first))
-    inputs = {f: train.inputs[f].cpu()[rows] for f in schema.select(STUDENT_ITEM_SIDES).names}
-    return inputs, np.bincount(codes, minlength=schema[item].size)
+@dataclass(frozen=True)
+class _Catalogue:
+    """Candidate items: item-side inputs per item, train exposures per item, and how rows name items."""
+
+    inputs: dict[str, torch.Tensor]
+    counts: np.ndarray
+    identity: str  # the batch input holding each row's item identity (an index into the two above)
 
 
-def pair_inputs(inputs: dict[str, torch.Tensor], schema: Schema, rows: torch.Tensor,
-                candidates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Teacher inputs for every (positive row, candidate) pair, ``P * C`` rows, row-major: user and
-    context fields of ``rows``, item fields of the candidates, cross fields missing (PAD / 0)."""
-    n_cand = next(iter(candidates.values())).shape[0]
-    out: dict[str, torch.Tensor] = {}
-    for f in schema.fields:
-        if f.side in STUDENT_ITEM_SIDES:
-            x = candidates[f.name]
-            out[f.name] = x.repeat((rows.numel(),) + (1,) * (x.dim() - 1))
-        elif f.side == "cross":
-            x = inputs[f.name][rows]
-            out[f.name] = torch.full_like(x, PAD).repeat_interleave(n_cand, dim=0)
-        else:
-            out[f.name] = inputs[f.name][rows].repeat_interleave(n_cand, dim=0)
-    return out
+def _catalogue(train: TensorTable, schema: Schema, fields: RecallFields, pairs: PairEncoder | None) -> _Catalogue:
+    item_names = schema.select(STUDENT_ITEM_SIDES).names
+    if pairs is not None and ROW_ITEM in train.inputs:
+        inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+                  pairs.item_inputs(np.arange(pairs.n_items)).items() if k in item_names}
+        return _Catalogue(inputs, pairs.item_train_rows_.astype(np.float64), ROW_ITEM)
+    codes = train.inputs[fields.item].cpu().numpy()
+    size = schema[fields.item].size
+    first = np.full(size, -1, dtype=np.int64)
+    seen, at = np.unique(codes, return_index=True)
+    first[seen] = at
+    rows = torch.from_numpy(np.where(first >= 0, first, at[0]))  # codes never seen are never drawn (count 0)
+    inputs = {f: train.inputs[f].cpu()[rows] for f in item_names}
+    return _Catalogue(inputs, np.bincount(codes, minlength=size).astype(np.float64), fields.item)
 
 
-def recall_loss_fn(model: nn.Module, train: TensorTable, schema: Schema, cfg: StudentConfig,
-                   fields: RecallFields, *, teacher: nn.Module | None = None,
+def recall_loss_fn(train: TensorTable, schema: Schema, cfg: StudentConfig, fields: RecallFields, *,
+                   pairs: PairEncoder | None = None, teacher: nn.Module | None = None,
                    teacher_temperature: float = 1.0, seed: int = 0) -> LossFn:
-    """The sampled-softmax loss of ``cfg`` for ``model`` (wrapped in :class:`PairView`) on ``train``."""
-    catalogue, counts = item_catalogue(train, schema, fields.item)
-    freq = torch.from_numpy(frequencies_from_counts(counts))
-    n_items = int(next(iter(catalogue.values())).shape[0])
-    streaming = StreamingFrequency(schema[fields.item].size) if cfg.logq == "streaming" else None
+    """The sampled-softmax loss of ``cfg`` for a :class:`PairView` module trained on ``train``."""
+    cat = _catalogue(train, schema, fields, pairs)
+    freq = torch.from_numpy(frequencies_from_counts(cat.counts))
+    drawable = torch.from_numpy(np.flatnonzero(cat.counts > 0) if pairs is None else np.arange(cat.counts.size))
+    n_items = int(drawable.numel())
+    streaming = StreamingFrequency(cat.counts.size) if cfg.logq == "streaming" else None
     generator = torch.Generator().manual_seed(seed)
-    teacher_schema = getattr(getattr(teacher, "embedding", None), "schema", None)
-    if cfg.softmax_alpha > 0 and (teacher is None or teacher_schema is None):
-        raise ConfigError("softmax_alpha > 0 distils the teacher's softmax over the candidates, but no teacher "
-                          "with an embedding schema was given")
+    if cfg.softmax_alpha > 0 and (teacher is None or pairs is None):
+        raise ConfigError("softmax_alpha > 0 distils the teacher's softmax over the candidates: it needs the teacher "
+                          "and the training rows in memory (not data.streaming)")
 
-    def loss(out: torch.Tensor, batch: TensorTable) -> torch.Tensor:
-        user, item = out[:, 0], out[:, 1]
-        ids = batch.inputs[fields.item]
-        log_q = None
-        if cfg.logq == "counts":
-            log_q = candidate_log_q(freq.to(ids.device)[ids] * len(batch), cfg.extra_negatives, n_items)
-        elif streaming is not None:
+    def expected(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if streaming is not None:
+            return streaming.probability(ids).to(ids.device)
+        return freq.to(ids.device)[ids] * batch_size
+
+    def loss(module: nn.Module, batch: TensorTable) -> torch.Tensor:
+        ids = batch.inputs[cat.identity]
+        if streaming is not None:
             streaming.update(ids)
-            log_q = candidate_log_q(streaming.probability(ids).to(ids.device), cfg.extra_negatives, n_items)
-        extra, cand_inputs = None, {f: batch.inputs[f] for f in catalogue}
+        extra_ids = None
         if cfg.extra_negatives > 0:
-            pick = torch.randint(0, n_items, (cfg.extra_negatives,), generator=generator)
-            drawn = {f: x[pick].to(ids.device) for f, x in catalogue.items()}
-            extra_ids = drawn[fields.item]
-            extra_q = None
-            if log_q is not None:
-                expected = (freq.to(ids.device)[extra_ids] * len(batch) if streaming is None
-                            else streaming.probability(extra_ids).to(ids.device))
-                extra_q = candidate_log_q(expected, cfg.extra_negatives, n_items)
-            extra = Candidates(model.item_tower(drawn).float(), extra_ids, extra_q)
-            cand_inputs = {f: torch.cat([cand_inputs[f], drawn[f]]) for f in catalogue}
+            extra_ids = drawable[torch.randint(0, n_items, (cfg.extra_negatives,), generator=generator)].to(ids.device)
+            pair, extra_v = module(batch.inputs, {f: x.to(ids.device)[extra_ids] for f, x in cat.inputs.items()})
+        else:
+            pair = module(batch.inputs)
+        pair = pair.float()
+        log_q, extra = None, None
+        if cfg.logq != "none":
+            log_q = candidate_log_q(expected(ids, len(batch)), cfg.extra_negatives, n_items)
+        if extra_ids is not None:
+            extra_q = (candidate_log_q(expected(extra_ids, len(batch)), cfg.extra_negatives, n_items)
+                       if log_q is not None else None)
+            extra = Candidates(extra_v.float(), extra_ids, extra_q)
         positive = batch.label > 0.5
         users = batch.inputs[fields.user] if fields.user else None
-        z = None
-        if cfg.softmax_alpha > 0 and teacher is not None and teacher_schema is not None and bool(positive.any()):
-            rows = torch.nonzero(positive, as_tuple=True)[0]
-            with torch.no_grad():
-                pairs = pair_inputs(batch.inputs, teacher_schema, rows, cand_inputs)
-                z = teacher(pairs).float().reshape(rows.numel(), -1)
-        return sampled_softmax_loss(user, item, ids, positive, temperature=cfg.softmax_temperature, log_q=log_q,
-                                    extra=extra, users=users, teacher=z, alpha=cfg.softmax_alpha,
-                                    teacher_temperature=teacher_temperature)
+        z, z_rows = None, None
+        if cfg.softmax_alpha > 0 and bool(positive.any()):
+            assert teacher is not None and pairs is not None
+            z, z_rows = teacher_candidate_logits(teacher, pairs, batch, positive, ids, extra_ids, cfg, generator)
+        return sampled_softmax_loss(pair[:, 0], pair[:, 1], ids, positive, temperature=cfg.softmax_temperature,
+                                    log_q=log_q, extra=extra, users=users, teacher=z, teacher_rows=z_rows,
+                                    alpha=cfg.softmax_alpha, teacher_temperature=teacher_temperature)
 
     return loss
+
+
+@torch.no_grad()
+def teacher_candidate_logits(teacher: nn.Module, pairs: PairEncoder, batch: TensorTable, positive: torch.Tensor,
+                    ids: torch.Tensor, extra_ids: torch.Tensor | None, cfg: StudentConfig,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's logits ``[R, C]`` for up to ``softmax_teacher_rows`` positive rows against every
+    candidate (the batch's items, then the extra ones), and those rows' positions among the positives."""
+    rows = torch.nonzero(positive, as_tuple=True)[0]
+    pick = torch.randperm(rows.numel(), generator=generator)[:cfg.softmax_teacher_rows].sort().values
+    chosen = rows.cpu()[pick].numpy()
+    cand = ids if extra_ids is None else torch.cat([ids, extra_ids])
+    cand_np = cand.cpu().numpy()
+    n_cand = cand_np.size
+    row_of_pair = np.repeat(chosen, n_cand)
+    inputs = {k: v.cpu().numpy()[row_of_pair] for k, v in batch.inputs.items()}
+    encoded = pairs.encode(inputs, np.tile(cand_np, chosen.size))
+    teacher.eval()
+    device = ids.device
+    z = teacher({k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in encoded.items()}).float()
+    return z.reshape(chosen.size, n_cand), pick.to(device)
+
+
+def fit_recall(model: nn.Module, train: TensorTable | StreamingTable, valid: TensorTable, schema: Schema,
+               cfg: StudentConfig, fields: RecallFields, *, sample: TensorTable | None = None,
+               pairs: PairEncoder | None = None, teacher: nn.Module | None = None, teacher_temperature: float = 1.0,
+               seed: int = 0, device: torch.device | str = "cpu", bf16: bool = False,
+               progress: Callable[[EpochInfo], None] | None = None,
+               callbacks: Sequence[Callback] = (), settings: FitSettings | None = None,
+               section: str = "student") -> FitResult:
+    """Train ``model`` in place with the sampled-softmax objective of ``cfg`` (the config ``section``
+    named in errors); ``sample`` (default ``train``) is the in-memory table the item frequencies and
+    catalogue come from (a streaming run's sample); ``settings`` default to ``cfg``'s."""
+    source = sample if sample is not None else train
+    if not isinstance(source, TensorTable):
+        raise ConfigError("the sampled-softmax objective needs an in-memory sample of the training rows")
+    check_recall_inputs(schema, source, cfg, fields, section)
+    loss = recall_loss_fn(source, schema, cfg, fields, pairs=pairs, teacher=teacher,
+                          teacher_temperature=teacher_temperature, seed=seed)
+    settings = settings or FitSettings.from_config(cfg, seed, bf16=bf16)
+    return fit(PairView(model), loss, train, valid, settings, torch.device(device), progress, callbacks)

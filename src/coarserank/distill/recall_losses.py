@@ -91,14 +91,15 @@ def in_batch_mask(row_items: torch.Tensor, rows: torch.Tensor, cand_items: torch
 def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, positive: torch.Tensor,
                          *, temperature: float, log_q: torch.Tensor | None = None,
                          extra: Candidates | None = None, users: torch.Tensor | None = None,
-                         teacher: torch.Tensor | None = None, alpha: float = 0.0,
-                         teacher_temperature: float = 1.0) -> torch.Tensor:
+                         teacher: torch.Tensor | None = None, teacher_rows: torch.Tensor | None = None,
+                         alpha: float = 0.0, teacher_temperature: float = 1.0) -> torch.Tensor:
     """Mean cross-entropy of every positive row against its own item among all candidates.
 
     ``user`` ``[B, dim]``: each row's user vector (for several interests: the one attended to the
     row's item); ``item`` ``[B, dim]``, ``item_ids`` ``[B]``, ``log_q`` ``[B]`` (or ``None``) describe
-    the in-batch candidates; ``extra`` adds uniformly sampled ones; ``teacher`` ``[P, C]`` holds the
-    teacher's logits for the ``P`` positive rows (in row order) against the same ``C`` candidates.
+    the in-batch candidates; ``extra`` adds uniformly sampled ones; ``teacher`` ``[R, C]`` holds the
+    teacher's logits against the same ``C`` candidates for the positive rows ``teacher_rows`` (``R``
+    positions among the ``P`` positive rows, in row order; ``None``: all ``P``).
     A batch without positive rows gives a zero loss that still backpropagates.
     """
     rows = torch.nonzero(positive.bool(), as_tuple=True)[0]
@@ -121,9 +122,11 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch
     ce = F.cross_entropy(logits.masked_fill(mask, _MASKED), rows)
     if teacher is None or alpha == 0.0:
         return ce
+    if teacher_rows is not None:
+        cosine, mask = cosine[teacher_rows], mask[teacher_rows]
     if teacher.shape != cosine.shape:
         raise DataError(f"teacher logits must be [{cosine.shape[0]}, {cosine.shape[1]}] (positive rows x "
-                         f"candidates), got {list(teacher.shape)}")
+                        f"candidates), got {list(teacher.shape)}")
     target = F.softmax((teacher / teacher_temperature).masked_fill(mask, _MASKED), dim=1)
     log_student = F.log_softmax((cosine / temperature).masked_fill(mask, _MASKED), dim=1).masked_fill(mask, 0.0)
     kl = (target * (torch.log(target.clamp(min=1e-30)) - log_student)).sum(dim=1).mean()

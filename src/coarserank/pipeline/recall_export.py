@@ -38,13 +38,13 @@ from coarserank.serving.kv_file import FileKVStore, write_kv_file
 from coarserank.serving.onnx_export import export_item_tower, export_user_tower, onnx_parity
 from coarserank.serving.onnx_inputs import feeds_from_frame
 from coarserank.serving.ranker import onnx_session
+from coarserank.serving.recall import RECALL_META
 
 __all__ = ["RECALL_FILES", "RECALL_META", "export_recall", "interest_vectors"]
 
 RECALL_FILES: Final[dict[str, str]] = {"user_tower": "recall_user_tower.onnx", "item_tower": "recall_item_tower.onnx",
                                        "kv": "recall_items.kv", "index": "recall_items.faiss",
                                        "queries": "recall_queries.npy"}
-RECALL_META: Final[str] = "recall.json"
 _FAISS_CHECK_USERS = 200
 
 
@@ -87,7 +87,7 @@ def export_recall(ctx: Any, model: nn.Module, stage: str) -> dict[str, Any]:
     serving = cfg.serving
     model_hash = run.manifest["files"]["recall.pt"]
     path = {k: run.file(v) for k, v in RECALL_FILES.items()}
-    interests = int(getattr(cfg.recall, "interests", 1)) if cfg.recall.family == "multi_interest" else 1
+    interests = int(getattr(model.user_tower, "interests", 1))
     extra = {"interests": str(interests), "score_formula": "max over interests k of dot(user_vector_k, item_vector)"}
     ctx.progress("recall: ONNX graphs (recall user tower, recall item tower)")
     model = model.cpu().eval()
@@ -140,4 +140,5 @@ def export_recall(ctx: Any, model: nn.Module, stage: str) -> dict[str, Any]:
                             "(serving.parity_tolerance); the exported recall path does not reproduce PyTorch")
     ctx.progress(f"recall: {index.kind} index over {index.count:,} items, recall@100 {facts['recall@100']:.3f} "
                  f"on {queries.shape[0]:,} interest vectors")
-    return {"items": int(ids.size), "index": index.kind, "index_recall_at_100": facts["recall@100"]}
+    return {"interests": interests, "items": int(ids.size), "index": index.kind,
+            "index_recall_at_100": facts["recall@100"]}

@@ -15,7 +15,10 @@ fails in one line before the teacher trains.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -24,14 +27,19 @@ from torch import nn
 from coarserank.atomic import atomic_write_with
 from coarserank.config import RecallConfig, RunConfig, section_hash
 from coarserank.data.schema import STUDENT_USER_SIDES, Schema
-from coarserank.distill.recall import PairView, RecallFields, check_recall_inputs, recall_loss_fn
-from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit
-from coarserank.pipeline.retrieval_data import retrieval_data, retrieval_table, tower_vectors
+from coarserank.distill.api import Trained
+from coarserank.distill.losses import distill_loss
+from coarserank.distill.recall import RecallFields, check_recall_inputs, fit_recall
+from coarserank.distill.tensors import TensorTable
+from coarserank.distill.train import EpochInfo, FitResult, FitSettings, ProgressCallback, fit
+from coarserank.pipeline.recall_export import export_recall
+from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, retrieval_table, tower_vectors
+from coarserank.ranking_eval.retrieval import evaluate_retrieval
 from coarserank.student import build_student
 from coarserank.student.multi_interest import build_multi_interest, sequence_field
 
-__all__ = ["STAGE", "MODEL_FILE", "check", "recall_fields", "build_recall_model", "train_recall", "load_recall",
-           "run_recall"]
+__all__ = ["STAGE", "MODEL_FILE", "check", "recall_fields", "family", "build_recall_model", "RetrievalSelection",
+           "train_recall", "train_student_recall", "load_recall", "run_recall"]
 
 STAGE = "recall"
 MODEL_FILE = "recall.pt"
@@ -44,12 +52,20 @@ def recall_fields(schema: Schema, cfg: RunConfig) -> RecallFields:
     return RecallFields(item=cfg.data.item_col, user=user if has_user else "")
 
 
+def family(schema: Schema, cfg: RecallConfig) -> str:
+    """``recall.family`` with ``auto`` resolved: multi-interest when the schema has a user-side sequence."""
+    if cfg.family != "auto":
+        return cfg.family
+    has_sequence = any(f.kind == "sequence" and f.side in STUDENT_USER_SIDES for f in schema.fields)
+    return "multi_interest" if has_sequence else "two_tower"
+
+
 def check(ctx: Any) -> None:
     """One-line errors, before any training, for recall settings this data cannot train."""
     cfg, schema = ctx.cfg, ctx.schema
     fields = recall_fields(schema, cfg)
     if cfg.recall.enabled:
-        if cfg.recall.family == "multi_interest":
+        if family(schema, cfg.recall) == "multi_interest":
             sequence_field(schema, cfg.recall.sequence)
         if cfg.recall.objective == "sampled_softmax":
             check_recall_inputs(schema, ctx.tables["train"], cfg.recall, fields, "recall")
@@ -59,38 +75,99 @@ def check(ctx: Any) -> None:
 
 def build_recall_model(schema: Schema, cfg: RecallConfig) -> nn.Module:
     """The untrained recall model of ``cfg`` (a :class:`RecallConfig` is also a student config)."""
-    return build_multi_interest(schema, cfg) if cfg.family == "multi_interest" else build_student(schema, cfg)
+    if family(schema, cfg) == "multi_interest":
+        return build_multi_interest(schema, cfg)
+    return build_student(schema, cfg)
 
 
-def _printer(progress: Callable[[str], None]) -> Callable[[EpochInfo], None]:
+def _printer(progress: Callable[[str], None], selection: RetrievalSelection) -> Callable[[EpochInfo], None]:
     def show(info: EpochInfo) -> None:
-        mark = " *" if info.is_best else ""
-        progress(f"recall: epoch {info.epoch} loss {info.train_loss:.4f} valid gauc {info.valid_gauc:.4f} "
-                 f"({info.seconds:.1f}s){mark}")
+        got = selection.history[-1] if len(selection.history) >= info.epoch else float("nan")
+        mark = " *" if selection.best_epoch == info.epoch else ""
+        progress(f"recall: epoch {info.epoch} loss {info.train_loss:.4f} valid recall@{selection.k} {got:.4f} "
+                 f"gauc {info.valid_gauc:.4f} ({info.seconds:.1f}s){mark}")
     return show
 
 
-def train_recall(ctx: Any, teacher: nn.Module | None) -> tuple[nn.Module, FitResult]:
-    """Train the recall model on ``ctx``'s training rows (the teacher is used when
-    ``recall.softmax_alpha > 0``); writes nothing."""
+@dataclass
+class RetrievalSelection:
+    """Model selection for recall: after every epoch, Recall@``k`` over the catalogue on the valid split
+    (:func:`retrieval_data` with ``split="valid"``); keeps the best epoch's weights and stops after
+    ``patience`` epochs without a better one. GAUC on exposures says little about retrieval."""
+
+    model: nn.Module
+    data: RetrievalData
+    k: int
+    patience: int
+    device: torch.device
+    best: float = -1.0
+    best_epoch: int = 0
+    state: dict[str, torch.Tensor] | None = None
+    history: list[float] = field(default_factory=list)
+
+    def on_epoch_end(self, info: EpochInfo, module: nn.Module) -> bool:
+        u, v = tower_vectors(self.model, self.data, self.device)
+        value = evaluate_retrieval(u, v, self.data.heldout, self.data.known, (self.k,), self.data.counts).recall[self.k]
+        self.history.append(value)
+        if value > self.best:
+            self.best, self.best_epoch = value, info.epoch
+            self.state = copy.deepcopy(self.model.state_dict())
+        return info.epoch - self.best_epoch >= self.patience
+
+
+def train_recall(ctx: Any, teacher: nn.Module | None) -> tuple[nn.Module, FitResult, RetrievalSelection]:
+    """Train the recall model on ``ctx``'s training rows, selected on validation retrieval (the teacher is
+    used when ``recall.softmax_alpha > 0``, or for a pointwise objective's soft labels); writes nothing."""
     cfg = ctx.cfg
     r = cfg.recall
     torch.manual_seed(cfg.run.seed)
     model = build_recall_model(ctx.schema, r)
-    settings = FitSettings(r.lr, r.batch_size, r.epochs, r.patience, r.weight_decay, cfg.run.seed,
+    valid = retrieval_data(ctx.frames, ctx.frame, ctx.encoder, cfg.data, max_users=r.max_users, seed=cfg.run.seed,
+                           split="valid")
+    k = 100 if 100 in r.ks else max(r.ks)
+    selection = RetrievalSelection(model, valid, k, r.patience, ctx.device)
+    # GAUC early stopping off (patience past the last epoch): the retrieval selection decides
+    settings = FitSettings(r.lr, r.batch_size, r.epochs, r.epochs + 1, r.weight_decay, cfg.run.seed,
                            bf16=cfg.run.precision == "bf16")
     train = ctx.stream if ctx.stream is not None else ctx.tables["train"]
+    show = _printer(ctx.progress, selection)
     if r.objective == "sampled_softmax":
-        loss = recall_loss_fn(model, ctx.tables["train"], ctx.schema, r, recall_fields(ctx.schema, cfg),
-                              teacher=teacher if r.softmax_alpha > 0 else None,
-                              teacher_temperature=cfg.distill.temperature, seed=cfg.run.seed)
-        result = fit(PairView(model), loss, train, ctx.tables["valid"], settings, ctx.device, _printer(ctx.progress))
+        result = fit_recall(model, train, ctx.tables["valid"], ctx.schema, r, recall_fields(ctx.schema, cfg),
+                            sample=ctx.tables["train"], pairs=ctx.data.pairs if ctx.data is not None else None,
+                            teacher=teacher if r.softmax_alpha > 0 else None,
+                            teacher_temperature=cfg.distill.temperature, seed=cfg.run.seed, device=ctx.device,
+                            callbacks=[selection, ProgressCallback(show)], settings=settings, section="recall")
     else:
-        from coarserank.distill.losses import hard_loss
+        d = cfg.distill
+        table = ctx.tables["train"].with_teacher(ctx.logits["train"]["teacher"]) if d.alpha > 0 else train
 
-        result = fit(model, lambda s, b: hard_loss(s, b.label), train, ctx.tables["valid"], settings, ctx.device,
-                     _printer(ctx.progress))
-    return model, result
+        def loss(m: nn.Module, b: TensorTable) -> torch.Tensor:
+            return distill_loss(m(b.inputs), b.label, b.teacher, b.group, alpha=d.alpha, temperature=d.temperature,
+                                soft=d.soft)
+
+        result = fit(model, loss, table, ctx.tables["valid"], settings, ctx.device,
+                     callbacks=[selection, ProgressCallback(show)])
+    if selection.state is not None:
+        model.load_state_dict(selection.state)
+    return model, result, selection
+
+
+def train_student_recall(ctx: Any, stage: str, teacher: nn.Module | None,
+                         progress: Callable[[EpochInfo], None] | None = None) -> Trained:
+    """The coarse student trained with ``student.objective = "sampled_softmax"`` (the teacher's candidate
+    softmax only when ``teacher`` is given and ``student.softmax_alpha > 0``: the hard-label control
+    gets no teacher)."""
+    cfg = ctx.cfg
+    student_cfg = cfg.student if teacher is not None else replace(cfg.student, softmax_alpha=0.0)
+    torch.manual_seed(cfg.run.seed)
+    student = build_student(ctx.schema, student_cfg)
+    train = ctx.stream if ctx.stream is not None else ctx.tables["train"]
+    result = fit_recall(student, train, ctx.tables["valid"], ctx.schema, student_cfg, recall_fields(ctx.schema, cfg),
+                        sample=ctx.tables["train"], pairs=ctx.data.pairs if ctx.data is not None else None,
+                        teacher=teacher if student_cfg.softmax_alpha > 0 else None,
+                        teacher_temperature=cfg.distill.temperature, seed=cfg.run.seed, device=ctx.device,
+                        bf16=cfg.run.precision == "bf16", progress=progress, section="student")
+    return Trained(student, result)
 
 
 def load_recall(ctx: Any) -> nn.Module:
@@ -103,19 +180,24 @@ def load_recall(ctx: Any) -> nn.Module:
 
 
 def _trained(ctx: Any, teacher: nn.Module | None) -> nn.Module:
-    """Load the recall model when this recall section trained it already, else train and save it."""
-    run, wanted = ctx.run, section_hash(ctx.cfg, STAGE)
+    """Load the recall model when these recall and serving sections produced it already, else train it,
+    save it and export its serving files."""
+    run = ctx.run
+    wanted = hashlib.sha256((section_hash(ctx.cfg, STAGE) + section_hash(ctx.cfg, "serving")).encode()).hexdigest()
     if run.is_done(STAGE) and run.manifest["stages"][STAGE].get("section_hash") == wanted:
         return load_recall(ctx)
     run.begin(STAGE)
-    model, result = train_recall(ctx, teacher)
+    model, result, selection = train_recall(ctx, teacher)
+    facts: dict[str, Any] = {}
     if run.writable:
         path = atomic_write_with(run.file(MODEL_FILE), lambda tmp: torch.save(model.state_dict(), tmp))
         run.record(STAGE, path)
-    run.finish(STAGE, section_hash=wanted, best_epoch=result.best_epoch,
-               best_valid_gauc=round(result.best_valid_gauc, 6), train_seconds=round(result.train_seconds, 3),
-               epochs=len(result.history), family=ctx.cfg.recall.family, interests=ctx.cfg.recall.interests)
-    return model.eval()
+        facts = export_recall(ctx, model, STAGE)
+    run.finish(STAGE, section_hash=wanted, best_epoch=selection.best_epoch,
+               best_valid_recall=round(selection.best, 6), valid_recall_k=selection.k,
+               train_seconds=round(result.train_seconds, 3), epochs=len(result.history),
+               family=family(ctx.schema, ctx.cfg.recall), **facts)
+    return model.to(ctx.device).eval()
 
 
 def run_recall(ctx: Any, models: dict[str, nn.Module]) -> dict[str, Any]:

@@ -225,6 +225,8 @@ def train_student(ctx: RunContext, stage: str, distill_cfg: DistillConfig,
     """Train a two-tower student on ``ctx``'s data with ``distill_cfg`` (``alpha = 0``: the hard-label
     control); same architecture, data and seed for every call. Writes nothing."""
     soft = distill_cfg.alpha > 0
+    if ctx.cfg.student.objective == "sampled_softmax":  # the recall objective (docs/recall.md)
+        return recall_stage.train_student_recall(ctx, stage, teacher if soft else None, _epoch_printer(ctx, stage))
     if ctx.stream is not None:
         train: TensorTable | StreamingTable | EncodedSplit = streaming_train(ctx, with_teacher=soft)
     else:
@@ -368,6 +370,7 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     stage = "data"
     try:
         _stage_data(ctx)
+        recall_stage.check(ctx)  # recall settings this data cannot train fail before the teacher trains
         stage = "teacher"
         teacher = _stage_teacher(ctx)
         stage = "logits"

@@ -49,6 +49,7 @@ class SelfAttentiveInterests(nn.Module):
         self.position = nn.Parameter(torch.randn(max_len, dim) * 0.01)
         self.w1 = nn.Linear(dim, hidden or 4 * dim, bias=False)
         self.w2 = nn.Linear(hidden or 4 * dim, interests, bias=False)
+        self.interests = interests
 
     def forward(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         keep = (codes != PAD).unsqueeze(-1)  # [B, L, 1]
@@ -75,6 +76,7 @@ class RoutingInterests(nn.Module):
             raise ConfigError(f"routing iterations must be >= 1, got {iterations}")
         self.weight = nn.Parameter(torch.randn(interests, dim, dim) * dim ** -0.5)
         self.iterations = iterations
+        self.interests = interests
 
     def forward(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         keep = (codes != PAD).to(h.dtype).unsqueeze(1)  # [B, 1, L]
@@ -113,6 +115,11 @@ class MultiInterestTower(nn.Module):
     def schema(self) -> Schema:
         """Every field the tower reads (profile fields and the sequence), in schema order."""
         return self._schema
+
+    @property
+    def interests(self) -> int:
+        """``K``, the vectors per user."""
+        return int(self.extractor.interests)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         codes = inputs[self.sequence]
