@@ -11,6 +11,7 @@ import click
 from coarserank.cli import distill
 from coarserank.pipeline.export_stage import bench_run, rebuild_index
 from coarserank.serving.ranker import CoarseRanker, parse_user, read_candidates
+from coarserank.serving.recall import Recaller, has_recall_model
 
 __all__ = ["rank_command", "bench_command", "index_command", "recall_command", "format_bench"]
 
@@ -120,8 +121,15 @@ def index_command(run_dir: Path, kind: str) -> None:
 @_USER
 @click.option("--k", type=click.IntRange(min=1), default=100, show_default=True,
               help="How many items to return.")
-def recall_command(run_dir: Path, user_text: str, k: int) -> None:
-    """Recall the top-k catalogue items for one user from the Faiss index. Prints JSON {ids, scores}."""
-    result = CoarseRanker.from_run(run_dir).recall(_user(user_text), k)
-    body = result.to_json()
-    click.echo(json.dumps({"ids": body["ids"], "scores": body["scores"]}))
+@click.option("--model", type=click.Choice(["auto", "recall", "student"]), default="auto", show_default=True,
+              help="recall: the run's recall model (recall.enabled); student: the coarse student's index; "
+                   "auto: recall when the run has one.")
+def recall_command(run_dir: Path, user_text: str, k: int, model: str) -> None:
+    """Recall the top-k catalogue items for one user from a Faiss index: the recall model's (one search per
+    interest, merged by score; scores are cosines) or the coarse student's (scores are its logits).
+    Prints JSON {ids, scores, model}."""
+    use_recall = model == "recall" or (model == "auto" and has_recall_model(run_dir))
+    ranker = Recaller.from_run(run_dir) if use_recall else CoarseRanker.from_run(run_dir)
+    body = ranker.recall(_user(user_text), k).to_json()
+    click.echo(json.dumps({"ids": body["ids"], "scores": body["scores"],
+                           "model": "recall" if use_recall else "student"}))
