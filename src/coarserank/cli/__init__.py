@@ -6,7 +6,9 @@ and a non-zero exit; ``distill --traceback ...`` shows the full traceback instea
 
 from __future__ import annotations
 
+import errno
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,14 +19,28 @@ from coarserank.errors import CoarseRankError
 __all__ = ["distill", "main"]
 
 
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _one_line(exc: BaseException) -> str | None:
+    """The one-line message of an error meant for the user, or None for a bug (a traceback)."""
+    if isinstance(exc, CoarseRankError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        where = Path(exc.filename).parent if exc.filename else "the output directory"
+        return f"cannot write into {where} ({exc.strerror}); this command writes there"
+    return None
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CoarseRankError as exc:
-            if ctx.obj and ctx.obj.get("traceback"):
+        except (CoarseRankError, OSError) as exc:
+            message = _one_line(exc)
+            if message is None or (ctx.obj and ctx.obj.get("traceback")):
                 raise
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

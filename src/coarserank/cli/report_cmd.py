@@ -9,6 +9,7 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.report_stage import report_compare, report_run
+from coarserank.pipeline.rundir import RunDir
 
 __all__ = ["format_summary", "report_command"]
 
@@ -67,7 +68,8 @@ def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: s
     if run_dir is not None:
         if out is not None or labels is not None:
             raise click.UsageError("--out and --labels apply to --scores; a run's report goes to DIR/report")
-        result = report_run(run_dir, progress=echo)
+        with RunDir.writer(run_dir):  # one writer at a time; a read-only directory fails here, in one line
+            result = report_run(run_dir, progress=echo)
     else:
         if len(score_files) < 2:
             raise click.UsageError("--scores needs at least two files: the reference and a scorer to compare")

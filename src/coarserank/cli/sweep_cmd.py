@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -94,8 +95,9 @@ def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: 
         raise SystemExit(_relaunch_sweep(nproc))
     info = init_from_env(os.environ, SWEEP_DEVICE)
     try:
-        _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
-               quiet or not info.is_main)
+        with RunDir.writer(run_dir) if info.is_main else contextlib.nullcontext():  # rank 0 alone writes
+            _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
+                   quiet or not info.is_main)
     finally:
         shutdown()
 

@@ -398,5 +398,7 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
+    finally:
+        run_.close()
     barrier()
     return RunResult(path, metrics, time.perf_counter() - start)
