@@ -69,6 +69,24 @@ def test_different_run_in_the_same_directory_is_refused(tiny_run):
     assert (out / "student.pt").is_file()  # nothing lost
 
 
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(distill, ["run", "--rows", "4000", "--out", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 1
+    assert "not a coarserank run" in result.output and "--overwrite" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_data_fails_its_checks(tiny_run, tmp_path):
+    out, _ = tiny_run
+    before = (out / "manifest.json").read_text()
+    result = CliRunner().invoke(distill, ["run", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "none"),
+                                          "--out", str(out), "--overwrite"])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert (out / "manifest.json").read_text() == before and (out / "student.pt").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
 def test_unknown_config_key_is_a_one_line_error(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[teacher]\nepoch = 3\n")

@@ -44,7 +44,7 @@ def test_label_with_nulls_is_rejected():
     raw = _log()
     exposures = raw.exposures.with_columns(pl.when(pl.col("ts") == 3).then(None).otherwise(pl.col("label"))
                                            .alias("label"))
-    with pytest.raises(DataError, match=r"label column 'label' has 1 null value"):
+    with pytest.raises(DataError, match=r"label column 'label' has 1 missing \(null or NaN\) value"):
         prepare(dataclasses.replace(raw, exposures=exposures), _cfg())
 
 

@@ -8,6 +8,8 @@ the source knows the true click probability.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 
@@ -49,24 +51,34 @@ def _join(raw: RawTables, cfg: DataConfig, row_offset: int, where: str) -> pl.Da
 
 
 def _label(frame: pl.DataFrame, cfg: DataConfig, where: str) -> pl.Series:
+    """0/1 labels: a 0/1 column (integers, booleans or integral floats such as pandas writes) or a
+    numeric rating column thresholded at ``label_threshold``; nulls and NaN are errors naming rows."""
     col = cfg.rating_col or cfg.label_col
     _require(frame, [col], f"{where} (label)")
     series = frame[col]
-    nulls = series.null_count()
-    if nulls:
-        raise DataError(f"{where}: label column {col!r} has {nulls} null value(s); every exposure needs a label")
+    what = "rating" if cfg.rating_col else "label"
+    missing = series.is_null()
+    if series.dtype.is_float():
+        missing = missing | series.is_nan().fill_null(False)
+    if missing.any():
+        rows = missing.arg_true()
+        raise DataError(f"{where}: {what} column {col!r} has {rows.len()} missing (null or NaN) value(s), first at "
+                        f"row {int(rows[0])}; every exposure needs a {what}")
     if cfg.rating_col:
         if not series.dtype.is_numeric():
-            raise DataError(f"rating column {col!r} must be numeric, got {series.dtype}")
-        return (series >= cfg.label_threshold).cast(pl.Int8)
+            raise DataError(f"{where}: rating column {col!r} must be numeric, got {series.dtype}")
+        return (series.cast(pl.Float64) >= cfg.label_threshold).cast(pl.Int8)
     if series.dtype == pl.Boolean:
         return series.cast(pl.Int8)
-    bad = series.filter(~series.is_in([0, 1])).unique().head(5).to_list() if series.dtype.is_numeric() else None
-    if bad is None or bad:
-        shown = bad if bad is not None else series.unique().head(5).to_list()
-        raise DataError(f"{where}: label column {col!r} must hold only 0 and 1; found values such as {shown} "
+    if series.dtype.is_numeric():
+        x = series.cast(pl.Float64)
+        bad = series.filter((x != 0.0) & (x != 1.0)).unique().sort().head(5).to_list()
+    else:
+        bad = series.unique().sort().head(5).to_list()
+    if bad:
+        raise DataError(f"{where}: label column {col!r} must hold only 0 and 1; found values such as {bad} "
                         "(for ratings set data.rating_col and data.label_threshold)")
-    return series.cast(pl.Int8)
+    return series.cast(pl.Float64).cast(pl.Int8)
 
 
 def split_per_user(frame: pl.DataFrame, valid_frac: float, test_frac: float) -> pl.Series:
@@ -106,9 +118,11 @@ def add_history_cross(frame: pl.DataFrame, h: HistoryCrossConfig, key_col: str, 
                    .with_columns(pl.col("pos").cum_sum().over("_k", "_v").alias("pos_upto"),
                                  pl.col("cnt").cum_sum().over("_k", "_v").alias("cnt_upto"))
                    .select("_k", "_v", "_time", "pos_upto", "cnt_upto"))
-    queries = long(frame, ["_row", "_time"]).sort("_time")
-    stats = queries.join_asof(per_instant.sort("_time"), on="_time", by=["_k", "_v"], strategy="backward", check_sortedness=False,
-                              allow_exact_matches=False)
+    # strictly earlier: times are integers, so "at or before t - 1" (allow_exact_matches needs polars >= 1.21)
+    queries = long(frame, ["_row", "_time"]).with_columns(pl.col("_time") - 1).sort("_time")
+    with warnings.catch_warnings():  # both sides are sorted by _time; polars cannot check it per `by` group
+        warnings.filterwarnings("ignore", message="Sortedness of columns cannot be checked")
+        stats = queries.join_asof(per_instant.sort("_time"), on="_time", by=["_k", "_v"], strategy="backward")
     pos = pl.col("pos_upto").fill_null(0.0)
     cnt = pl.col("cnt_upto").fill_null(0.0)
     rate = (stats.with_columns(pl.when(cnt + h.prior > 0).then((pos + h.prior * base_rate) / (cnt + h.prior))
