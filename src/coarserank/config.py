@@ -334,11 +334,14 @@ def load_config(
     for item in overrides:
         layers.append((f"--set {item}", _parse_override(item)))
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for origin, layer in layers:
         _check_keys(RunConfig, layer, origin, prefix="")
         merged = _merge(merged, layer)
+        origins.update({f"{section}.{key}": origin for section, body in layer.items() if isinstance(body, dict)
+                        for key in body})
     cfg = _build(RunConfig, merged, origin="the resolved configuration", prefix="")
-    validate(cfg)
+    validate(cfg, {k: v for k, v in origins.items() if v != "default.toml"})
     return cfg
 
 
@@ -423,63 +426,12 @@ def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
     raise ConfigError(f"{origin}: {where}: unsupported type {tp}")  # pragma: no cover
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    d = cfg.data
-    names = [f.name for f in d.features] + [c.name for c in d.crosses] + [h.name for h in d.history_crosses]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"data: feature names must be unique; repeated: {', '.join(dupes)}")
-    by_name = {f.name: f for f in d.features}
-    for f in d.features:
-        if f.kind != "numeric" and f.boundaries and f.kind != "categorical":
-            raise ConfigError(f"data.features {f.name!r}: boundaries only apply to categorical features")
-        if f.min_count < 1 or f.max_len < 1:
-            raise ConfigError(f"data.features {f.name!r}: min_count and max_len must be >= 1")
-        if list(f.boundaries) != sorted(f.boundaries):
-            raise ConfigError(f"data.features {f.name!r}: boundaries must be increasing")
-    for c in d.crosses:
-        for part in (c.a, c.b):
-            if part not in by_name:
-                raise ConfigError(f"data.crosses {c.name!r}: {part!r} is not a declared feature; "
-                                  f"declared: {', '.join(by_name)}")
-            if by_name[part].kind == "numeric":
-                raise ConfigError(f"data.crosses {c.name!r}: {part!r} is numeric; crosses need categorical "
-                                  "or multi features")
-        if c.op == "product" and by_name[c.a].kind == "multi" and by_name[c.b].kind == "multi":
-            raise ConfigError(f"data.crosses {c.name!r}: at most one side of a product cross may be multi-valued")
-        if c.op == "match" and "multi" in (by_name[c.a].kind, by_name[c.b].kind):
-            raise ConfigError(f"data.crosses {c.name!r}: a match cross needs two single-valued features")
-    for h in d.history_crosses:
-        for part in (h.key, h.over):
-            if part not in by_name:
-                raise ConfigError(f"data.history_crosses {h.name!r}: {part!r} is not a declared feature")
-    sides = {f.side for f in d.features}
-    if d.features and not {"user", "item"} <= sides:
-        raise ConfigError("data.features: the student needs at least one user-side and one item-side feature")
-    if not 0 <= d.valid_frac < 1 or not 0 <= d.test_frac < 1 or d.valid_frac + d.test_frac >= 1:
-        raise ConfigError(f"data: valid_frac + test_frac must lie in [0, 1), got {d.valid_frac} + {d.test_frac}")
-    if d.shuffle_partitions < 1 or d.sample_rows < 1:
-        raise ConfigError("data.shuffle_partitions and data.sample_rows must be >= 1")
-    if d.streaming:
-        if d.source != "table":
-            raise ConfigError(f"data.streaming reads a table source's parquet partitions; data.source is {d.source!r} "
-                              "(write the log as parquet partitions and use source = \"table\")")
-        if d.split != "global_time":
-            raise ConfigError("data.streaming needs data.split = \"global_time\": a per-user split needs every "
-                              "user's whole history in memory")
-        if d.history_crosses:
-            raise ConfigError("data.streaming does not compute data.history_crosses (they need the whole log in "
-                              "time order); precompute them as numeric columns of the log instead")
-    if not 0.0 <= cfg.distill.alpha <= 1.0:
-        raise ConfigError(f"distill.alpha must lie in [0, 1], got {cfg.distill.alpha}")
-    if cfg.distill.temperature <= 0:
-        raise ConfigError(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
-    if cfg.synthetic.rows < 100:
-        raise ConfigError(f"synthetic.rows must be >= 100, got {cfg.synthetic.rows}")
-    for section in (cfg.teacher, cfg.student):
-        if section.batch_size < 1 or section.epochs < 1 or section.lr <= 0:
-            raise ConfigError(f"{type(section).__name__}: batch_size, epochs must be >= 1 and lr > 0")
+def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
+    """Check every key against its section's constraints table and the cross-field rules
+    (:mod:`coarserank.config_rules`); ``origins`` names the layer that set each ``section.key``."""
+    from coarserank.config_rules import validate as check
+
+    check(cfg, origins)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
 __all__ = ["SPLITS", "prepare", "annotate", "feature_column", "split_per_user", "time_cutoffs", "split_by_time",
-           "check_splits", "add_history_cross", "add_history_crosses", "base_rate"]
+           "check_splits", "check_label_mix", "add_history_cross", "add_history_crosses", "base_rate"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -148,6 +148,7 @@ def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = 
         _require(frame, [cfg.group_col], f"{where}: data.group_col")
     if frame[cfg.user_col].null_count():
         raise DataError(f"{where}: user id column {cfg.user_col!r} has null values")
+    _check_item_ids(frame[cfg.item_col], where)
     frame = frame.with_columns(
         _label(frame, cfg, where).alias("_label"),
         pl.col(cfg.user_col).alias("_user"),
@@ -157,6 +158,48 @@ def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = 
     if raw.oracle_col:
         frame = frame.with_columns(pl.col(raw.oracle_col).cast(pl.Float64).alias("_oracle"))
     return frame
+
+
+def _check_item_ids(ids: pl.Series, where: str) -> None:
+    """Item ids must be int64 numbers: the KV store and the Faiss index key items by them."""
+    if ids.null_count():
+        raise DataError(f"{where}: item id column {ids.name!r} has {ids.null_count()} null value(s)")
+    if ids.dtype.is_integer():
+        return
+    if ids.dtype.is_float():
+        bad = ids.filter(ids.is_nan() | (ids != ids.round()) | (ids.abs() >= 2.0**63))
+    else:
+        as_int = ids.cast(pl.Utf8).str.strip_chars().cast(pl.Int64, strict=False)
+        bad = ids.filter(as_int.is_null())
+    if bad.len():
+        raise DataError(f"{where}: item id column {ids.name!r} must hold integer ids (the KV store and the Faiss "
+                        f"index key items by int64); found {bad.len()} {ids.dtype} value(s) such as "
+                        f"{bad.unique(maintain_order=True).head(3).to_list()}; map the item ids to integers first")
+
+
+def check_label_mix(frame: pl.DataFrame, cfg: DataConfig) -> None:
+    """Every split holds both labels, and valid and test hold at least one group with both (GAUC,
+    early stopping and the metrics need one); the error names the split."""
+    group = cfg.group_col or cfg.user_col
+    per_split = (frame.group_by("_split", "_group")
+                 .agg(pl.col("_label").sum().alias("pos"), pl.len().alias("n"))
+                 .group_by("_split")
+                 .agg(pl.col("pos").sum(), pl.col("n").sum(),
+                      ((pl.col("pos") > 0) & (pl.col("pos") < pl.col("n"))).sum().alias("mixed"),
+                      pl.len().alias("groups")))
+    facts = {row["_split"]: row for row in per_split.iter_rows(named=True)}
+    for split in SPLITS:
+        f = facts.get(split)
+        if f is None:
+            continue  # check_splits names empty splits
+        if f["pos"] in (0, f["n"]):
+            which = "positive" if f["pos"] == 0 else "negative"
+            raise DataError(f"the {split} split has no {which} label among its {f['n']:,} rows; every split needs "
+                            "both (more data, or other data.valid_frac / data.test_frac)")
+        if split != "train" and f["mixed"] == 0:
+            raise DataError(f"the {split} split has no group (by {group!r}) with both a positive and a negative "
+                            f"label among its {f['groups']:,} groups of {f['n']:,} rows; GAUC, early stopping and "
+                            "the metrics need some (more data, or a larger data.valid_frac / data.test_frac)")
 
 
 def time_cutoffs(times: np.ndarray, valid_frac: float, test_frac: float) -> tuple[int, int]:
@@ -205,6 +248,7 @@ def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
         split = split_per_user(frame, cfg.valid_frac, cfg.test_frac)
     frame = frame.with_columns(split)
     check_splits(dict(frame.group_by("_split").len().iter_rows()), cfg)
+    check_label_mix(frame, cfg)
     return add_history_crosses(frame, cfg, base_rate(frame)).sort("_row")
 
 
