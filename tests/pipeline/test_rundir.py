@@ -7,9 +7,10 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+import torch
 
 from coarserank.errors import ArtifactError, ConfigError
-from coarserank.pipeline.rundir import RunDir
+from coarserank.pipeline.rundir import STAGE_INPUTS, RunDir
 
 
 def _started(path: Path, config_hash: str) -> RunDir:
@@ -126,3 +127,70 @@ def test_a_writer_is_refused_within_the_same_process_too(tmp_path: Path) -> None
     with RunDir.create(out, "a" * 64):
         with pytest.raises(ArtifactError, match="being written by another"):
             RunDir.writer(out)
+
+
+def _run_with_stages(path: Path) -> RunDir:
+    """Every pipeline stage done, each with one output file named after it."""
+    run = RunDir.create(path, "a" * 64)
+    for stage in STAGE_INPUTS:
+        run.begin(stage)
+        (path / f"{stage}.out").write_text(stage)
+        run.record(stage, path / f"{stage}.out")
+        run.finish(stage)
+    return run
+
+
+def test_a_changed_file_makes_its_stage_and_everything_downstream_stale(tmp_path: Path) -> None:
+    with _run_with_stages(tmp_path / "run") as run:
+        (run.path / "student.out").write_text("tampered")
+        messages = run.invalidate_changed()
+        stale = sorted(s for s, e in run.manifest["stages"].items() if e["status"] == "stale")
+    assert stale == ["export", "metrics", "report", "student"]
+    assert messages == [f"run {run.path}: student.out does not match its sha256 in manifest.json (modified or "
+                        "corrupt); rebuilding stage 'student', then what depends on it: metrics, export, report"]
+    saved = json.loads((run.path / "manifest.json").read_text())
+    assert saved["stages"]["student"]["status"] == "stale" and saved["stages"]["teacher"]["status"] == "done"
+
+
+def test_intact_stages_stay_done(tmp_path: Path) -> None:
+    with _run_with_stages(tmp_path / "run") as run:
+        assert run.invalidate_changed() == []
+        assert all(e["status"] == "done" for e in run.manifest["stages"].values())
+
+
+def test_a_reader_is_told_which_file_changed_and_how_to_rebuild_it(tmp_path: Path) -> None:
+    with _run_with_stages(tmp_path / "run") as run:
+        (run.path / "teacher.out").unlink()
+        with pytest.raises(ArtifactError, match=r"teacher\.out is missing or does not match its sha256 .* rebuilds "
+                                                r"stage 'teacher'"):
+            run.check_intact()
+
+
+def _checkpoint(run: RunDir, obj: object) -> str:
+    run.begin("teacher")
+    torch.save(obj, run.path / "teacher.pt")
+    run.record("teacher", run.path / "teacher.pt")
+    run.finish("teacher")
+    return "teacher.pt"
+
+
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_run_it(tmp_path: Path) -> None:
+    with RunDir.create(tmp_path / "run", "a" * 64) as run:
+        rel = _checkpoint(run, {"weight": torch.zeros(2), "hook": print})
+        with pytest.raises(ArtifactError, match=r"teacher\.pt is not a checkpoint of tensors .*Unsupported global") as info:
+            run.load_state(rel, torch.nn.Linear(2, 1))
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_checkpoint_of_another_model_is_named(tmp_path: Path) -> None:
+    with RunDir.create(tmp_path / "run", "a" * 64) as run:
+        rel = _checkpoint(run, torch.nn.Linear(4, 3).state_dict())
+        with pytest.raises(ArtifactError, match=r"teacher\.pt holds the weights of another model \(size mismatch"):
+            run.load_state(rel, torch.nn.Linear(2, 3))
+
+
+def test_a_checkpoint_that_is_not_a_state_dict_is_named(tmp_path: Path) -> None:
+    with RunDir.create(tmp_path / "run", "a" * 64) as run:
+        rel = _checkpoint(run, torch.zeros(3))
+        with pytest.raises(ArtifactError, match=r"teacher\.pt holds a Tensor, not a state dict"):
+            run.load_state(rel, torch.nn.Linear(2, 3))

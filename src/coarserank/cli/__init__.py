@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import errno
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
 from coarserank import __version__
-from coarserank.errors import CoarseRankError
+from coarserank.errors import CoarseRankError, CoarseRankWarning
 
 __all__ = ["distill", "main"]
 
@@ -56,6 +57,20 @@ def distill(ctx: click.Context, traceback: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["traceback"] = traceback
+    warnings.simplefilter("always", CoarseRankWarning)
+    warnings.showwarning = _show_warning
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """coarserank's own warnings as one line each on stderr (``warning: ...``); others as Python shows them."""
+    if issubclass(category, CoarseRankWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def _register() -> None:

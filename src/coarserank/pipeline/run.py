@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, predict_shared, resolve_device
-from coarserank.errors import CoarseRankError
+from coarserank.errors import ArtifactWarning, CoarseRankError
 from coarserank.pipeline.rundir import RunDir
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
 from coarserank.ranking_eval.metrics import auc, gauc, logloss
@@ -165,9 +166,7 @@ def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, 
 
 
 def _load_model(ctx: RunContext, name: str, model: torch.nn.Module) -> torch.nn.Module:
-    state = torch.load(ctx.run.verified_path(name), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(ctx.device)
+    return ctx.run.load_state(name, model).to(ctx.device)
 
 
 def _settings(ctx: RunContext, section: ModelTrainingConfig, grouped: bool = False) -> FitSettings:
@@ -313,6 +312,7 @@ def load_context(run_dir: Path | str, *, progress: Progress = _quiet, device: st
     from coarserank.config import load_config
 
     run_ = RunDir.open(run_dir, require=("config", "data", *require))
+    run_.check_intact()  # a command that reads a run never retrains a stage whose files changed
     cfg = load_config(run_.verified_path("config.toml"))
     cfg = replace(cfg, run=replace(cfg.run, device=device))
     ctx = RunContext(cfg, run_, resolve_device(device), progress)
@@ -363,6 +363,9 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         run_.begin("config")  # the resolved configuration, rewritten when a non-training section changed
         run_.record("config", atomic_write_text(config_file, resolved))
         run_.finish("config", config=config_to_dict(cfg))
+    for message in run_.invalidate_changed():  # say what is rebuilt and why; rebuild what depends on it
+        if info.is_main:
+            warnings.warn(message, ArtifactWarning, stacklevel=2)
     ctx = RunContext(cfg, run_, device, progress)
     progress(f"run directory {path} (device {device})")
     stage = "data"

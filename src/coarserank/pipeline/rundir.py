@@ -28,12 +28,42 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from coarserank import __version__
 from coarserank.atomic import LockBusy, atomic_write_text, file_lock
 from coarserank.checksums import MANIFEST, PUBLISH_LOCK, WRITER_LOCK, sha256_file, verified_file
 from coarserank.errors import ArtifactError, ConfigError
 
-__all__ = ["RunDir", "sha256_file", "MANIFEST", "is_run_manifest"]
+__all__ = ["RunDir", "sha256_file", "MANIFEST", "STAGE_INPUTS", "is_run_manifest"]
+
+
+#: stage -> the stages whose outputs it reads; a stage whose files changed is rebuilt with all
+#: stages downstream of it.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": (), "teacher": ("data",), "logits": ("teacher",), "student": ("logits",), "student_hard": ("data",),
+    "gbdt": ("data",), "metrics": ("teacher", "logits", "student", "student_hard", "gbdt"),
+    "export": ("data", "teacher", "student"), "report": ("metrics", "export"),
+}
+
+
+def _downstream(stage: str) -> list[str]:
+    """Every stage that reads ``stage``'s outputs, directly or not, in :data:`STAGE_INPUTS` order."""
+    reached = {stage}
+    for s, inputs in STAGE_INPUTS.items():  # the table lists each stage after its inputs
+        if reached & set(inputs):
+            reached.add(s)
+    return [s for s in STAGE_INPUTS if s in reached and s != stage]
+
+
+def _load_reason(exc: BaseException) -> str:
+    """torch.load's failure in a few words, without its advice to load untrusted code."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        return text[text.index(marker):].splitlines()[0].strip()[:200]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
+    return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
 
 
 def is_run_manifest(body: Any) -> bool:
@@ -205,10 +235,66 @@ class RunDir:
     def is_done(self, stage: str) -> bool:
         """Done and every file it wrote still matches its recorded hash."""
         entry = self.manifest["stages"].get(stage, {})
-        if entry.get("status") != "done":
-            return False
-        return all((self.path / rel).is_file() and sha256_file(self.path / rel) == self.manifest["files"].get(rel)
-                   for rel in entry.get("outputs", []))
+        return entry.get("status") == "done" and self.changed_file(stage) is None
+
+    def changed_file(self, stage: str) -> str | None:
+        """The first output of ``stage`` that is missing or no longer matches its recorded hash."""
+        for rel in self.manifest["stages"].get(stage, {}).get("outputs", []):
+            p = self.path / rel
+            if not p.is_file() or sha256_file(p) != self.manifest["files"].get(rel):
+                return rel
+        return None
+
+    def invalidate_changed(self) -> list[str]:
+        """Mark every finished stage whose files changed, and every stage downstream of it
+        (:data:`STAGE_INPUTS`), ``stale`` so that a resumed run rebuilds them; one message per
+        changed stage says which file, why, and what is rebuilt."""
+        stages = self.manifest["stages"]
+        changed = {s: rel for s in STAGE_INPUTS if stages.get(s, {}).get("status") == "done"
+                   for rel in [self.changed_file(s)] if rel is not None}
+        messages = []
+        for stage, rel in changed.items():
+            downstream = [s for s in _downstream(stage) if stages.get(s, {}).get("status") == "done"]
+            for s in (stage, *downstream):
+                stages[s]["status"] = "stale"
+            what = "is missing" if not (self.path / rel).is_file() else f"does not match its sha256 in {MANIFEST}"
+            then = f", then what depends on it: {', '.join(downstream)}" if downstream else ""
+            messages.append(f"run {self.path}: {rel} {what} (modified or corrupt); rebuilding stage "
+                            f"{stage!r}{then}")
+        if changed:
+            self.save()
+        return messages
+
+    def check_intact(self) -> None:
+        """For commands that only read a run: every finished stage's files match their hashes."""
+        for stage, entry in self.manifest["stages"].items():
+            rel = self.changed_file(stage) if entry.get("status") == "done" else None
+            if rel is not None:
+                raise ArtifactError(f"run {self.path}: {rel} is missing or does not match its sha256 in {MANIFEST} "
+                                    f"(modified or corrupt); `distill run --config {self.path / 'config.toml'} --out "
+                                    f"{self.path}` rebuilds stage {stage!r} and what depends on it")
+
+    def load_state(self, rel: str, model: torch.nn.Module) -> torch.nn.Module:
+        """Load the checkpoint ``rel`` (verified against the manifest) into ``model``: tensors only
+        (``weights_only``), never code; a file that is not such a state dict, or one of another
+        model, is a one-line :class:`ArtifactError`."""
+        path = self.verified_path(rel)
+        redo = "delete it and resume with `distill run` to retrain it"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+            raise ArtifactError(f"run {self.path}: {rel} is not a checkpoint of tensors coarserank can load "
+                                f"({_load_reason(exc)}); {redo}") from None
+        if not isinstance(state, dict):
+            raise ArtifactError(f"run {self.path}: {rel} holds a {type(state).__name__}, not a state dict; {redo}")
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError) as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise ArtifactError(f"run {self.path}: {rel} holds the weights of another model "
+                                f"({(lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]})"
+                                f"; {redo}") from None
+        return model
 
     def begin(self, stage: str) -> None:
         self.manifest["stages"][stage] = {"status": "running", "started": time.time(), "outputs": []}

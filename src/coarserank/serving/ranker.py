@@ -127,6 +127,10 @@ def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
         raise ArtifactError(f"ONNX model {path} cannot be loaded: {str(exc).splitlines()[0]}") from exc
 
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class _Input:
     name: str
@@ -175,6 +179,9 @@ class UserFeeds:
                 return np.array([MISSING_INT64], dtype=np.int64)
             if not number or (isinstance(v, (float, np.floating)) and not float(v).is_integer()):
                 raise self._wrong(spec, "an int64 id (a JSON integer)", v)
+            if not _INT64_MIN <= int(v) <= _INT64_MAX:
+                raise ServingError(f"feature {spec.name!r} is {v}, beyond the int64 range of ids "
+                                   f"[{_INT64_MIN}, {_INT64_MAX}]")
             return np.array([int(v)], dtype=np.int64)
         if spec.dtype == "float32":
             if v is None:
@@ -182,6 +189,9 @@ class UserFeeds:
             if not number:
                 raise self._wrong(spec, "a number", v)
             x = float(v)
+            if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
+                raise ServingError(f"feature {spec.name!r} is {v!r}, beyond the float32 range of model inputs "
+                                   f"(|x| <= {_FLOAT32_MAX:.4g})")
             if spec.kind == "bucketed" and math.isnan(x):  # as the reference: NaN sorts above every boundary
                 x = math.inf
             return np.array([x], dtype=np.float32)
