@@ -18,8 +18,11 @@ def format_summary(report: dict[str, Any]) -> str:
     """The short table printed after a report: label metrics and Recall@10-in-100 per scorer."""
     setup, counts = report["setup"], report["counts"]
     lines = [f"{counts['groups']:,} candidate sets, {counts['candidates']:,} candidates "
-             f"({counts['labelled']:,} labelled); reference {setup['reference']}",
-             f"{'model':<14} {'auc':>7} {'gauc':>7} {'logloss':>8} {'r@10in100':>10} {'kendall':>8}"]
+             f"({counts['labelled']:,} labelled); reference {setup['reference']}"]
+    if setup.get("mode") == "run":
+        lines.append(f"auc, gauc, logloss: the {counts['labelled']:,} labelled test exposures of these "
+                     f"{counts['groups']:,} users (metrics.json scores every test row, hence other figures)")
+    lines.append(f"{'model':<14} {'auc':>7} {'gauc':>7} {'logloss':>8} {'r@10in100':>10} {'kendall':>8}")
 
     def cell(x: float | None, width: int) -> str:
         return f"{x:>{width}.4f}" if isinstance(x, float) else f"{'-':>{width}}"
@@ -78,4 +81,5 @@ def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: s
         result = report_compare(list(score_files), out, labels=labels, n_boot=bootstrap, seed=seed,
                                 progress=echo)
     click.echo(format_summary(result.report))
-    click.echo(f"report: {result.html}  ({result.seconds:.1f}s)")
+    if quiet or run_dir is None:  # otherwise the report's own progress line already said where and how long
+        click.echo(f"report: {result.html}  ({result.seconds:.1f}s)")
