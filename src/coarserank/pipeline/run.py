@@ -159,6 +159,10 @@ def _fit_facts(result: FitResult) -> dict[str, Any]:
 
 
 def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, result: FitResult) -> None:
+    section = ctx.cfg.teacher if stage == "teacher" else ctx.cfg.student
+    if len(result.history) < section.epochs:
+        ctx.progress(f"{stage}: early stop after epoch {len(result.history)} of {section.epochs}: valid gauc did "
+                     f"not improve for {section.patience} epoch(s); keeping epoch {result.best_epoch}")
     if ctx.run.writable:
         path = atomic_write_with(ctx.run.file(name), lambda tmp: torch.save(model.state_dict(), tmp))
         ctx.run.record(stage, path)
