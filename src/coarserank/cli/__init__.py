@@ -7,6 +7,7 @@ and a non-zero exit; ``distill --traceback ...`` shows the full traceback instea
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +19,11 @@ from coarserank import __version__
 from coarserank.errors import CoarseRankError, CoarseRankWarning
 
 __all__ = ["distill", "main"]
+
+# Before torch and LightGBM load their OpenMP runtimes: threads that finish a parallel region early
+# sleep instead of spinning, which loses most on a shared or quota-limited machine (docs/config.md,
+# run.threads). A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)

@@ -13,6 +13,7 @@ from coarserank.pipeline.export_stage import bench_run, rebuild_index
 from coarserank.pipeline.rundir import RunDir
 from coarserank.serving.ranker import CoarseRanker, parse_user, read_candidates
 from coarserank.serving.run_files import publish_run
+from coarserank.threads import resolve_threads
 
 __all__ = ["rank_command", "bench_command", "index_command", "recall_command", "publish_command", "format_bench",
            "format_index"]
@@ -117,11 +118,13 @@ def publish_command(run_dir: Path, store: str, namespace: str | None, keep_previ
               help="Timed calls per figure.")
 @click.option("--users", type=click.IntRange(min=1), default=20, show_default=True,
               help="Requests (users of the test split) cycled through.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="ONNX Runtime intra-op threads per session.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="ONNX Runtime intra-op threads per session; 0 = auto, the run.threads policy (the CPUs this "
+                   "process may use: affinity mask, cgroup quota, idle CPUs).")
 def bench_command(run_dir: Path, sizes: str, json_path: Path | None, repeats: int, users: int,
                   threads: int) -> None:
     """Latency p50/p99 of the student path against teacher.onnx on the same candidates."""
+    threads = resolve_threads(threads)
     result = bench_run(run_dir, _sizes(sizes), users=users, repeats=repeats, threads=threads,
                        progress=lambda m: click.echo(m, err=True))
     if json_path is not None:

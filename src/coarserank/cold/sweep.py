@@ -66,6 +66,7 @@ from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
 from coarserank.errors import ArtifactError, ConfigError, DataError
 from coarserank.ranking_eval import auc, gauc, recall_k_in_n
 from coarserank.student import build_student
+from coarserank.threads import apply_threads, explain_threads
 
 __all__ = ["FAMILIES", "CandidateSets", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields", "select_top_k",
            "run_sweep", "write_chosen_config", "SWEEP_FORMAT"]
@@ -251,7 +252,7 @@ def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: P
     progress("sweep: importance 2/3: LightGBM gain")
     y = {s: ctx.frames[s]["_label"].to_numpy() for s in ("train", "valid")}
     gb = gbdt_importance(ctx.schema, ctx.encoded["train"], y["train"], ctx.encoded["valid"], y["valid"], cfg.gbdt,
-                         seed=cfg.run.seed, threads=cfg.run.threads or 1)  # 1: OpenMP spins on a busy machine
+                         seed=cfg.run.seed, threads=torch.get_num_threads())  # the run's thread policy
     progress(f"sweep: importance 3/3: permutation importance of {which}")
     perm = permutation_importance(swept, _table(ctx, "valid", ctx.schema.names), fields,
                                   repeats=cfg.cold.permutation_repeats, seed=cfg.run.seed, device=ctx.device)
@@ -374,8 +375,9 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     if rank_by not in ("se", "gbdt", "permutation"):
         raise ConfigError(f"rank_by must be one of se, gbdt, permutation, got {rank_by!r}")
     budget = check_budget(budget_ms)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+    threads, why = explain_threads(cfg.run.threads, processes=current().world)
+    apply_threads(threads)
+    say(f"sweep: {why}")
     resolved = resolve_ks(ks, ctx.schema, family)
     sets = candidates or _exposure_sets(ctx)
     start = time.perf_counter()

@@ -35,6 +35,7 @@ from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, 
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, predict_shared, resolve_device
 from coarserank.errors import ArtifactWarning, CoarseRankError
 from coarserank.pipeline.rundir import RunDir
+from coarserank.threads import apply_threads, explain_threads
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
 from coarserank.ranking_eval.metrics import auc, gauc, logloss
 from coarserank.student import build_student
@@ -253,7 +254,7 @@ def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float) -> 
 
 
 def _stage_gbdt(ctx: RunContext) -> None:
-    model = GbdtReference(ctx.schema, ctx.cfg.gbdt, ctx.cfg.run.seed, ctx.cfg.run.threads)
+    model = GbdtReference(ctx.schema, ctx.cfg.gbdt, ctx.cfg.run.seed, torch.get_num_threads())
     if ctx.run.is_done("gbdt"):
         import lightgbm as lgb
 
@@ -262,7 +263,7 @@ def _stage_gbdt(ctx: RunContext) -> None:
         ctx.run.begin("gbdt")
         ctx.progress("gbdt: fitting LightGBM reference")
         model.fit(ctx.encoded["train"], ctx.frames["train"]["_label"].to_numpy(),
-                  ctx.encoded["valid"], ctx.frames["valid"]["_label"].to_numpy())
+                  ctx.encoded["valid"], ctx.frames["valid"]["_label"].to_numpy(), progress=ctx.progress)
         path = atomic_write_with(ctx.run.file("gbdt.txt"), lambda tmp: model.booster_.save_model(str(tmp)), ".txt")
         ctx.run.record("gbdt", path)
         ctx.run.finish("gbdt", best_iteration=model.booster_.best_iteration)
@@ -343,8 +344,8 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     """Run (or resume) the whole pipeline for ``cfg`` into ``run_dir``; ``extra_stages=False``
     stops after the metrics (exports and report are left for a later resume)."""
     start = time.perf_counter()
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+    threads, why = explain_threads(cfg.run.threads, processes=current().world)
+    apply_threads(threads)  # torch, Faiss; LightGBM reads torch.get_num_threads()
     device = resolve_device(cfg.run.device)
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     info: DistInfo = current()
@@ -371,7 +372,7 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         if info.is_main:
             warnings.warn(message, ArtifactWarning, stacklevel=2)
     ctx = RunContext(cfg, run_, device, progress)
-    progress(f"run directory {path} (device {device})")
+    progress(f"run directory {path} (device {device}, {why})")
     stage = "data"
     try:
         _stage_data(ctx)
