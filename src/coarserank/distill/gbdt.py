@@ -1,7 +1,16 @@
 """The LightGBM reference model: an independent check the teacher has to beat.
 
-It sees the teacher's features: categorical codes as LightGBM categoricals, multi-valued fields as
-0/1 flags of their most frequent values, numeric fields as they are.
+It sees the teacher's features, encoded by the run's encoder (fitted on train rows):
+
+- categorical fields (ids included, bucketed numbers, product crosses): their codes as LightGBM's
+  native categorical features (``categorical_feature``: LightGBM sorts each split's categories by
+  their gradient statistics; ``cat_smooth`` 10, ``min_data_per_group`` 50), never as numbers;
+- multi-valued fields (multi-valued product crosses included): one 0/1 column per value for their
+  ``gbdt.multi_hot_top`` most frequent values in the train rows (out-of-vocabulary included);
+- numeric fields (match crosses and history crosses included): the normalised numbers.
+
+The columns are named ``<field>`` or ``<field>=<code>``, and the booster's own feature names say
+which columns to build for prediction, so a saved ``gbdt.txt`` predicts without the train rows.
 """
 
 from __future__ import annotations
@@ -14,28 +23,49 @@ import lightgbm as lgb
 import numpy as np
 
 from coarserank.config import GbdtConfig
-from coarserank.data.schema import FIRST_ID, Schema
+from coarserank.data.schema import PAD, Schema
 
-__all__ = ["GbdtReference", "gbdt_matrix"]
+__all__ = ["GbdtReference", "gbdt_matrix", "gbdt_columns"]
 
 
-def gbdt_matrix(schema: Schema, inputs: dict[str, np.ndarray], top: int) -> tuple[np.ndarray, list[str], list[int]]:
-    """(matrix, column names, categorical column indices) for LightGBM."""
-    columns: list[np.ndarray] = []
-    names: list[str] = []
-    categorical: list[int] = []
-    for f in schema.fields:
-        x = inputs[f.name]
-        if f.kind == "multi":
-            for code in range(FIRST_ID, min(f.size, FIRST_ID + top)):
-                columns.append((x == code).any(axis=1).astype(np.float32))
-                names.append(f"{f.name}={code}")
-            continue
-        if f.kind == "categorical":
-            categorical.append(len(columns))
-        columns.append(x.astype(np.float32))
-        names.append(f.name)
-    return np.column_stack(columns), names, categorical
+def _frequent_codes(x: np.ndarray, top: int) -> np.ndarray:
+    """The ``top`` most frequent non-padding codes of a ``[rows, max_len]`` code matrix (ties: the
+    smaller code first), in that order."""
+    counts = np.bincount(x.ravel())
+    counts[PAD] = 0
+    order = np.lexsort((np.arange(counts.size), -counts))
+    return order[counts[order] > 0][:top]
+
+
+def gbdt_columns(schema: Schema, inputs: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    """The float32 matrix of the columns ``names`` (as :func:`gbdt_matrix` named them)."""
+    kinds = {f.name: f.kind for f in schema.fields}
+    columns = []
+    for name in names:
+        field, _, code = name.partition("=")
+        x = inputs[field]
+        if code and kinds[field] == "multi":
+            columns.append((x == int(code)).any(axis=1).astype(np.float32))
+        else:
+            columns.append(x.astype(np.float32))
+    return np.column_stack(columns)
+
+
+def gbdt_matrix(schema: Schema, inputs: dict[str, np.ndarray], top: int,
+                names: list[str] | None = None) -> tuple[np.ndarray, list[str], list[int]]:
+    """(matrix, column names, categorical column indices) for LightGBM. Without ``names`` the
+    multi-valued columns are chosen from ``inputs`` (the train rows); pass the train call's names to
+    build the same columns for other rows."""
+    if names is None:
+        names = []
+        for f in schema.fields:
+            if f.kind == "multi":
+                names += [f"{f.name}={code}" for code in _frequent_codes(inputs[f.name], top)]
+            else:
+                names.append(f.name)
+    categorical_fields = {f.name for f in schema.fields if f.kind == "categorical"}
+    categorical = [i for i, n in enumerate(names) if n in categorical_fields]
+    return gbdt_columns(schema, inputs, names), names, categorical
 
 
 PROGRESS_ROUNDS = 50
@@ -70,7 +100,7 @@ class GbdtReference:
         """Train with early stopping on the validation AUC; ``progress`` hears every
         ``PROGRESS_ROUNDS`` rounds and the round kept."""
         xt, names, cats = gbdt_matrix(self.schema, train, self.cfg.multi_hot_top)
-        xv, _, _ = gbdt_matrix(self.schema, valid, self.cfg.multi_hot_top)
+        xv, _, _ = gbdt_matrix(self.schema, valid, self.cfg.multi_hot_top, names=names)
         params = {"objective": "binary", "metric": "auc", "num_leaves": self.cfg.num_leaves,
                   "learning_rate": self.cfg.learning_rate, "seed": self.seed, "verbosity": -1,
                   "num_threads": self.threads, "deterministic": True, "force_row_wise": True,
@@ -88,5 +118,6 @@ class GbdtReference:
         return self
 
     def predict_logit(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        x, _, _ = gbdt_matrix(self.schema, inputs, self.cfg.multi_hot_top)
+        """Raw scores (logits) of the best iteration; the columns come from the booster's names."""
+        x = gbdt_columns(self.schema, inputs, self.booster_.feature_name())
         return self.booster_.predict(x, raw_score=True, num_iteration=self.booster_.best_iteration)
