@@ -15,45 +15,44 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from coarserank.config_rules import check_keys as _check_keys
+from coarserank.config_rules import coerce_tree as _build
 from coarserank.errors import ConfigError
 
 __all__ = [
-    "FeatureConfig",
-    "CrossConfig",
-    "HistoryCrossConfig",
-    "DataConfig",
-    "SyntheticConfig",
-    "ModelTrainingConfig",
-    "TeacherConfig",
-    "StudentConfig",
-    "DistillConfig",
-    "GbdtConfig",
-    "ServingConfig",
-    "ReportConfig",
     "ColdConfig",
-    "RunSection",
+    "CrossConfig",
+    "DataConfig",
+    "DistillConfig",
+    "FeatureConfig",
+    "GbdtConfig",
+    "HistoryCrossConfig",
+    "ModelTrainingConfig",
+    "ReportConfig",
     "RunConfig",
-    "load_config",
+    "RunSection",
+    "ServingConfig",
+    "StudentConfig",
+    "SyntheticConfig",
+    "TeacherConfig",
+    "config_hash",
     "config_to_dict",
     "dump_config",
-    "config_hash",
-    "section_hash",
+    "load_config",
     "preset_path",
+    "section_hash",
 ]
 
 Side = Literal["user", "item", "context"]
-Kind = Literal["categorical", "numeric", "multi"]
+Kind = Literal["categorical", "numeric", "multi", "sequence"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,12 @@ class FeatureConfig:
 
     ``boundaries`` turns a numeric column into a categorical bucket id (``searchsorted`` right);
     ``sep`` splits a multi-valued string column; ``min_count`` sends rarer training values to OOV.
+
+    A ``sequence`` is the user's behaviour history: the raw values of the item-side categorical
+    feature ``of`` over the user's last ``max_len`` earlier exposures (``events = "positive"``: only
+    rows labelled 1), most recent first. It shares ``of``'s vocabulary. With ``column`` empty,
+    ``prepare`` builds it from the log by time (strictly earlier rows only); otherwise ``column``
+    names a ready-made column (values joined by ``sep``, most recent first).
     """
 
     name: str
@@ -72,6 +77,8 @@ class FeatureConfig:
     max_len: int = 8
     min_count: int = 1
     boundaries: tuple[float, ...] = ()
+    of: str = ""
+    events: Literal["positive", "all"] = "positive"
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,14 @@ class ModelTrainingConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig(ModelTrainingConfig):
-    """DeepFM over every field, crosses included."""
+    """The teacher over every field, crosses included: ``family`` DeepFM (FM + DNN) or DCN-v2 (cross
+    network + DNN). With ``attention``, each behaviour sequence is pooled by DIN-style target
+    attention against the candidate item (``attention_hidden``: the activation unit's widths)."""
+
+    family: Literal["deepfm", "dcn"] = "deepfm"
+    attention: bool = True
+    attention_hidden: tuple[int, ...] = (64, 32)
+    cross_layers: int = 3
 
 
 @dataclass(frozen=True)
@@ -171,11 +185,23 @@ class StudentConfig(ModelTrainingConfig):
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Loss ``(1-alpha)*hard + alpha*T^2*soft``; ``soft`` is pointwise BCE or listwise KL."""
+    """Loss ``(1-alpha)*hard + alpha*T^2*(soft + sampled_weight*sampled) + alpha*rank_weight*rank``.
+
+    ``soft`` is pointwise BCE or listwise KL over the exposures. Entire-space terms: for every
+    training exposure ``sampled`` unexposed items are drawn by ``sampler`` and scored by the teacher;
+    ``sampled_loss`` fits them pointwise or as a list with the exposure (KL at temperature T);
+    ``rank_weight`` adds pairwise ranking distillation of the teacher's top ``rank_top`` per list.
+    """
 
     alpha: float = 0.5
     temperature: float = 2.0
     soft: Literal["pointwise", "listwise"] = "pointwise"
+    sampled: int = 0
+    sampler: Literal["uniform", "popularity", "in_batch"] = "popularity"
+    sampled_loss: Literal["pointwise", "listwise"] = "listwise"
+    sampled_weight: float = 1.0
+    rank_weight: float = 0.0
+    rank_top: int = 3
 
 
 @dataclass(frozen=True)
@@ -343,87 +369,6 @@ def load_config(
     cfg = _build(RunConfig, merged, origin="the resolved configuration", prefix="")
     validate(cfg, {k: v for k, v in origins.items() if v != "default.toml"})
     return cfg
-
-
-def _check_keys(cls: type, raw: dict[str, Any], origin: str, prefix: str) -> None:
-    """Reject unknown keys early, so the error names the layer (file or override) that holds them."""
-    hints = typing.get_type_hints(cls)
-    for key, value in raw.items():
-        where = f"{prefix}{key}"
-        if key not in hints:
-            near = difflib.get_close_matches(key, list(hints), n=1)
-            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(hints)}"
-            raise ConfigError(f"{origin}: unknown key {where!r}{hint}")
-        inner = _dataclass_of(hints[key])
-        if inner is not None:
-            items = value if isinstance(value, list) else [value]
-            for i, sub in enumerate(items):
-                if isinstance(sub, dict):
-                    label = f"{where}[{i}]." if isinstance(value, list) else f"{where}."
-                    _check_keys(inner, sub, origin, label)
-
-
-def _dataclass_of(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp  # type: ignore[return-value]
-    if typing.get_origin(tp) is tuple:
-        args = typing.get_args(tp)
-        if args and dataclasses.is_dataclass(args[0]):
-            return args[0]  # type: ignore[return-value]
-    return None
-
-
-def _build(cls: type, raw: Any, origin: str, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: {prefix.rstrip('.') or 'config'} must be a table, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
-    for name in required:
-        if name not in raw:
-            raise ConfigError(f"{origin}: {prefix}{name} is required")
-    for key, value in raw.items():
-        kwargs[key] = _coerce(hints[key], value, origin, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
-    origin_tp = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, origin, f"{where}.")  # type: ignore[arg-type]
-    if origin_tp is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
-    if origin_tp is tuple:
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{origin}: {where} must be an array, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(item_tp, v, origin, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin_tp in (types.UnionType, typing.Union):
-        for arg in typing.get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        return _coerce(next(a for a in typing.get_args(tp) if a is not type(None)), value, origin, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{origin}: {where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{origin}: {where} must be an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{origin}: {where} must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{origin}: {where} must be a string, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{origin}: {where}: unsupported type {tp}")  # pragma: no cover
 
 
 def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:

@@ -5,8 +5,9 @@ It sees the teacher's features, encoded by the run's encoder (fitted on train ro
 - categorical fields (ids included, bucketed numbers, product crosses): their codes as LightGBM's
   native categorical features (``categorical_feature``: LightGBM sorts each split's categories by
   their gradient statistics; ``cat_smooth`` 10, ``min_data_per_group`` 50), never as numbers;
-- multi-valued fields (multi-valued product crosses included): one 0/1 column per value for their
-  ``gbdt.multi_hot_top`` most frequent values in the train rows (out-of-vocabulary included);
+- multi-valued fields (multi-valued product crosses and behaviour sequences included): one 0/1
+  column per value for their ``gbdt.multi_hot_top`` most frequent values in the train rows
+  (out-of-vocabulary included);
 - numeric fields (match crosses and history crosses included): the normalised numbers.
 
 The columns are named ``<field>`` or ``<field>=<code>``, and the booster's own feature names say
@@ -16,8 +17,9 @@ which columns to build for prediction, so a saved ``gbdt.txt`` predicts without 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -25,7 +27,9 @@ import numpy as np
 from coarserank.config import GbdtConfig
 from coarserank.data.schema import PAD, Schema
 
-__all__ = ["GbdtReference", "gbdt_matrix", "gbdt_columns"]
+__all__ = ["GbdtReference", "gbdt_columns", "gbdt_matrix"]
+
+_LISTS = ("multi", "sequence")  # fields of several codes per row: multi-hot columns
 
 
 def _frequent_codes(x: np.ndarray, top: int) -> np.ndarray:
@@ -44,7 +48,7 @@ def gbdt_columns(schema: Schema, inputs: dict[str, np.ndarray], names: list[str]
     for name in names:
         field, _, code = name.partition("=")
         x = inputs[field]
-        if code and kinds[field] == "multi":
+        if code and kinds[field] in _LISTS:
             columns.append((x == int(code)).any(axis=1).astype(np.float32))
         else:
             columns.append(x.astype(np.float32))
@@ -59,7 +63,7 @@ def gbdt_matrix(schema: Schema, inputs: dict[str, np.ndarray], top: int,
     if names is None:
         names = []
         for f in schema.fields:
-            if f.kind == "multi":
+            if f.kind in _LISTS:
                 names += [f"{f.name}={code}" for code in _frequent_codes(inputs[f.name], top)]
             else:
                 names.append(f.name)
