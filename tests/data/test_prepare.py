@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from coarserank.config import DataConfig, FeatureConfig, HistoryCrossConfig
-from coarserank.data.prepare import prepare
+from coarserank.data.prepare import check_label_mix, prepare
 from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
@@ -174,7 +174,7 @@ def test_a_split_without_positive_labels_is_named():
     raw = _log(n_users=5, per_user=20)
     exposures = raw.exposures.with_columns(pl.lit(0).alias("label"))
     with pytest.raises(DataError, match=r"^the train split has no positive label among its \d+ rows"):
-        prepare(dataclasses.replace(raw, exposures=exposures), _cfg())
+        check_label_mix(prepare(dataclasses.replace(raw, exposures=exposures), _cfg()), _cfg())
 
 
 def test_a_split_whose_groups_all_hold_one_label_is_named():
@@ -185,4 +185,4 @@ def test_a_split_whose_groups_all_hold_one_label_is_named():
     cfg = _cfg(split="global_time", valid_frac=0.05, test_frac=0.05)
     with pytest.raises(DataError, match=r"^the (valid|test) split has no group \(by 'user_id'\) with both a positive "
                                         r"and a negative label"):
-        prepare(dataclasses.replace(raw, exposures=exposures), cfg)
+        check_label_mix(prepare(dataclasses.replace(raw, exposures=exposures), cfg), cfg)

@@ -248,7 +248,6 @@ def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
         split = split_per_user(frame, cfg.valid_frac, cfg.test_frac)
     frame = frame.with_columns(split)
     check_splits(dict(frame.group_by("_split").len().iter_rows()), cfg)
-    check_label_mix(frame, cfg)
     frame = add_sequences(frame, cfg)
     return add_history_crosses(frame, cfg, base_rate(frame)).sort("_row")
 

@@ -24,7 +24,7 @@ from coarserank.config import DistillConfig, ModelTrainingConfig, RunConfig, con
 from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
 from coarserank.data.encode import Encoder
 from coarserank.data.partitions import PartitionedLog
-from coarserank.data.prepare import SPLITS, prepare
+from coarserank.data.prepare import SPLITS, check_label_mix, prepare
 from coarserank.data.schema import Schema
 from coarserank.data.sources import load_source
 from coarserank.distill.gbdt import GbdtReference
@@ -105,6 +105,8 @@ def _stage_data(ctx: RunContext) -> None:
     else:
         fingerprint, counts = _load_data(ctx)
         facts = {}
+    check_label_mix(pl.concat([ctx.frames[s].select("_group", "_label").with_columns(pl.lit(s).alias("_split"))
+                               for s in SPLITS]), cfg.data)  # before any model trains
     previous = ctx.run.manifest.get("data_fingerprint")
     if previous and previous != fingerprint:
         raise CoarseRankError(f"run {ctx.run.path}: the data changed since this run started "
