@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -106,17 +104,9 @@ def test_index_rebuilds_and_prints_a_table_of_recall_and_qps(run_dir: Path, tmp_
     assert "{" not in out
 
 
-def test_index_on_a_read_only_run_directory_is_a_one_line_error(run_dir: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_index_on_a_read_only_run_directory_is_a_one_line_error(run_dir: Path, tmp_path: Path, read_only) -> None:
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
-    real_open = os.open
-
-    def read_only(path, flags, *args):  # what a read-only mount does to every write under it
-        if str(path).startswith(str(copy)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", read_only)
+    read_only(copy)
     result = CliRunner().invoke(distill, ["index", "--run", str(copy)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [

@@ -174,18 +174,22 @@ def test_an_out_of_range_value_names_the_file_that_set_it(tmp_path):
         load_config(path)
 
 
-def test_a_feature_entry_out_of_range_is_named_by_position_and_name(tmp_path):
+def _with_item_feature(tmp_path, item: str):
+    """A config file declaring a user id and the item feature ``item`` (TOML lines)."""
     path = tmp_path / "mine.toml"
     path.write_text('[[data.features]]\nname = "u"\nside = "user"\nkind = "categorical"\n'
-                    '[[data.features]]\nname = "tags"\nside = "item"\nkind = "multi"\nmax_len = 0\n')
+                    f'[[data.features]]\nside = "item"\n{item}\n')
+    return path
+
+
+def test_a_feature_entry_out_of_range_is_named_by_position_and_name(tmp_path):
+    path = _with_item_feature(tmp_path, 'name = "tags"\nkind = "multi"\nmax_len = 0')
     with pytest.raises(ConfigError, match=r"data\.features\[1\] \('tags'\)\.max_len must be an integer >= 1, got 0"):
         load_config(path)
 
 
 def test_boundaries_on_a_numeric_feature_are_rejected(tmp_path):
-    path = tmp_path / "mine.toml"
-    path.write_text('[[data.features]]\nname = "u"\nside = "user"\nkind = "categorical"\n'
-                    '[[data.features]]\nname = "price"\nside = "item"\nkind = "numeric"\nboundaries = [1.0, 2.0]\n')
+    path = _with_item_feature(tmp_path, 'name = "price"\nkind = "numeric"\nboundaries = [1.0, 2.0]')
     with pytest.raises(ConfigError, match=r"'price': boundaries .* need kind = \"categorical\"; this feature is 'numeric'"):
         load_config(path)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 import pytest
@@ -198,17 +196,10 @@ def test_a_checkpoint_that_is_not_a_state_dict_is_named(tmp_path: Path) -> None:
             run.load_state(rel, torch.nn.Linear(2, 3))
 
 
-def test_resuming_in_a_read_only_directory_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resuming_in_a_read_only_directory_is_a_one_line_error(tmp_path: Path, read_only) -> None:
     out = tmp_path / "run"
     RunDir.create(out, "a" * 64).close()
-    real_open = os.open
-
-    def read_only(path, flags, *args):  # what a read-only mount does to every write under it
-        if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(os, "open", read_only)
+    read_only(out)
     with pytest.raises(ArtifactError, match=rf"^run directory {out} is not writable \(Read-only file system\); "
                                             "this command writes into it$"):
         RunDir.create(out, "a" * 64)
