@@ -58,6 +58,7 @@ def test_publish_makes_the_runs_vectors_current_under_a_namespace(run_dir, catal
     ids, vectors, model_hash = catalogue
     store = RedisKVStore(redis_server, namespace=redis_namespace)
     assert store.model_hash == model_hash
+    assert store.run_id == json.loads((run_dir / "serving.json").read_text())["run_id"] != ""
     np.testing.assert_array_equal(store.get(ids).vectors, vectors)
 
 

@@ -80,7 +80,13 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def _register() -> None:
-    from coarserank.cli import report_cmd, run_cmd, serve_cmds, sweep_cmd  # noqa: F401  (commands attach themselves)
+    from coarserank.cli import (  # noqa: F401  (commands attach themselves)
+        describe_cmd,
+        report_cmd,
+        run_cmd,
+        serve_cmds,
+        sweep_cmd,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import polars as pl
 import torch
 from torch import nn
 
@@ -269,11 +270,10 @@ def _exposure_sets(ctx: Any) -> CandidateSets:
                          ctx.logits["test"]["teacher"], "each test group's own test exposures")
 
 
-def _latency_rows(ctx: Any, n: int) -> dict[str, np.ndarray]:
-    enc = ctx.encoded["test"]
-    total = len(next(iter(enc.values())))
-    idx = np.arange(n) % total
-    return {k: np.ascontiguousarray(v[idx]) for k, v in enc.items()}
+def _latency_rows(ctx: Any, n: int) -> pl.DataFrame:
+    """``n`` raw test rows (repeated when the split has fewer): one request's candidates."""
+    test = ctx.frames["test"]
+    return test[np.arange(n) % test.height]
 
 
 def _measure_point(ctx: Any, model: nn.Module, family: str, fields: list[str], sets: CandidateSets,
@@ -291,8 +291,8 @@ def _measure_point(ctx: Any, model: nn.Module, family: str, fields: list[str], s
         recall = None
     rows = _latency_rows(ctx, cfg.cold.candidates)
     timer = cold_latency if family == "cold" else two_tower_latency
-    lat = timer(model, rows, out_dir, opset=cfg.serving.opset, repeats=cfg.cold.latency_repeats,  # type: ignore[arg-type]
-                warmup=cfg.cold.latency_warmup)
+    lat = timer(model, ctx.encoder, rows, out_dir, opset=cfg.serving.opset,  # type: ignore[operator]
+                repeats=cfg.cold.latency_repeats, warmup=cfg.cold.latency_warmup)
     primary = lat.timings["threads_1"]
     cost = point_cost(model, out_dir, cfg.cold.candidates)
     return {"auc": auc(y, p), "gauc": gauc(y, p, groups).value, "recall_10_in_100": recall,
@@ -383,7 +383,8 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     start = time.perf_counter()
     importance = _importance(ctx, models, family, say)
     ranking = Importance.from_json(importance["methods"][rank_by]).ranking()
-    fingerprint = _fingerprint(ctx, family, {"what": "point", "candidates": sets.description})
+    fingerprint = _fingerprint(ctx, family, {"what": "point", "candidates": sets.description,
+                                             "timed_graph": "raw inputs, as shipped"})
     # rank 0 decides what is reused and broadcasts the plan: every rank trains the same points in order
     reused: dict[int, dict[str, Any]] = {}  # rank 0 only
     plan: list[tuple[int, list[str], bool]] = []  # (k, features, train it)

@@ -11,7 +11,13 @@ Writes into the run directory (each file hashed into ``manifest.json``):
   (``serving.index_kind``), tuned to ``serving.recall_target`` and measured on user vectors;
 - ``index_queries.npy``: those user vectors (``serving.index_queries`` users, latest row each), so
   ``distill index`` can rebuild and re-measure without the training data;
-- ``serving.json``: what a ranker needs besides the files: ``a``, ``b``, ``dim``, ``model_hash``.
+- ``serving.json``: what a ranker needs besides the files: ``a``, ``b``, ``dim``, ``model_hash``,
+  ``run_id`` and the history crosses' statistics (prior, training base rate).
+
+Every artifact carries the same **run id** (:func:`run_identifier`: ONNX metadata ``run_id``, the KV
+file's header, the Faiss sidecar, ``serving.json``), a hash of what the run was made from (resolved
+configuration, data fingerprint, teacher and student checkpoints) that no single file's hash equals,
+so a client can check that the pieces it loaded belong together; a resumed run gets the same id.
 
 Checks, recorded under ``checks.export`` in ``manifest.json`` and enforced against
 ``serving.parity_tolerance`` (score units; a float16 store adds ``|a| * 2**-11``):
@@ -28,6 +34,7 @@ rows) and times both paths with :func:`coarserank.serving.ranker.bench_latency`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,6 +56,7 @@ from coarserank.serving.catalogue import (
 )
 from coarserank.serving.faiss_index import ItemIndex, evaluate
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
+from coarserank.serving.onnx_contract import history_contract
 from coarserank.serving.onnx_export import export_item_tower, export_teacher, export_user_tower, onnx_parity
 from coarserank.serving.onnx_inputs import feeds_from_frame
 from coarserank.serving.ranker import (
@@ -61,13 +69,23 @@ from coarserank.serving.ranker import (
     onnx_session,
 )
 
-__all__ = ["run_stage", "rebuild_index", "bench_requests", "bench_run", "user_sample", "FILES", "PARITY_ROWS"]
+__all__ = ["run_stage", "rebuild_index", "bench_requests", "bench_run", "user_sample", "run_identifier", "FILES",
+           "PARITY_ROWS"]
 
 FILES = {"user_tower": "user_tower.onnx", "item_tower": "item_tower.onnx", "teacher": "teacher.onnx",
          "catalogue": "items.parquet", "kv": "items.kv", "index": "items.faiss",
          "queries": "index_queries.npy"}
 PARITY_ROWS = 2000
 _FAISS_CHECK_QUERIES = 200
+
+
+def run_identifier(manifest: dict[str, Any]) -> str:
+    """The run id every serving artifact carries: 32 hex digits of the sha256 of the resolved config
+    hash, the data fingerprint and the teacher's and student's checkpoint hashes."""
+    files = manifest.get("files", {})
+    body = {"config": manifest.get("config_hash"), "data": manifest.get("data_fingerprint"),
+            "teacher": files.get("teacher.pt"), "student": files.get("student.pt")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _sample(frame: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
@@ -125,11 +143,14 @@ def run_stage(ctx: Any, models: dict[str, Any]) -> None:
     student, teacher = models["student"], models["teacher"]
     model_hash = run.manifest["files"]["student.pt"]
     path = {k: run.file(v) for k, v in FILES.items()}
-    ctx.progress("export: ONNX graphs (user tower, item tower, teacher)")
-    export_user_tower(student, encoder, path["user_tower"], run_hash=model_hash, opset=serving.opset)
-    export_item_tower(student, encoder, path["item_tower"], run_hash=model_hash, opset=serving.opset)
+    run_id = run_identifier(run.manifest)
+    rate = base_rate(ctx.frame)
+    ctx.progress(f"export: ONNX graphs (user tower, item tower, teacher), run id {run_id}")
+    tagged = {"run_id": run_id}
+    export_user_tower(student, encoder, path["user_tower"], run_hash=model_hash, opset=serving.opset, metadata=tagged)
+    export_item_tower(student, encoder, path["item_tower"], run_hash=model_hash, opset=serving.opset, metadata=tagged)
     export_teacher(teacher, encoder, path["teacher"], run_hash=run.manifest["files"]["teacher.pt"],
-                   opset=serving.opset)
+                   opset=serving.opset, metadata=tagged, history_base_rate=rate)
     test = ctx.frames["test"]
     rows = _sample(test.with_row_index("_pos"), PARITY_ROWS, cfg.run.seed)
     positions = rows["_pos"].to_numpy()
@@ -144,7 +165,7 @@ def run_stage(ctx: Any, models: dict[str, Any]) -> None:
     ctx.progress(f"export: encoding {ids.size:,} items through item_tower.onnx into items.kv "
                  f"({serving.kv_dtype})")
     vectors = encode_items(onnx_session(path["item_tower"]), encoder, catalogue)
-    write_kv_file(path["kv"], ids, vectors, model_hash, serving.kv_dtype)
+    write_kv_file(path["kv"], ids, vectors, model_hash, serving.kv_dtype, run_id=run_id)
     store = FileKVStore(path["kv"], expected_model_hash=model_hash)
     stored = store.get_strict(ids)
 
@@ -156,7 +177,7 @@ def run_stage(ctx: Any, models: dict[str, Any]) -> None:
     facts = evaluate(index, ids, stored, queries, target=serving.recall_target)
     ctx.progress(f"export: {index.kind} index over {index.count:,} items, "
                  f"recall@100 {facts['recall@100']:.3f}")
-    written = index.save(path["index"], facts)
+    written = index.save(path["index"], {**facts, "run_id": run_id})
 
     checks: dict[str, Any] = {"onnx_vs_torch": parity}
     checks.update(_score_checks(ctx, student, store, index, user_session, rows, positions))
@@ -166,7 +187,9 @@ def run_stage(ctx: Any, models: dict[str, Any]) -> None:
     checks.update(tolerance=limit, rows=int(rows.height), index_kind=index.kind,
                   index_recall_at_100=facts["recall@100"])
     run.set_check("export", checks)
-    meta = {"format": 1, "model_hash": model_hash, "dim": int(stored.shape[1]), "items": int(ids.size),
+    history = history_contract(encoder, [h.name for h in cfg.data.history_crosses], rate)
+    meta = {"format": 1, "run_id": run_id, "model_hash": model_hash, "dim": int(stored.shape[1]),
+            "items": int(ids.size), "history_base_rate": rate, "history_crosses": history,
             "kv_dtype": serving.kv_dtype, "score": {"a": a, "b": float(student.b.detach()),
                                                     "formula": "a * dot(user_vector, item_vector) + b"},
             "files": {**FILES, "index_sidecar": written[1].name}}
@@ -193,8 +216,9 @@ def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
         progress(f"index: tuning and measuring {index.kind} on {queries.shape[0]:,} user vectors")
         facts = evaluate(index, ids, vectors, queries, target=cfg.serving.recall_target)
         check = _faiss_vs_kv(index, store, queries)
+    run_id = json.loads(run.verified_path(SERVING_FILE).read_text()).get("run_id")
     with run.publishing():  # a reader loads the old index with the old manifest, or the new with the new
-        written = index.save(run.file(FILES["index"]), facts)
+        written = index.save(run.file(FILES["index"]), {**facts, **({"run_id": run_id} if run_id else {})})
         run.record("export", *written)
         checks = dict(run.manifest["checks"].get("export", {}))
         checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])

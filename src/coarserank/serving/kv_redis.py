@@ -7,7 +7,7 @@ Key layout under a namespace ``ns`` (default ``coarserank:items``; see ``docs/kv
     {ns}:versions          list of completed versions, oldest first
     {ns}:v{v}:{id}         one item vector: dim little-endian float32 or float16 values
     {ns}:v{v}:ids          all ids of version v, sorted, as little-endian int64 bytes
-    {ns}:v{v}:meta         hash: dim, dtype, count, model_hash, format_version
+    {ns}:v{v}:meta         hash: dim, dtype, count, model_hash, format_version (, run_id)
 
 Publishing writes every item key and the id list of a fresh version, then the meta hash (which marks
 the version complete), then sets ``current`` in a MULTI/EXEC together with the ``versions`` list.
@@ -206,9 +206,7 @@ class RedisKVStore(KVStore):
 
     def _refuse(self, version: int, meta: dict[str, str]) -> int:
         """A newly current ``version`` holds another model's vectors: keep the last good version."""
-        if self._version is None:
-            self._fail(f"version {version} holds vectors of model {meta.get('model_hash')!r}, not of model "
-                       f"{self._model!r} which this reader serves; publish that model's item vectors")
+        assert self._version is not None  # pin_model read a version of the model first
         if version not in self._refused:
             self._refused.add(version)
             _log.warning("Redis KV store at %s, namespace %r: the current version %d holds vectors of model %r, "
@@ -217,13 +215,8 @@ class RedisKVStore(KVStore):
         return self._version
 
     def pin_model(self, model_hash: str) -> None:
-        """Serve only versions whose vectors come from ``model_hash`` (see the module docstring).
-
-        Raises
-        ------
-        ServingError
-            The version this store reads now holds another model's vectors.
-        """
+        """Serve only versions whose vectors come from ``model_hash`` (see the module docstring);
+        a :class:`ServingError` when the version read now holds another model's vectors."""
         if self.model_hash != model_hash:
             self._fail(f"version {self.version} holds vectors of model {self.model_hash!r}, not of model "
                        f"{model_hash!r}")
@@ -271,6 +264,11 @@ class RedisKVStore(KVStore):
     def model_hash(self) -> str:
         """Hash of the model that produced :attr:`version`."""
         return self._current_meta()["model_hash"]
+
+    @property
+    def run_id(self) -> str:
+        """The run the current version belongs to (``""`` when it was published without one)."""
+        return self._current_meta().get("run_id", "")
 
     @property
     def dtype(self) -> str:
@@ -360,6 +358,7 @@ class RedisKVStore(KVStore):
         *,
         keep_previous: int = 1,
         chunk_size: int = 5_000,
+        run_id: str = "",
     ) -> int:
         """Write a new version and make it current once it is complete.
 
@@ -376,6 +375,8 @@ class RedisKVStore(KVStore):
             older ones are deleted after the switch.
         chunk_size : int
             Items per pipelined MSET round trip.
+        run_id : str
+            The run the vectors belong to (stored in the version's meta hash when given).
 
         Returns
         -------
@@ -408,6 +409,7 @@ class RedisKVStore(KVStore):
                 "count": count,
                 "model_hash": model_hash,
                 "format_version": REDIS_FORMAT_VERSION,
+                **({"run_id": run_id} if run_id else {}),
             }
             with self._errors(f"completing version {version}"):
                 self._client.hset(self._vkey(version, "meta"), mapping=meta)  # type: ignore[arg-type]

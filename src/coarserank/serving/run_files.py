@@ -116,7 +116,8 @@ def publish_run(run_dir: Path | str, url: str, *, namespace: str | None = None,
             vectors = kv.get_strict(ids)
     store = RedisKVStore(url, **({"namespace": namespace} if namespace else {}))
     try:
-        version = store.publish(ids, vectors, meta["model_hash"], meta["kv_dtype"], keep_previous=keep_previous)
+        version = store.publish(ids, vectors, meta["model_hash"], meta["kv_dtype"], keep_previous=keep_previous,
+                                run_id=meta.get("run_id", ""))
         return Published(version, int(ids.size), int(vectors.shape[1]), meta["kv_dtype"], meta["model_hash"],
                          redact_uri(url), store.namespace)
     finally:
