@@ -10,7 +10,7 @@ Files (each hashed into ``manifest.json`` under the ``recall`` stage):
 - ``recall_items.faiss`` + sidecar: the inner-product index over those vectors (``serving.index_kind``),
   tuned to ``serving.recall_target`` on the user tower's interest vectors (every interest is a query);
 - ``recall_queries.npy``: those query vectors ``[n, dim]``;
-- ``recall.json``: ``dim``, ``interests``, ``model_hash``, the files, and the score rule (the maximum over
+- ``recall.json``: ``run_id`` (the run's, as every artifact carries), ``dim``, ``interests``, ``model_hash``, the files, and the score rule (the maximum over
   interests of ``<u_k, v>``; recall merges one Faiss search per interest by that score).
 
 Checks (``checks.recall`` in ``manifest.json``, enforced against ``serving.parity_tolerance``):
@@ -31,7 +31,7 @@ from torch import nn
 
 from coarserank.atomic import atomic_write_text, atomic_write_with
 from coarserank.errors import ArtifactError
-from coarserank.pipeline.export_stage import PARITY_ROWS, user_sample
+from coarserank.pipeline.export_stage import PARITY_ROWS, run_identifier, user_sample
 from coarserank.serving.catalogue import build_catalogue, catalogue_ids, encode_items
 from coarserank.serving.faiss_index import ItemIndex, evaluate, search_interests
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
@@ -88,7 +88,9 @@ def export_recall(ctx: Any, model: nn.Module, stage: str) -> dict[str, Any]:
     model_hash = run.manifest["files"]["recall.pt"]
     path = {k: run.file(v) for k, v in RECALL_FILES.items()}
     interests = int(getattr(model.user_tower, "interests", 1))
-    extra = {"interests": str(interests), "score_formula": "max over interests k of dot(user_vector_k, item_vector)"}
+    run_id = run_identifier(run.manifest)
+    extra = {"run_id": run_id, "interests": str(interests),
+             "score_formula": "max over interests k of dot(user_vector_k, item_vector)"}
     ctx.progress("recall: ONNX graphs (recall user tower, recall item tower)")
     model = model.cpu().eval()
     export_user_tower(model, encoder, path["user_tower"], run_hash=model_hash, opset=serving.opset, metadata=extra)
@@ -101,7 +103,7 @@ def export_recall(ctx: Any, model: nn.Module, stage: str) -> dict[str, Any]:
     ids = catalogue_ids(catalogue, cfg.data)
     ctx.progress(f"recall: encoding {ids.size:,} items through recall_item_tower.onnx into recall_items.kv")
     vectors = encode_items(onnx_session(path["item_tower"]), encoder, catalogue)
-    write_kv_file(path["kv"], ids, vectors, model_hash, serving.kv_dtype)
+    write_kv_file(path["kv"], ids, vectors, model_hash, serving.kv_dtype, run_id=run_id)
     store = FileKVStore(path["kv"], expected_model_hash=model_hash)
     stored = store.get_strict(ids)
 
@@ -117,14 +119,14 @@ def export_recall(ctx: Any, model: nn.Module, stage: str) -> dict[str, Any]:
     atomic_write_with(path["queries"], lambda tmp: np.save(tmp, queries, allow_pickle=False), ".npy")
     index = ItemIndex.build(ids, stored, serving.index_kind, seed=cfg.run.seed, progress=ctx.progress)
     facts = evaluate(index, ids, stored, queries, target=serving.recall_target)
-    written = index.save(path["index"], facts)
+    written = index.save(path["index"], {**facts, "run_id": run_id})
     checks = {"onnx_vs_torch": parity, "score_path": score_path, "faiss_vs_kv": _faiss_vs_kv(index, store, per_user),
               "rows": int(rows.height), "index_kind": index.kind, "index_recall_at_100": facts["recall@100"]}
     store.close()
     limit = serving.parity_tolerance + (2.0 ** -11 if serving.kv_dtype == "float16" else 0.0)
     checks["tolerance"] = limit
     run.set_check(stage, checks)
-    meta = {"format": 1, "model_hash": model_hash, "dim": int(stored.shape[1]), "interests": interests,
+    meta = {"format": 1, "run_id": run_id, "model_hash": model_hash, "dim": int(stored.shape[1]), "interests": interests,
             "items": int(ids.size), "kv_dtype": serving.kv_dtype,
             "score": "max over interests k of dot(user_vector_k, item_vector); recall merges one search per "
                      "interest by it", "files": {**RECALL_FILES, "index_sidecar": written[1].name}}

@@ -20,7 +20,8 @@ import numpy.typing as npt
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, search_interests, sidecar_path
 from coarserank.serving.kv import KVStore, as_query_ids, open_store
-from coarserank.serving.ranker import RankResult, RunFiles, UserFeeds, onnx_session, top_positions
+from coarserank.serving.ranker import RankResult, UserFeeds, onnx_session, top_positions
+from coarserank.serving.run_files import RunFiles
 
 __all__ = ["RECALL_META", "RECALL_STAGE", "Recaller", "has_recall_model"]
 
@@ -68,15 +69,17 @@ class Recaller:
             files = RunFiles(run_dir, require=RECALL_STAGE)
         except ArtifactError as exc:
             raise ArtifactError(f"{exc}; a run has a recall model when trained with recall.enabled = true") from None
-        meta = files.json(RECALL_META)
-        session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
-        rel = meta["files"]["index"]
-        index = ItemIndex.load(files.verified(rel), files.verified(sidecar_path(rel).as_posix()))
-        store = open_store(files.verified(meta["files"]["kv"]), expected_dim=int(meta["dim"]))
+        with files.reading():  # under the publish lock: files and manifest as one step
+            meta = files.json(RECALL_META)
+            session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
+            rel = meta["files"]["index"]
+            index = ItemIndex.load(files.verified(rel), files.verified(sidecar_path(rel).as_posix()))
+            store = open_store(files.verified(meta["files"]["kv"]), expected_dim=int(meta["dim"]))
+            encoder = files.encoder()
         if store.model_hash != meta["model_hash"]:
             raise ArtifactError(f"{meta['files']['kv']} holds vectors of model {store.model_hash!r}, the recall "
                                 f"model is {meta['model_hash']!r}")
-        return cls(session, UserFeeds(files.encoder()), index, store)
+        return cls(session, UserFeeds(encoder), index, store)
 
     def user_vectors(self, user: dict[str, Any]) -> np.ndarray:
         """The user's interest vectors ``float32 [K, dim]`` (``K = 1`` for a one-vector tower)."""
