@@ -45,7 +45,8 @@ from coarserank.distill.tensors import TensorTable
 from coarserank.distill.train import Callback, EpochInfo, FitResult, FitSettings, fit
 from coarserank.errors import ConfigError, DataError, SchemaError
 
-__all__ = ["PairView", "RecallFields", "check_recall_inputs", "recall_loss_fn", "fit_recall", "teacher_candidate_logits"]
+__all__ = ["PairView", "RecallFields", "check_recall_inputs", "recall_loss_fn", "fit_recall",
+           "teacher_candidate_logits"]
 
 LossFn = Callable[[nn.Module, TensorTable], torch.Tensor]
 

@@ -69,8 +69,8 @@ from coarserank.serving.ranker import (
     onnx_session,
 )
 
-__all__ = ["run_stage", "rebuild_index", "bench_requests", "bench_run", "user_sample", "run_identifier", "FILES",
-           "PARITY_ROWS"]
+__all__ = ["run_stage", "enforce_checks", "rebuild_index", "bench_requests", "bench_run", "user_sample",
+           "run_identifier", "FILES", "PARITY_ROWS"]
 
 FILES = {"user_tower": "user_tower.onnx", "item_tower": "item_tower.onnx", "teacher": "teacher.onnx",
          "catalogue": "items.parquet", "kv": "items.kv", "index": "items.faiss",
@@ -123,7 +123,9 @@ def _faiss_vs_kv(index: ItemIndex, store: FileKVStore, users: np.ndarray) -> flo
     return float(np.max(np.abs(ip[valid] - kv_ip))) if kv_ip.size else 0.0
 
 
-def _enforce(checks: dict[str, Any], limit: float, exact_faiss: bool) -> None:
+def enforce_checks(checks: dict[str, Any], limit: float, exact_faiss: bool, what: str = "export") -> None:
+    """Raise :class:`ArtifactError` naming every check above ``limit`` (``faiss_vs_kv`` only when the
+    index returns exact inner products)."""
     worst = {f"onnx_vs_torch.{k}": v for k, v in checks["onnx_vs_torch"].items()}
     worst["score_path"] = checks["score_path"]
     if exact_faiss:
@@ -131,7 +133,7 @@ def _enforce(checks: dict[str, Any], limit: float, exact_faiss: bool) -> None:
     bad = {k: v for k, v in worst.items() if not v <= limit}
     if bad:
         shown = ", ".join(f"{k} = {v:.3g}" for k, v in bad.items())
-        raise ArtifactError(f"export check failed: {shown} exceeds the tolerance {limit:.3g} "
+        raise ArtifactError(f"{what} check failed: {shown} exceeds the tolerance {limit:.3g} "
                             "(serving.parity_tolerance); the exported path does not reproduce PyTorch")
 
 
@@ -195,7 +197,7 @@ def run_stage(ctx: Any, models: dict[str, Any]) -> None:
             "files": {**FILES, "index_sidecar": written[1].name}}
     meta_path = atomic_write_text(run.file(SERVING_FILE), json.dumps(meta, indent=2))
     run.record("export", *(path[k] for k in FILES), written[1], meta_path)
-    _enforce(checks, limit, exact_faiss=index.kind != "ivfpq")
+    enforce_checks(checks, limit, exact_faiss=index.kind != "ivfpq")
     run.finish("export", items=int(ids.size), index=index.kind, recall_at_100=facts["recall@100"])
 
 

@@ -10,8 +10,9 @@ Files (each hashed into ``manifest.json`` under the ``recall`` stage):
 - ``recall_items.faiss`` + sidecar: the inner-product index over those vectors (``serving.index_kind``),
   tuned to ``serving.recall_target`` on the user tower's interest vectors (every interest is a query);
 - ``recall_queries.npy``: those query vectors ``[n, dim]``;
-- ``recall.json``: ``run_id`` (the run's, as every artifact carries), ``dim``, ``interests``, ``model_hash``, the files, and the score rule (the maximum over
-  interests of ``<u_k, v>``; recall merges one Faiss search per interest by that score).
+- ``recall.json``: ``run_id`` (the run's, as every artifact carries), ``dim``, ``interests``,
+  ``model_hash``, the files, and the score rule (the maximum over interests of ``<u_k, v>``; recall
+  merges one Faiss search per interest by that score).
 
 Checks (``checks.recall`` in ``manifest.json``, enforced against ``serving.parity_tolerance``):
 ``onnx_vs_torch`` per tower on up to 2,000 test rows; ``score_path``: max |max_k <ONNX u_k, KV v> -
@@ -30,8 +31,7 @@ import torch
 from torch import nn
 
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.errors import ArtifactError
-from coarserank.pipeline.export_stage import PARITY_ROWS, run_identifier, user_sample
+from coarserank.pipeline.export_stage import PARITY_ROWS, enforce_checks, run_identifier, user_sample
 from coarserank.serving.catalogue import build_catalogue, catalogue_ids, encode_items
 from coarserank.serving.faiss_index import ItemIndex, evaluate, search_interests
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
@@ -126,20 +126,13 @@ def export_recall(ctx: Any, model: nn.Module, stage: str) -> dict[str, Any]:
     limit = serving.parity_tolerance + (2.0 ** -11 if serving.kv_dtype == "float16" else 0.0)
     checks["tolerance"] = limit
     run.set_check(stage, checks)
-    meta = {"format": 1, "run_id": run_id, "model_hash": model_hash, "dim": int(stored.shape[1]), "interests": interests,
-            "items": int(ids.size), "kv_dtype": serving.kv_dtype,
+    meta = {"format": 1, "run_id": run_id, "model_hash": model_hash, "dim": int(stored.shape[1]),
+            "interests": interests, "items": int(ids.size), "kv_dtype": serving.kv_dtype,
             "score": "max over interests k of dot(user_vector_k, item_vector); recall merges one search per "
                      "interest by it", "files": {**RECALL_FILES, "index_sidecar": written[1].name}}
     meta_path = atomic_write_text(run.file(RECALL_META), json.dumps(meta, indent=2))
     run.record(stage, *(path[k] for k in RECALL_FILES), written[1], meta_path)
-    worst = {**{f"onnx_vs_torch.{k}": v for k, v in parity.items()}, "score_path": score_path}
-    if index.kind != "ivfpq":
-        worst["faiss_vs_kv"] = checks["faiss_vs_kv"]
-    bad = {k: v for k, v in worst.items() if not v <= limit}
-    if bad:
-        shown = ", ".join(f"{k} = {v:.3g}" for k, v in bad.items())
-        raise ArtifactError(f"recall export check failed: {shown} exceeds the tolerance {limit:.3g} "
-                            "(serving.parity_tolerance); the exported recall path does not reproduce PyTorch")
+    enforce_checks(checks, limit, exact_faiss=index.kind != "ivfpq", what="recall export")
     ctx.progress(f"recall: {index.kind} index over {index.count:,} items, recall@100 {facts['recall@100']:.3f} "
                  f"on {queries.shape[0]:,} interest vectors")
     return {"interests": interests, "items": int(ids.size), "index": index.kind,
