@@ -37,6 +37,12 @@ __all__ = [
     "ModelTrainingConfig",
     "TeacherConfig",
     "StudentConfig",
+    "SenetOptions",
+    "ShortcutOptions",
+    "ParallelOptions",
+    "DatOptions",
+    "ColdStudentOptions",
+    "TOWER_FAMILIES",
     "DistillConfig",
     "GbdtConfig",
     "ServingConfig",
@@ -177,11 +183,74 @@ class TeacherConfig(ModelTrainingConfig):
     cross_layers: int = 3
 
 
+# -- student families ([student.<family>] sub-tables; checked by _check_student) -----------------
+
+StudentFamily = Literal["two_tower", "senet", "shortcut", "parallel", "dat", "cold"]
+TOWER_FAMILIES: tuple[str, ...] = ("two_tower", "senet", "shortcut", "parallel", "dat")
+
+
+@dataclass(frozen=True)
+class SenetOptions:
+    """SENet towers: a squeeze-excitation gate over each tower's field embeddings; the bottleneck of
+    the excitation MLP is ``ceil(fields / reduction)`` wide."""
+
+    reduction: int = 2
+
+
+@dataclass(frozen=True)
+class ShortcutOptions:
+    """Shortcut towers: ``user_fields`` / ``item_fields`` name raw field embeddings that skip the MLP
+    and join the final vector through a linear map; a side with no names takes its ``top`` fields by
+    SE gate weight (per request) instead."""
+
+    user_fields: tuple[str, ...] = ()
+    item_fields: tuple[str, ...] = ()
+    top: int = 2
+
+
+@dataclass(frozen=True)
+class ParallelOptions:
+    """Parallel towers: one vector per channel and side (``mlp``, DCN-v2 ``cross``, FM-style ``fm``),
+    combined with learnable per-channel weights; ``fusion = "attention"`` adds softmax channel
+    weights computed per request from the user's channel vectors."""
+
+    channels: tuple[str, ...] = ("mlp", "cross", "fm")
+    cross_layers: int = 2
+    fusion: Literal["none", "attention"] = "none"
+
+
+@dataclass(frozen=True)
+class DatOptions:
+    """Dual augmented towers: an augmentation vector per user id and per item id feeds each tower;
+    ``mimic_weight`` weighs the mimic loss that pulls them toward the other tower's output on positive
+    rows. ``user_field`` / ``item_field`` name the categorical id features the vectors are keyed by."""
+
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    mimic_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class ColdStudentOptions:
+    """The COLD student: a small DNN with an SE gate over the named ``features`` (any side, crosses
+    included), served by scoring candidate rows."""
+
+    features: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class StudentConfig(ModelTrainingConfig):
-    """Two-tower student: user tower (user + context fields), item tower (item fields) of ``dim``."""
+    """The student: ``family`` picks the architecture (options in ``[student.<family>]``); the tower
+    families have a user tower (user + context fields) and an item tower (item fields) scored by one
+    inner product; ``dim`` is each tower's vector size (parallel: per channel)."""
 
     dim: int = 64
+    family: StudentFamily = "two_tower"
+    senet: SenetOptions = field(default_factory=SenetOptions)
+    shortcut: ShortcutOptions = field(default_factory=ShortcutOptions)
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)
+    dat: DatOptions = field(default_factory=DatOptions)
+    cold: ColdStudentOptions = field(default_factory=ColdStudentOptions)
 
 
 @dataclass(frozen=True)
@@ -419,7 +488,9 @@ def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
     if origin_tp is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+            near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, got {value!r}{hint}")
         return value
     if origin_tp is tuple:
         item_tp = typing.get_args(tp)[0]
@@ -484,6 +555,59 @@ def _check_entire_space(t: DistillConfig, d: DataConfig) -> None:
                           "run (data.streaming = true) needs distill.sampled = 0")
 
 
+def _nearest(name: str, names: list[str]) -> str:
+    near = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {near[0]!r}?" if near else f"choose from {', '.join(names) or 'none'}"
+
+
+def _check_student(s: StudentConfig, d: DataConfig) -> None:
+    """Student-family settings that no training could make right (each a one-line error)."""
+    sides = {f.name: f.side for f in d.features}
+    kinds = {f.name: f.kind for f in d.features}
+    user = [n for n, side in sides.items() if side in ("user", "context")]
+    item = [n for n, side in sides.items() if side == "item"]
+    if s.family in ("senet", "shortcut") and s.senet.reduction < 1:
+        raise ConfigError(f"student.senet.reduction must be >= 1, got {s.senet.reduction}")
+    if s.family == "shortcut":
+        for key, allowed, label in (("user_fields", user, "user and context"), ("item_fields", item, "item")):
+            for name in getattr(s.shortcut, key):
+                if name not in allowed:
+                    where = f"is on the {sides[name]} side" if name in sides else "is not a declared feature"
+                    raise ConfigError(f"student.shortcut.{key}: {name!r} {where}; that tower reads {label} "
+                                      f"features: {', '.join(allowed)}")
+        if (not s.shortcut.user_fields or not s.shortcut.item_fields) and s.shortcut.top < 1:
+            raise ConfigError("student.shortcut.top must be >= 1 for a side without user_fields/item_fields, "
+                              f"got {s.shortcut.top}")
+    if s.family == "parallel":
+        p = s.parallel
+        bad = [c for c in p.channels if c not in ("mlp", "cross", "fm")]
+        if bad or not p.channels or len(set(p.channels)) != len(p.channels):
+            hint = f"; {_nearest(bad[0], ['mlp', 'cross', 'fm'])}" if bad else ""
+            raise ConfigError(f"student.parallel.channels must list distinct channels of 'mlp', 'cross', 'fm', "
+                              f"got {list(p.channels)}{hint}")
+        if p.cross_layers < 1:
+            raise ConfigError(f"student.parallel.cross_layers must be >= 1, got {p.cross_layers}")
+    if s.family == "dat":
+        for key, allowed, col in (("user_field", user, d.user_col), ("item_field", item, d.item_col)):
+            name = getattr(s.dat, key)
+            if name not in allowed or kinds[name] != "categorical":
+                raise ConfigError(f"student.family = \"dat\" keys augmentation vectors by id, but "
+                                  f"student.dat.{key} = {name!r} is not a declared {key.split('_')[0]}-side "
+                                  f"categorical feature (id column {col!r}); declare the id in "
+                                  "[[data.features]] or set student.dat." + key)
+        if s.dat.mimic_weight < 0:
+            raise ConfigError(f"student.dat.mimic_weight must be >= 0, got {s.dat.mimic_weight}")
+    if s.family == "cold":
+        declared = [*sides, *(c.name for c in d.crosses), *(h.name for h in d.history_crosses)]
+        if not s.cold.features:
+            raise ConfigError("student.family = \"cold\" needs a feature set: list the fields in "
+                              "student.cold.features (`distill sweep --write-config` writes a chosen one)")
+        for name in s.cold.features:
+            if name not in declared:
+                raise ConfigError(f"student.cold.features: {name!r} is not a declared feature or cross; "
+                                  + _nearest(name, declared))
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     d = cfg.data
@@ -542,6 +666,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.distill.temperature <= 0:
         raise ConfigError(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
     _check_entire_space(cfg.distill, d)
+    _check_student(cfg.student, d)
     if cfg.synthetic.rows < 100:
         raise ConfigError(f"synthetic.rows must be >= 100, got {cfg.synthetic.rows}")
     for section in (cfg.teacher, cfg.student):
@@ -582,11 +707,15 @@ def dump_config(cfg: RunConfig) -> str:
     """TOML text of the resolved configuration; loading it back gives an equal :class:`RunConfig`."""
     lines: list[str] = []
     for section, body in config_to_dict(cfg).items():
-        scalars = {k: v for k, v in body.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
-        tables = {k: v for k, v in body.items() if k not in scalars}
+        scalars = {k: v for k, v in body.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))
+                   and not isinstance(v, dict)}
+        tables = {k: v for k, v in body.items() if k not in scalars and not isinstance(v, dict)}
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
         lines.append("")
+        for name, sub in body.items():  # sub-tables such as [student.senet]
+            if isinstance(sub, dict):
+                lines += [f"[{section}.{name}]", *(f"{k} = {_toml_value(v)}" for k, v in sub.items()), ""]
         for name, items in tables.items():
             for item in items:
                 lines.append(f"[[{section}.{name}]]")
