@@ -569,10 +569,12 @@ def _check_student(s: StudentConfig, d: DataConfig) -> None:
     if s.family in ("senet", "shortcut") and s.senet.reduction < 1:
         raise ConfigError(f"student.senet.reduction must be >= 1, got {s.senet.reduction}")
     if s.family == "shortcut":
+        crosses = {c.name for c in d.crosses} | {h.name for h in d.history_crosses}
         for key, allowed, label in (("user_fields", user, "user and context"), ("item_fields", item, "item")):
             for name in getattr(s.shortcut, key):
                 if name not in allowed:
-                    where = f"is on the {sides[name]} side" if name in sides else "is not a declared feature"
+                    where = (f"is on the {sides[name]} side" if name in sides else "is a teacher-only cross"
+                             if name in crosses else "is not a declared feature")
                     raise ConfigError(f"student.shortcut.{key}: {name!r} {where}; that tower reads {label} "
                                       f"features: {', '.join(allowed)}")
         if (not s.shortcut.user_fields or not s.shortcut.item_fields) and s.shortcut.top < 1:
