@@ -490,7 +490,8 @@ def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
         if value not in allowed:
             near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, got {value!r}{hint}")
+            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, "
+                              f"got {value!r}{hint}")
         return value
     if origin_tp is tuple:
         item_tp = typing.get_args(tp)[0]

@@ -116,9 +116,9 @@ def test_distill_bench_times_the_cold_student_beside_the_teacher(run_dir: Path, 
 
 def test_a_cold_run_has_no_item_vectors_to_recall_index_or_store(run_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ids.txt").write_text("1\n")
-    for args in (("recall", "--run", str(run_dir), "--user", json.dumps(USER)), ("index", "--run", str(run_dir)),
-                 ("rank", "--run", str(run_dir), "--user", json.dumps(USER), "--candidates", str(tmp_path / "ids.txt"),
-                  "--store", str(tmp_path / "x.kv"))):
+    user, ids = json.dumps(USER), str(tmp_path / "ids.txt")
+    for args in (("recall", "--run", str(run_dir), "--user", user), ("index", "--run", str(run_dir)),
+                 ("rank", "--run", str(run_dir), "--user", user, "--candidates", ids, "--store", str(tmp_path / "x"))):
         code, _, err = _invoke(*args)
         assert code == 1 and "COLD student" in err and "Traceback" not in err, args
 

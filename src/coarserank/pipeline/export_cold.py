@@ -29,7 +29,13 @@ from coarserank.atomic import atomic_write_text, atomic_write_with
 from coarserank.data.prepare import base_rate
 from coarserank.errors import ArtifactError
 from coarserank.pipeline.export_stage import PARITY_ROWS, _sample, run_identifier, user_sample
-from coarserank.serving.catalogue import build_catalogue, catalogue_ids, teacher_frame, user_columns, write_catalogue
+from coarserank.serving.catalogue import (
+    build_catalogue,
+    catalogue_ids,
+    teacher_frame,
+    user_columns,
+    write_catalogue,
+)
 from coarserank.serving.cold_ranker import HISTORY_FILE, ColdRanker, HistoryLookup, history_columns
 from coarserank.serving.onnx_contract import history_contract
 from coarserank.serving.onnx_export import export_model, export_teacher, onnx_parity
