@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, mean_ci  # noqa: E402
+from common import machine, mean_ci, run_all  # noqa: E402
 
 from coarserank.cold.cost import count_params  # noqa: E402
 from coarserank.config import ColdStudentOptions, RunConfig, StudentConfig, load_config  # noqa: E402
@@ -248,15 +248,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    results = Path(args.out) / "results.jsonl"
-    rows: list[dict[str, Any]] = []
-    for dataset in args.datasets:
-        for seed in args.seeds:
-            new = run_seed(dataset, seed, args)
-            rows += new
-            with results.open("a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in new)
+    rows = run_all(args.datasets, args.seeds, lambda dataset, seed: run_seed(dataset, seed, args), args.out)
     print(f"\n### `{' '.join(sys.argv)}`\n\nMachine: {machine()}")
     for dataset in args.datasets:
         print("\n".join(_table(rows, dataset, args.families)))

@@ -27,16 +27,15 @@ Example
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from coarserank.data.schema import Schema
 from coarserank.errors import ConfigError
-from coarserank.layers import MLP, FeatureEmbedding, SEGate
+from coarserank.layers import MLP, EmbeddedFields, FeatureEmbedding, SEGate
 
 __all__ = ["ColdModel", "build_cold_model"]
 
 
-class ColdModel(nn.Module):
+class ColdModel(EmbeddedFields):
     """logit = MLP(flatten(gate * embeddings)); reads exactly the fields of its embedding's schema.
 
     Parameters
@@ -54,11 +53,6 @@ class ColdModel(nn.Module):
         self.embedding = embedding
         self.gate = gate
         self.mlp = mlp
-
-    @property
-    def schema(self) -> Schema:
-        """The fields this model reads, in input order."""
-        return self.embedding.schema
 
     def forward_with_gates(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B]`` and the SE gate weights ``[B, F]`` (fields in schema order)."""

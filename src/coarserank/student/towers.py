@@ -25,8 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coarserank.data.schema import Schema
-from coarserank.layers import MLP, CrossNetwork, FeatureEmbedding, FieldExcitation
+from coarserank.layers import MLP, CrossNetwork, EmbeddedFields, FeatureEmbedding, FieldExcitation
 
 __all__ = ["SENetTower", "ShortcutTower", "ParallelTower", "DATTower", "CHANNELS"]
 
@@ -38,7 +37,7 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=1e-8)
 
 
-class SENetTower(nn.Module):
+class SENetTower(EmbeddedFields):
     """Embeddings ``e [B, F, d]`` -> ``e * SE(e)`` -> MLP -> L2-normalised vector ``[B, dim]``."""
 
     def __init__(self, embedding: FeatureEmbedding, gate: FieldExcitation, mlp: MLP) -> None:
@@ -46,10 +45,6 @@ class SENetTower(nn.Module):
         self.embedding = embedding
         self.gate = gate
         self.mlp = mlp
-
-    @property
-    def schema(self) -> Schema:
-        return self.embedding.schema
 
     def gates(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The SE weights ``[B, F]`` (fields in schema order): the importance signal the run reports."""
@@ -60,7 +55,7 @@ class SENetTower(nn.Module):
         return unit(self.mlp((e * self.gate(e).unsqueeze(-1)).flatten(1)))
 
 
-class ShortcutTower(nn.Module):
+class ShortcutTower(EmbeddedFields):
     """``unit(MLP(x) + W s)``: ``s`` holds the shortcut fields' embeddings, ``W`` maps them to ``dim``.
 
     With ``fields`` (positions in the schema) the shortcut is those raw embeddings and ``x`` the
@@ -78,10 +73,6 @@ class ShortcutTower(nn.Module):
         self.fields = list(fields)
         self.gate = gate
         self.top = top
-
-    @property
-    def schema(self) -> Schema:
-        return self.embedding.schema
 
     def gates(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The SE weights ``[B, F]`` (top-k shortcut only)."""
@@ -141,7 +132,7 @@ def channel(name: str, n_fields: int, embed_dim: int, hidden: tuple[int, ...], d
     raise ValueError(f"unknown channel {name!r}; expected one of {', '.join(CHANNELS)}")
 
 
-class ParallelTower(nn.Module):
+class ParallelTower(EmbeddedFields):
     """One shared embedding, several channels; the output concatenates the scaled channel vectors.
 
     ``weighted`` (the user side) scales channel ``c`` by the learnable ``weights[c]`` and, with
@@ -156,10 +147,6 @@ class ParallelTower(nn.Module):
         self.channels = nn.ModuleDict(channels)
         self.weights = nn.Parameter(torch.ones(len(channels))) if weighted else None
         self.attention = attention
-
-    @property
-    def schema(self) -> Schema:
-        return self.embedding.schema
 
     def channel_vectors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each channel's vector ``[B, D_c]``, in channel order, before scaling."""
@@ -183,7 +170,7 @@ class ParallelTower(nn.Module):
         return torch.cat([scale[:, c:c + 1] * v for c, v in enumerate(vectors)], dim=-1)
 
 
-class DATTower(nn.Module):
+class DATTower(EmbeddedFields):
     """``unit(MLP([flatten(e), a_id]))``: the row's augmentation vector ``a_id`` joins the bottom."""
 
     def __init__(self, embedding: FeatureEmbedding, augment: nn.Embedding, id_field: str, mlp: MLP) -> None:
@@ -192,10 +179,6 @@ class DATTower(nn.Module):
         self.augment = augment
         self.id_field = id_field
         self.mlp = mlp
-
-    @property
-    def schema(self) -> Schema:
-        return self.embedding.schema
 
     def augmentation(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The augmentation vectors ``[B, dim]`` of the rows' ids."""

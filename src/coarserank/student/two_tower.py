@@ -10,13 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coarserank.data.schema import Schema
-from coarserank.layers import MLP, FeatureEmbedding
+from coarserank.layers import MLP, EmbeddedFields, FeatureEmbedding
 
 __all__ = ["Tower", "TwoTower"]
 
 
-class Tower(nn.Module):
+class Tower(EmbeddedFields):
     """Fields of one side -> embeddings -> MLP -> L2-normalised vector ``[B, dim]``.
 
     Each tower is callable and exportable alone; it reads only the fields of its own schema.
@@ -26,10 +25,6 @@ class Tower(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.mlp = mlp
-
-    @property
-    def schema(self) -> Schema:
-        return self.embedding.schema
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.normalize(self.mlp(self.embedding(inputs).flatten(1)), dim=-1, eps=1e-8)
