@@ -128,3 +128,9 @@ def test_the_report_scores_the_cold_student_on_sampled_candidate_rows(run_dir: P
     sampled = scores.filter(~pl.col("exposed"))
     assert sampled.height > 0 and sampled["student"].is_not_null().all()
     assert sampled["student"].n_unique() > 1
+
+
+def test_distill_describe_lists_the_cold_scorer_and_the_teacher(run_dir: Path) -> None:
+    code, out, err = _invoke("describe", "--run", str(run_dir))
+    assert code == 0, err
+    assert "student.onnx: cold model, output logit" in out and "teacher.onnx: teacher model" in out
