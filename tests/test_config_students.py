@@ -104,3 +104,10 @@ def test_an_unknown_parallel_channel_names_the_nearest():
 def test_options_of_a_family_not_chosen_are_not_checked():
     cfg = load_config(overrides=['student.shortcut.user_fields=["topic"]'])
     assert cfg.student.family == "two_tower"
+
+
+def test_a_family_option_out_of_range_names_the_key_the_rule_and_the_layer():
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=["student.senet.reduction=0"])
+    assert "student.senet.reduction must be an integer >= 1, got 0 (set by --set student.senet.reduction=0)" \
+        in _one_line(exc)

@@ -225,12 +225,13 @@ def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
         facts = evaluate(index, ids, vectors, queries, target=cfg.serving.recall_target)
         check = _faiss_vs_kv(index, store, queries)
     run_id = json.loads(run.verified_path(SERVING_FILE).read_text()).get("run_id")
-    written = index.save(run.file(FILES["index"]), {**facts, **({"run_id": run_id} if run_id else {})})
-    run.record("export", *written)
-    checks = dict(run.manifest["checks"].get("export", {}))
-    checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])
-    run.manifest["stages"]["export"].update(index=index.kind, recall_at_100=facts["recall@100"])
-    run.set_check("export", checks)
+    with run.publishing():  # a reader loads the old index with the old manifest, or the new with the new
+        written = index.save(run.file(FILES["index"]), {**facts, **({"run_id": run_id} if run_id else {})})
+        run.record("export", *written)
+        checks = dict(run.manifest["checks"].get("export", {}))
+        checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])
+        run.manifest["stages"]["export"].update(index=index.kind, recall_at_100=facts["recall@100"])
+        run.set_check("export", checks)
     return {"kind": index.kind, "items": index.count, "build": index.build_params, **facts}
 
 

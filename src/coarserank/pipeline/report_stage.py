@@ -215,7 +215,8 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
     sets = candidate_sets(ctx, oracle)
     scores, segments = _with_segments(_scores(ctx, models, sets, oracle), sets, ctx.frame)
     has_oracle = "oracle" in scores.columns
-    notes = []
+    notes = [f"label metrics cover the labelled test exposures of the report's {sets.users.height} users "
+             "(each item once); metrics.json scores every test row, so its figures differ"]
     if sets.repeated:
         notes.append(f"{sets.repeated} repeated test exposure(s) of an item to the same user are left out: "
                      "a candidate set holds each item once (its first exposure)")

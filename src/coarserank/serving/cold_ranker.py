@@ -38,16 +38,8 @@ from coarserank.serving.catalogue import catalogue_ids, read_catalogue
 from coarserank.serving.kv import as_query_ids
 from coarserank.serving.onnx_export import read_metadata
 from coarserank.serving.onnx_inputs import feeds_from_frame, input_specs
-from coarserank.serving.ranker import (
-    SERVING_FILE,
-    CoarseRanker,
-    Ranker,
-    RankResult,
-    RunFiles,
-    UserFeeds,
-    onnx_session,
-    top_positions,
-)
+from coarserank.serving.ranker import CoarseRanker, Ranker, RankResult, UserFeeds, onnx_session, top_positions
+from coarserank.serving.run_files import SERVING_FILE, RunFiles
 
 __all__ = ["ColdRanker", "HistoryLookup", "HISTORY_FILE", "history_columns", "open_ranker"]
 
@@ -159,22 +151,22 @@ class ColdRanker:
         """Load from a finished run of a COLD student: ``serving.json``, ``student.onnx``,
         ``items.parquet`` and ``history.parquet`` (when its fields hold history crosses), each verified."""
         files = RunFiles(run_dir)
-        meta = files.json(SERVING_FILE)
-        if meta.get("family") != "cold":
-            raise ArtifactError(f"run {files.path} serves a {meta.get('family', 'two_tower')} student; "
-                                "use CoarseRanker (towers: user vector x KV item vectors)")
-        cfg = load_config(files.verified("config.toml"))
-        encoder = Encoder.from_json(cfg.data, files.json("encoder.json"))
-        path = files.verified(meta["files"]["student"])
-        fields = read_metadata(path)["fields"].split(",")
-        catalogue = read_catalogue(files.verified(meta["files"]["catalogue"]), cfg.data)
-        names = [s.name for s in input_specs(encoder, "cold", fields) if s.kind == "history"]
-        history: dict[str, HistoryLookup] = {}
-        if names:
-            frame = pl.read_parquet(files.verified(meta["files"]["history"]))
-            history = {n: HistoryLookup.build(cfg.data, n, frame, catalogue, float(meta["history_base_rate"]))
-                       for n in names}
-        return cls(onnx_session(path, threads=threads), encoder, catalogue, fields, history, files)
+        with files.reading():
+            meta = files.json(SERVING_FILE)
+            if meta.get("family") != "cold":
+                raise ArtifactError(f"run {files.path} serves a {meta.get('family', 'two_tower')} student; "
+                                    "use CoarseRanker (towers: user vector x KV item vectors)")
+            cfg = load_config(files.verified("config.toml"))
+            encoder = Encoder.from_json(cfg.data, files.json("encoder.json"))
+            path = files.verified(meta["files"]["student"])
+            session = onnx_session(path, threads=threads)
+            fields = read_metadata(path)["fields"].split(",")
+            catalogue = read_catalogue(files.verified(meta["files"]["catalogue"]), cfg.data)
+            names = [s.name for s in input_specs(encoder, "cold", fields) if s.kind == "history"]
+            frame = pl.read_parquet(files.verified(meta["files"]["history"])) if names else None
+        history = {n: HistoryLookup.build(cfg.data, n, frame, catalogue, float(meta["history_base_rate"]))
+                   for n in names} if frame is not None else {}
+        return cls(session, encoder, catalogue, fields, history, files)
 
     def rows(self, candidate_ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(catalogue rows, kept)``: the catalogue position of each known candidate and the mask of
@@ -215,9 +207,10 @@ class ColdRanker:
         return RankResult(ids[found][best], scores[best], int((~found).sum()))
 
 
-def open_ranker(run_dir: Path | str, *, store: str | None = None, threads: int = 1) -> Ranker:
+def open_ranker(run_dir: Path | str, *, store: str | None = None, namespace: str | None = None,
+                threads: int = 1) -> Ranker:
     """The ranker a finished run serves: :class:`ColdRanker` for a COLD student, else
-    :class:`~coarserank.serving.ranker.CoarseRanker` (``store`` replaces its KV store).
+    :class:`~coarserank.serving.ranker.CoarseRanker` (``store`` and ``namespace`` select its KV store).
 
     Raises
     ------
@@ -230,4 +223,4 @@ def open_ranker(run_dir: Path | str, *, store: str | None = None, threads: int =
             raise ArtifactError(f"run {run_dir} serves a COLD student, which scores candidate rows and has no "
                                 "item vectors; --store does not apply")
         return ColdRanker.from_run(run_dir, threads=threads)
-    return CoarseRanker.from_run(run_dir, store=store, threads=threads)
+    return CoarseRanker.from_run(run_dir, store=store, namespace=namespace, threads=threads)

@@ -26,27 +26,23 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from coarserank.config import load_config
 from coarserank.data.encode import Encoder
-from coarserank.checksums import MANIFEST, verified_file
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
-from coarserank.serving.kv import KVStore, as_query_ids, open_store
+from coarserank.serving.kv import KVStore, as_query_ids, open_store, redact_uri
 from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, UNPARSED_INT64, input_specs
+from coarserank.serving.run_files import SERVING_FILE, RunFiles
 from coarserank.serving.timing import machine, measure
 
 __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
            "TeacherScorer", "BenchRequest", "Ranker", "top_positions",
            "onnx_session", "bench_latency", "SERVING_FILE"]
-
-SERVING_FILE: Final[str] = "serving.json"
-
 
 @dataclass(frozen=True)
 class RankResult:
@@ -139,34 +135,8 @@ def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
         raise ArtifactError(f"ONNX model {path} cannot be loaded: {str(exc).splitlines()[0]}") from exc
 
 
-class RunFiles:
-    """Files of a finished run, each checked against its sha256 in ``manifest.json`` before use.
-
-    (The same rule as ``pipeline.rundir.RunDir.verified_path``: ``coarserank.checksums``.)
-    """
-
-    def __init__(self, run_dir: Path | str, *, require: str = "export") -> None:
-        self.path = Path(run_dir)
-        try:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.path} is not a coarserank run directory (no readable {MANIFEST}); "
-                                "create one with `distill run --out DIR`") from exc
-        status = self.manifest.get("stages", {}).get(require, {}).get("status")
-        if status != "done":
-            raise ArtifactError(f"run {self.path}: stage {require!r} is {status or 'missing'}; the serving "
-                                "artifacts come from it (`distill run` resumes the run)")
-
-    def verified(self, rel: str) -> Path:
-        """``run_dir/rel`` after checking it against the manifest."""
-        return verified_file(self.path, self.manifest, rel)
-
-    def json(self, rel: str) -> dict[str, Any]:
-        return json.loads(self.verified(rel).read_text())
-
-    def encoder(self) -> Encoder:
-        cfg = load_config(self.verified("config.toml"))
-        return Encoder.from_json(cfg.data, self.json("encoder.json"))
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -220,6 +190,9 @@ class UserFeeds:
                 return np.array([MISSING_INT64], dtype=np.int64)
             if not number or (isinstance(v, (float, np.floating)) and not float(v).is_integer()):
                 raise self._wrong(spec, "an int64 id (a JSON integer)", v)
+            if not _INT64_MIN <= int(v) <= _INT64_MAX:
+                raise ServingError(f"feature {spec.name!r} is {v}, beyond the int64 range of ids "
+                                   f"[{_INT64_MIN}, {_INT64_MAX}]")
             return np.array([int(v)], dtype=np.int64)
         if spec.dtype == "float32":
             if v is None:
@@ -227,6 +200,9 @@ class UserFeeds:
             if not number:
                 raise self._wrong(spec, "a number", v)
             x = float(v)
+            if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
+                raise ServingError(f"feature {spec.name!r} is {v!r}, beyond the float32 range of model inputs "
+                                   f"(|x| <= {_FLOAT32_MAX:.4g})")
             if spec.kind == "bucketed" and math.isnan(x):  # as the reference: NaN sorts above every boundary
                 x = math.inf
             return np.array([x], dtype=np.float32)
@@ -298,9 +274,12 @@ class CoarseRanker:
         self._index: ItemIndex | None = None
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, *, store: str | None = None, threads: int = 1) -> CoarseRanker:
+    def from_run(cls, run_dir: Path | str, *, store: str | None = None, namespace: str | None = None,
+                 threads: int = 1) -> CoarseRanker:
         """Load from a finished run: ``serving.json``, ``user_tower.onnx`` and ``items.kv`` (or the KV
-        store at ``store``, a path or ``redis://`` URL), each verified.
+        store at ``store``, a path or ``redis://`` URL, under ``namespace`` for Redis), each verified.
+        The store must hold this run's student's vectors, and a Redis store that later publishes
+        another model's is not followed (the last version of this model keeps serving).
 
         Raises
         ------
@@ -308,19 +287,24 @@ class CoarseRanker:
             A missing, modified or mismatched artifact (the message names it).
         """
         files = RunFiles(run_dir)
-        meta = files.json(SERVING_FILE)
-        if meta.get("family") == "cold":
-            raise ArtifactError(f"run {files.path} serves a COLD student: it scores candidate rows and has no user "
-                                "tower, item vectors or Faiss index (`distill rank` and `distill bench` serve it)")
-        encoder = files.encoder()
-        session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
-        kv = open_store(store if store is not None else files.verified(meta["files"]["kv"]),
-                        expected_dim=int(meta["dim"]))
-        if kv.model_hash != meta["model_hash"]:
-            raise ArtifactError(f"KV store {store or meta['files']['kv']} holds vectors of model "
-                                f"{kv.model_hash!r}, but run {files.path} serves model "
-                                f"{meta['model_hash']!r}; publish this run's "
-                                "item vectors first")
+        with files.reading():
+            meta = files.json(SERVING_FILE)
+            if meta.get("family") == "cold":
+                raise ArtifactError(f"run {files.path} serves a COLD student: it scores candidate rows and has no "
+                                    "user tower, item vectors or Faiss index (`distill rank` and `distill bench` "
+                                    "serve it)")
+            encoder = files.encoder()
+            session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
+            kv = open_store(store if store is not None else files.verified(meta["files"]["kv"]),
+                            expected_dim=int(meta["dim"]), namespace=namespace)
+        found = kv.model_hash
+        if found != meta["model_hash"]:
+            shown = redact_uri(store) if store is not None else meta["files"]["kv"]
+            kv.close()
+            raise ArtifactError(f"KV store {shown} holds vectors of model {found!r}, but run {files.path} "
+                                f"serves model {meta['model_hash']!r}; publish this run's item vectors first "
+                                "(`distill publish --run DIR --store URL`)")
+        kv.pin_model(meta["model_hash"])  # a store that follows new versions never switches to another model's
         return cls(session, UserFeeds(encoder), kv, meta["score"]["a"], meta["score"]["b"], files)
 
     def user_vector(self, user: dict[str, Any]) -> np.ndarray:
@@ -352,10 +336,10 @@ class CoarseRanker:
         if self._index is None:
             if self.files is None:
                 raise ArtifactError("this ranker was not loaded from a run directory; it has no Faiss index")
-            meta = self.files.json(SERVING_FILE)
-            rel = meta["files"]["index"]
-            sidecar = self.files.verified(sidecar_path(rel).as_posix())
-            self._index = ItemIndex.load(self.files.verified(rel), sidecar)
+            with self.files.reading():
+                rel = self.files.json(SERVING_FILE)["files"]["index"]
+                sidecar = self.files.verified(sidecar_path(rel).as_posix())
+                self._index = ItemIndex.load(self.files.verified(rel), sidecar)
         return self._index
 
     def recall(self, user: dict[str, Any], k: int = 100) -> RankResult:
