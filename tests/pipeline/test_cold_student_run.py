@@ -21,8 +21,8 @@ from coarserank.cold.sweep import write_chosen_config
 from coarserank.config import load_config
 from coarserank.data.prepare import base_rate
 from coarserank.pipeline.export_cold import COLD_FILES
-from coarserank.pipeline.rundir import sha256_file
 from coarserank.pipeline.run import load_context, run
+from coarserank.pipeline.rundir import sha256_file
 from coarserank.serving.catalogue import read_catalogue, teacher_frame
 
 pytestmark = pytest.mark.slow

@@ -60,7 +60,6 @@ from coarserank.serving.kv_file import FileKVStore, write_kv_file
 from coarserank.serving.onnx_contract import history_contract
 from coarserank.serving.onnx_export import export_item_tower, export_teacher, export_user_tower, onnx_parity
 from coarserank.serving.onnx_inputs import feeds_from_frame
-from coarserank.student import has_towers
 from coarserank.serving.ranker import (
     SERVING_FILE,
     BenchRequest,
@@ -69,6 +68,7 @@ from coarserank.serving.ranker import (
     bench_latency,
     onnx_session,
 )
+from coarserank.student import has_towers
 
 __all__ = ["run_stage", "rebuild_index", "bench_requests", "bench_run", "user_sample", "run_identifier", "FILES",
            "PARITY_ROWS"]
