@@ -70,9 +70,9 @@ def test_distilling_a_dat_student_adds_the_mimic_term_to_the_loss(tiny):
     cfg, data, teacher = tiny
     dat = replace(cfg.student, family="dat")
     without = replace(dat, dat=replace(dat.dat, mimic_weight=0.0))
-    a = distill(teacher, data.train, data.valid, data.schema, dat, DistillConfig(), seed=0)
-    b = distill(teacher, data.train, data.valid, data.schema, without, DistillConfig(), seed=0)
-    c = distill(teacher, data.train, data.valid, data.schema, without, DistillConfig(), seed=0)
+    a = distill(teacher, data.train, data.valid, data.schema, dat, DistillConfig(sampled=0), seed=0)
+    b = distill(teacher, data.train, data.valid, data.schema, without, DistillConfig(sampled=0), seed=0)
+    c = distill(teacher, data.train, data.valid, data.schema, without, DistillConfig(sampled=0), seed=0)
     assert a.history.history[0].train_loss != pytest.approx(b.history.history[0].train_loss, rel=1e-6)
     assert b.history.history[0].train_loss == c.history.history[0].train_loss  # same seed, same run
     assert not torch.equal(a.model.user_tower.augment.weight, b.model.user_tower.augment.weight)
