@@ -25,6 +25,7 @@ from coarserank.config import DistillConfig, StudentConfig, TeacherConfig
 from coarserank.data.dataset import EncodedSplit
 from coarserank.data.pairs import ROW_ITEM, PairEncoder
 from coarserank.data.schema import Schema
+from coarserank.distill.distributed import current
 from coarserank.distill.entire_space import RowPairScorer, entire_space_loss, pair_scorer
 from coarserank.distill.families import with_family_terms
 from coarserank.distill.losses import distill_loss, hard_loss
@@ -36,7 +37,7 @@ from coarserank.errors import ConfigError
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
-__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "distill", "score_split"]
+__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "distill", "score_split", "sampling_generator"]
 
 
 @dataclass
@@ -96,6 +97,12 @@ def score_split(model: nn.Module, split: EncodedSplit | TensorTable, device: tor
     return predict_shared(model, table, torch.device(device))
 
 
+def sampling_generator(seed: int) -> torch.Generator:
+    """The generator of the entire-space draws: each distributed rank draws its own items for its
+    share of the global batch (a shared stream would give every rank the same draws)."""
+    return torch.Generator().manual_seed(seed + 0x5EED + 1_000_003 * current().rank)
+
+
 def distill(teacher: nn.Module | np.ndarray | None, train: EncodedSplit | TensorTable | StreamingTable,
             valid: EncodedSplit | TensorTable, schema: Schema, student_cfg: StudentConfig, distill_cfg: DistillConfig, *,
             train_logits: np.ndarray | None = None, pairs: PairEncoder | None = None, seed: int = 0,
@@ -138,7 +145,7 @@ def distill(teacher: nn.Module | np.ndarray | None, train: EncodedSplit | Tensor
         teacher.to(device)
         sampler = CandidateSampler(distill_cfg.sampler, distill_cfg.sampled, pairs.item_train_rows_,
                                    table.group.numpy(), table.inputs[ROW_ITEM].numpy())
-        generator = torch.Generator().manual_seed(seed + 0x5EED)
+        generator = sampling_generator(seed)
         module: nn.Module = pair_scorer(student)
         loss = entire_space_loss(teacher, pairs, sampler, distill_cfg, generator, stats,
                                  rows=isinstance(module, RowPairScorer))
