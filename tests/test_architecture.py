@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coarserank"
-BASE = {"errors", "config", "config_rules", "threads", "atomic", "checksums", "__init__"}
+BASE = {"errors", "config", "config_models", "config_rules", "threads", "atomic", "checksums", "__init__"}
 
 # subpackage -> coarserank subpackages it may import (besides itself and BASE)
 ALLOWED = {

@@ -23,27 +23,47 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from coarserank.config_models import (
+    TOWER_FAMILIES,
+    ColdStudentOptions,
+    DatOptions,
+    ModelTrainingConfig,
+    ParallelOptions,
+    RecallConfig,
+    SenetOptions,
+    ShortcutOptions,
+    StudentConfig,
+    TeacherConfig,
+    TowerObjective,
+)
 from coarserank.config_rules import check_keys as _check_keys
 from coarserank.config_rules import coerce_tree as _build
 from coarserank.errors import ConfigError
 
 __all__ = [
+    "TOWER_FAMILIES",
     "ColdConfig",
+    "ColdStudentOptions",
     "CrossConfig",
     "DataConfig",
+    "DatOptions",
     "DistillConfig",
     "FeatureConfig",
     "GbdtConfig",
     "HistoryCrossConfig",
     "ModelTrainingConfig",
+    "ParallelOptions",
     "RecallConfig",
     "ReportConfig",
     "RunConfig",
     "RunSection",
+    "SenetOptions",
     "ServingConfig",
+    "ShortcutOptions",
     "StudentConfig",
     "SyntheticConfig",
     "TeacherConfig",
+    "TowerObjective",
     "config_hash",
     "config_to_dict",
     "dump_config",
@@ -152,72 +172,6 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
-class ModelTrainingConfig:
-    """Embedding width, hidden layers and optimiser settings shared by the teacher and the students."""
-
-    embed_dim: int = 16
-    hidden: tuple[int, ...] = (256, 128)
-    dropout: float = 0.0
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    batch_size: int = 2048
-    epochs: int = 8
-    patience: int = 2
-
-
-@dataclass(frozen=True)
-class TeacherConfig(ModelTrainingConfig):
-    """The teacher over every field, crosses included: ``family`` DeepFM (FM + DNN) or DCN-v2 (cross
-    network + DNN). With ``attention``, each behaviour sequence is pooled by DIN-style target
-    attention against the candidate item (``attention_hidden``: the activation unit's widths)."""
-
-    family: Literal["deepfm", "dcn"] = "deepfm"
-    attention: bool = True
-    attention_hidden: tuple[int, ...] = (64, 32)
-    cross_layers: int = 3
-
-
-@dataclass(frozen=True)
-class StudentConfig(ModelTrainingConfig):
-    """Two-tower student: user tower (user + context fields), item tower (item fields) of ``dim``.
-
-    ``objective``: ``pointwise`` (the distillation loss on exposures) or ``sampled_softmax`` (the
-    recall objective of :mod:`coarserank.distill.recall_losses`: each positive exposure against the
-    batch's items plus ``extra_negatives`` uniform catalogue items, cosine / ``softmax_temperature``,
-    ``logq`` correction from training ``counts``, a ``streaming`` estimate or ``none``, and the
-    teacher's softmax over the same candidates weighted by ``softmax_alpha``, computed for up to
-    ``softmax_teacher_rows`` positive rows per batch: each costs one teacher row per candidate)."""
-
-    dim: int = 64
-    objective: Literal["pointwise", "sampled_softmax"] = "pointwise"
-    softmax_temperature: float = 0.05
-    extra_negatives: int = 0
-    logq: Literal["counts", "streaming", "none"] = "counts"
-    softmax_alpha: float = 0.0
-    softmax_teacher_rows: int = 64
-
-
-@dataclass(frozen=True)
-class RecallConfig(StudentConfig):
-    """The recall model trained beside the coarse ranker when ``enabled``: a ``two_tower`` or a
-    ``multi_interest`` user tower (``auto``: multi-interest when the data has a sequence feature) (``interests`` vectors from the behaviour ``sequence`` feature,
-    "" = the first one, by self-attention or capsule ``routing``; trained with label-aware attention
-    of the given ``sharpness``), and retrieval metrics at ``ks`` over up to ``max_users`` test users
-    (0 = all)."""
-
-    enabled: bool = False
-    objective: Literal["pointwise", "sampled_softmax"] = "sampled_softmax"
-    family: Literal["auto", "two_tower", "multi_interest"] = "auto"
-    interests: int = 4
-    extractor: Literal["attention", "routing"] = "attention"
-    sequence: str = ""
-    sharpness: float = 20.0
-    routing_iterations: int = 3
-    ks: tuple[int, ...] = (50, 100, 500)
-    max_users: int = 0
-
-
-@dataclass(frozen=True)
 class DistillConfig:
     """Loss ``(1-alpha)*hard + alpha*T^2*(soft + sampled_weight*sampled) + alpha*rank_weight*rank``.
 
@@ -227,10 +181,10 @@ class DistillConfig:
     ``rank_weight`` adds pairwise ranking distillation of the teacher's top ``rank_top`` per list.
     """
 
-    alpha: float = 0.5
+    alpha: float = 0.8
     temperature: float = 2.0
     soft: Literal["pointwise", "listwise"] = "pointwise"
-    sampled: int = 0
+    sampled: int = 4
     sampler: Literal["uniform", "popularity", "in_batch"] = "popularity"
     sampled_loss: Literal["pointwise", "listwise"] = "listwise"
     sampled_weight: float = 1.0
@@ -401,6 +355,9 @@ def load_config(
         merged = _merge(merged, layer)
         origins.update({f"{section}.{key}": origin for section, body in layer.items() if isinstance(body, dict)
                         for key in body})
+        origins.update({f"{section}.{table}.{key}": origin for section, body in layer.items()  # [student.senet]
+                        if isinstance(body, dict) for table, sub in body.items() if isinstance(sub, dict)
+                        for key in sub})
     cfg = _build(RunConfig, merged, origin="the resolved configuration", prefix="")
     validate(cfg, {k: v for k, v in origins.items() if v != "default.toml"})
     return cfg
@@ -447,11 +404,15 @@ def dump_config(cfg: RunConfig) -> str:
     """TOML text of the resolved configuration; loading it back gives an equal :class:`RunConfig`."""
     lines: list[str] = []
     for section, body in config_to_dict(cfg).items():
-        scalars = {k: v for k, v in body.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
-        tables = {k: v for k, v in body.items() if k not in scalars}
+        scalars = {k: v for k, v in body.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))
+                   and not isinstance(v, dict)}
+        tables = {k: v for k, v in body.items() if k not in scalars and not isinstance(v, dict)}
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
         lines.append("")
+        for name, sub in body.items():  # sub-tables such as [student.senet]
+            if isinstance(sub, dict):
+                lines += [f"[{section}.{name}]", *(f"{k} = {_toml_value(v)}" for k, v in sub.items()), ""]
         for name, items in tables.items():
             for item in items:
                 lines.append(f"[[{section}.{name}]]")

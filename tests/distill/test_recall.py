@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from coarserank.config import RecallConfig, StudentConfig
+from coarserank.config import DatOptions, RecallConfig, StudentConfig
 from coarserank.data.schema import Field, Schema
-from coarserank.distill.recall import PairView, RecallFields, check_recall_inputs, fit_recall, recall_loss_fn
+from coarserank.distill.families import mimic_loss
+from coarserank.distill.recall import PairView, RecallFields, check_recall_inputs, fit_recall
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import FitSettings
 from coarserank.errors import ConfigError, DataError, SchemaError
@@ -71,7 +72,10 @@ def _split(inputs, label, frac: float = 0.8):
         m = np.flatnonzero(user == u)
         rank[m] = np.arange(m.size) / m.size
     train, test = rank < frac, rank >= frac
-    take = lambda m: ({k: v[m] for k, v in inputs.items()}, label[m])  # noqa: E731
+
+    def take(m):
+        return {k: v[m] for k, v in inputs.items()}, label[m]
+
     return take(train), take(test)
 
 
@@ -172,3 +176,30 @@ def test_a_recall_model_without_item_features_is_a_schema_error():
     schema = Schema(tuple(f for f in _schema(False).fields if f.side != "item"))
     with pytest.raises(SchemaError, match="needs an item id or item features"):
         check_recall_inputs(schema, _tiny_table(np.ones(10)), StudentConfig(), FIELDS, "recall")
+
+
+@pytest.mark.parametrize("family", ["senet", "shortcut", "parallel", "dat"])
+def test_sampled_softmax_trains_every_tower_family_to_beat_popularity(rng, family):
+    cfg = StudentConfig(dim=16, embed_dim=8, hidden=(32,), objective="sampled_softmax", softmax_temperature=0.1,
+                        batch_size=256, family=family)
+    assert _gain_over_popularity(rng, cfg, sequence=False) > 0.05  # untrained towers: below popularity
+
+
+def test_the_sampled_softmax_of_a_dat_student_adds_its_mimic_loss(rng):
+    """One full batch, a learning rate too small to move the weights: the epoch losses differ by exactly
+    ``mimic_weight * mimic_loss`` of the untrained model."""
+    inputs, label, _ = _log(rng, 400, sequence=False)
+    table = _table(inputs, label)
+    settings = FitSettings(lr=1e-30, batch_size=len(table), epochs=1, patience=1, seed=0)
+    losses, mimic = {}, None
+    for weight in (0.0, 2.0):
+        cfg = StudentConfig(dim=8, embed_dim=4, hidden=(8,), family="dat", objective="sampled_softmax",
+                            dat=DatOptions(mimic_weight=weight))
+        torch.manual_seed(0)
+        model = build_student(_schema(False), cfg)
+        if mimic is None:
+            mimic = mimic_loss(model.train(), table.inputs, table.label).item()
+        losses[weight] = fit_recall(model, table, table, _schema(False), cfg, FIELDS,
+                                    settings=settings).history[0].train_loss
+    assert mimic > 0
+    assert losses[2.0] - losses[0.0] == pytest.approx(2.0 * mimic, rel=1e-4)

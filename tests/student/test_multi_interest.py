@@ -27,7 +27,7 @@ SCHEMA = Schema((
 
 
 def _cfg(**kw) -> RecallConfig:
-    base = dict(dim=8, embed_dim=4, hidden=(16,), interests=3)
+    base = {"dim": 8, "embed_dim": 4, "hidden": (16,), "interests": 3}
     return RecallConfig(**{**base, **kw})
 
 

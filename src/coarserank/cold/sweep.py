@@ -58,15 +58,15 @@ from coarserank.cold.importance import (
 )
 from coarserank.cold.latency import cold_latency, two_tower_latency
 from coarserank.cold.pareto import check_budget, choose_under_budget, pareto_flags
-from coarserank.cold.se_model import build_cold_model
-from coarserank.config import RunConfig, config_to_dict, dump_config, load_config
+from coarserank.config import ColdStudentOptions, DataConfig, RunConfig, config_to_dict, dump_config, load_config
 from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
 from coarserank.distill.distributed import broadcast_object, current
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
 from coarserank.errors import ArtifactError, ConfigError, DataError
 from coarserank.ranking_eval import auc, gauc, recall_k_in_n
-from coarserank.student import build_student
+from coarserank.student import TwoTower, build_student
+from coarserank.student.cold import build_cold_model
 from coarserank.threads import apply_threads, explain_threads
 
 __all__ = ["FAMILIES", "CandidateSets", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields", "select_top_k",
@@ -215,7 +215,7 @@ def _train(ctx: Any, family: str, fields: Sequence[str], progress: Progress, wha
         settings = FitSettings(c.lr, c.batch_size, c.epochs, c.patience, 0.0, cfg.run.seed, listwise)
         loss = gate_penalty(model, soft_label_loss(cfg.distill), gate_l1)  # type: ignore[arg-type]
     else:
-        s = cfg.student
+        s = replace(cfg.student, family="two_tower")  # two-tower points are plain towers on the chosen fields
         model = build_student(schema, s)
         settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, cfg.run.seed, listwise)
         loss = soft_label_loss(cfg.distill)
@@ -242,7 +242,7 @@ def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: P
     fields = eligible_fields(ctx.schema, family)
     if family == "cold":
         swept, which = se_model, "the SE importance model (COLD, every field)"
-    elif "student" in models:
+    elif "student" in models and isinstance(models["student"], TwoTower):
         swept, which = models["student"], "the run's distilled two-tower student (every user/context/item field)"
     else:
         swept, _ = _train(ctx, "two_tower", fields, progress, "importance two_tower")
@@ -454,18 +454,41 @@ def _point_path(ctx: Any, family: str, k: int) -> Path:
     return ctx.run.path / "sweep" / "points" / f"{family}-k{k}.json"
 
 
-def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str) -> Path:
-    """Write the run's configuration with ``data`` restricted to ``features``, for ``distill run --config``.
+def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str, family: str = "two_tower") -> Path:
+    """Write the run's configuration for the chosen point, for ``distill run --config``.
 
-    Chosen crosses keep the features they are built from; a cross (or history cross) stays when it
-    was chosen or when every feature it needs was chosen. ``run.out`` and ``run.name`` are cleared.
+    ``cold``: the chosen COLD model becomes the run's student (``student.family = "cold"``,
+    ``student.cold.features`` the chosen fields, its sizes and schedule those of ``[cold]``), so the
+    run trains, distils and serves it; the data (and so the teacher) is unchanged.
+
+    ``two_tower``: ``data`` is restricted to ``features``. Chosen crosses keep the features they are
+    built from; a cross (or history cross) stays when it was chosen or when every feature it needs
+    was chosen. ``run.out`` and ``run.name`` are cleared either way.
 
     Raises
     ------
     ConfigError
-        If the chosen features cannot make a run (no user-side or no item-side feature).
+        If the chosen features cannot make a two-tower run (no user-side or no item-side feature).
     """
-    chosen, d = set(features), cfg.data
+    if family == "cold":
+        c = cfg.cold
+        student = replace(cfg.student, family="cold", cold=ColdStudentOptions(features=tuple(features)),
+                          embed_dim=c.embed_dim, hidden=c.hidden, dropout=0.0, lr=c.lr, weight_decay=0.0,
+                          batch_size=c.batch_size, epochs=c.epochs, patience=c.patience)
+        out = replace(cfg, student=student, run=replace(cfg.run, out="", name=""))
+        what = "student.family = \"cold\" over the chosen point's fields"
+    else:
+        out = replace(cfg, data=_chosen_data(cfg.data, features), run=replace(cfg.run, out="", name=""))
+        what = "data.features, data.crosses and data.history_crosses restricted to the chosen point"
+    header = (f"# Written by `distill sweep --write-config`: the swept run's configuration with {what}:\n"
+              f"# {', '.join(features)}.\n# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
+    target = atomic_write_text(Path(path), header + dump_config(out))
+    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
+    return target
+
+
+def _chosen_data(d: DataConfig, features: Sequence[str]) -> DataConfig:
+    chosen = set(features)
     crosses = tuple(c for c in d.crosses if c.name in chosen or {c.a, c.b} <= chosen)
     history = tuple(h for h in d.history_crosses if h.name in chosen or {h.key, h.over} <= chosen)
     needed = chosen | {p for c in crosses for p in (c.a, c.b)} | {p for h in history for p in (h.key, h.over)}
@@ -473,11 +496,4 @@ def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | st
     if not {"user", "item"} <= {f.side for f in kept}:
         raise ConfigError(f"the chosen features ({', '.join(features)}) leave no user-side or no item-side "
                           "feature; `distill run` trains a two-tower student and needs both")
-    out = replace(cfg, data=replace(d, features=kept, crosses=crosses, history_crosses=history),
-                  run=replace(cfg.run, out="", name=""))
-    header = ("# Written by `distill sweep --write-config`: the swept run's configuration with data.features,\n"
-              f"# data.crosses and data.history_crosses restricted to the chosen point: {', '.join(features)}.\n"
-              "# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
-    target = atomic_write_text(Path(path), header + dump_config(out))
-    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
-    return target
+    return replace(d, features=kept, crosses=crosses, history_crosses=history)

@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from coarserank.config import StudentConfig
+from coarserank.config import StudentConfig, TowerObjective
 from coarserank.data.pairs import ROW_ITEM, PairEncoder
 from coarserank.data.schema import STUDENT_ITEM_SIDES, Schema
+from coarserank.distill.api import sampling_generator
+from coarserank.distill.families import with_family_terms
 from coarserank.distill.recall_losses import (
     Candidates,
     StreamingFrequency,
@@ -78,7 +80,7 @@ class RecallFields:
     user: str = ""
 
 
-def check_recall_inputs(schema: Schema, train: TensorTable, cfg: StudentConfig, fields: RecallFields,
+def check_recall_inputs(schema: Schema, train: TensorTable, cfg: TowerObjective, fields: RecallFields,
                         section: str) -> None:
     """Raise a one-line error if the sampled-softmax objective of ``section`` cannot train on ``train``."""
     item_fields = schema.select(STUDENT_ITEM_SIDES)
@@ -126,7 +128,7 @@ def _catalogue(train: TensorTable, schema: Schema, fields: RecallFields, pairs: 
     return _Catalogue(inputs, np.bincount(codes, minlength=size).astype(np.float64), fields.item)
 
 
-def recall_loss_fn(train: TensorTable, schema: Schema, cfg: StudentConfig, fields: RecallFields, *,
+def recall_loss_fn(train: TensorTable, schema: Schema, cfg: TowerObjective, fields: RecallFields, *,
                    pairs: PairEncoder | None = None, teacher: nn.Module | None = None,
                    teacher_temperature: float = 1.0, seed: int = 0) -> LossFn:
     """The sampled-softmax loss of ``cfg`` for a :class:`PairView` module trained on ``train``."""
@@ -135,7 +137,7 @@ def recall_loss_fn(train: TensorTable, schema: Schema, cfg: StudentConfig, field
     drawable = torch.from_numpy(np.flatnonzero(cat.counts > 0) if pairs is None else np.arange(cat.counts.size))
     n_items = int(drawable.numel())
     streaming = StreamingFrequency(cat.counts.size) if cfg.logq == "streaming" else None
-    generator = torch.Generator().manual_seed(seed)
+    generator = sampling_generator(seed)  # per distributed rank: each rank draws its own negatives
     if cfg.softmax_alpha > 0 and (teacher is None or pairs is None):
         raise ConfigError("softmax_alpha > 0 distils the teacher's softmax over the candidates: it needs the teacher "
                           "and the training rows in memory (not data.streaming)")
@@ -178,7 +180,7 @@ def recall_loss_fn(train: TensorTable, schema: Schema, cfg: StudentConfig, field
 
 @torch.no_grad()
 def teacher_candidate_logits(teacher: nn.Module, pairs: PairEncoder, batch: TensorTable, positive: torch.Tensor,
-                    ids: torch.Tensor, extra_ids: torch.Tensor | None, cfg: StudentConfig,
+                    ids: torch.Tensor, extra_ids: torch.Tensor | None, cfg: TowerObjective,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's logits ``[R, C]`` for up to ``softmax_teacher_rows`` positive rows against every
     candidate (the batch's items, then the extra ones), and those rows' positions among the positives."""
@@ -198,7 +200,7 @@ def teacher_candidate_logits(teacher: nn.Module, pairs: PairEncoder, batch: Tens
 
 
 def fit_recall(model: nn.Module, train: TensorTable | StreamingTable, valid: TensorTable, schema: Schema,
-               cfg: StudentConfig, fields: RecallFields, *, sample: TensorTable | None = None,
+               cfg: TowerObjective, fields: RecallFields, *, sample: TensorTable | None = None,
                pairs: PairEncoder | None = None, teacher: nn.Module | None = None, teacher_temperature: float = 1.0,
                seed: int = 0, device: torch.device | str = "cpu", bf16: bool = False,
                progress: Callable[[EpochInfo], None] | None = None,
@@ -213,5 +215,7 @@ def fit_recall(model: nn.Module, train: TensorTable | StreamingTable, valid: Ten
     check_recall_inputs(schema, source, cfg, fields, section)
     loss = recall_loss_fn(source, schema, cfg, fields, pairs=pairs, teacher=teacher,
                           teacher_temperature=teacher_temperature, seed=seed)
+    if isinstance(cfg, StudentConfig):  # the family's own terms (DAT's mimic loss) join the objective
+        loss = with_family_terms(loss, model, cfg)
     settings = settings or FitSettings.from_config(cfg, seed, bf16=bf16)
     return fit(PairView(model), loss, train, valid, settings, torch.device(device), progress, callbacks)

@@ -54,6 +54,7 @@ from coarserank.serving.catalogue import (
     user_columns,
     write_catalogue,
 )
+from coarserank.serving.cold_ranker import open_ranker
 from coarserank.serving.faiss_index import ItemIndex, evaluate
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
 from coarserank.serving.onnx_contract import history_contract
@@ -62,12 +63,12 @@ from coarserank.serving.onnx_inputs import feeds_from_frame
 from coarserank.serving.ranker import (
     SERVING_FILE,
     BenchRequest,
-    CoarseRanker,
     RunFiles,
     TeacherScorer,
     bench_latency,
     onnx_session,
 )
+from coarserank.student import has_towers
 
 __all__ = ["run_stage", "enforce_checks", "rebuild_index", "bench_requests", "bench_run", "user_sample",
            "run_identifier", "FILES", "PARITY_ROWS"]
@@ -138,7 +139,12 @@ def enforce_checks(checks: dict[str, Any], limit: float, exact_faiss: bool, what
 
 
 def run_stage(ctx: Any, models: dict[str, Any]) -> None:
-    """Export the run's serving artifacts, check them numerically and record everything."""
+    """Export the run's serving artifacts, check them numerically and record everything (a COLD
+    student: :func:`coarserank.pipeline.export_cold.run_cold_stage`)."""
+    if not has_towers(models["student"]):
+        from coarserank.pipeline.export_cold import run_cold_stage  # it builds on this module's helpers
+
+        return run_cold_stage(ctx, models)
     cfg, run, encoder = ctx.cfg, ctx.run, ctx.encoder
     serving = cfg.serving
     run.begin("export")
@@ -209,6 +215,8 @@ def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
     from coarserank.pipeline.rundir import RunDir
 
     run = RunDir.open(run_dir, require=("export",))
+    if run.manifest["stages"]["export"].get("family") == "cold":
+        raise ArtifactError(f"run {run_dir} serves a COLD student, which has no item vectors to index")
     cfg = load_config(run.verified_path("config.toml"))
     queries = np.load(run.verified_path(FILES["queries"]), allow_pickle=False)
     with FileKVStore(run.verified_path(FILES["kv"])) as store:
@@ -255,13 +263,14 @@ def bench_requests(ctx: Any, catalogue: pl.DataFrame, sizes: Sequence[int], user
 def bench_run(run_dir: Path | str, sizes: Sequence[int] = (1000, 5000, 10000), *, users: int = 20,
               repeats: int = 200, warmup: int = 20, threads: int = 1,
               progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Time the student path against ``teacher.onnx`` on the same requests of a finished run
-    (:func:`bench_requests`; the teacher's rows are assembled before timing)."""
+    """Time the student path (the towers' ranker, or the COLD student's on candidate rows) against
+    ``teacher.onnx`` on the same requests of a finished run (:func:`bench_requests`; the teacher's rows
+    are assembled before timing, the COLD student assembles its own inside the timed call)."""
     from coarserank.pipeline.run import load_context
 
     files = RunFiles(run_dir)
     ctx, _ = load_context(run_dir, progress=progress, require=("metrics", "export"))
-    ranker = CoarseRanker.from_run(run_dir, threads=threads)
+    ranker = open_ranker(run_dir, threads=threads)
     teacher = TeacherScorer(onnx_session(files.verified(FILES["teacher"]), threads=threads))
     catalogue = read_catalogue(files.verified(FILES["catalogue"]), ctx.cfg.data)
     progress(f"bench: assembling {users} requests x {list(sizes)} candidates")

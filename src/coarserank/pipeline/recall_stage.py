@@ -18,14 +18,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from coarserank.atomic import atomic_write_with
-from coarserank.config import RecallConfig, RunConfig, section_hash
+from coarserank.config import RecallConfig, RunConfig, StudentConfig, TowerObjective, section_hash
 from coarserank.data.schema import STUDENT_USER_SIDES, Schema
 from coarserank.distill.api import Trained
 from coarserank.distill.losses import distill_loss
@@ -35,7 +35,7 @@ from coarserank.distill.train import EpochInfo, FitResult, FitSettings, Progress
 from coarserank.pipeline.recall_export import export_recall
 from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, retrieval_table, tower_vectors
 from coarserank.ranking_eval.retrieval import evaluate_retrieval
-from coarserank.student import build_student
+from coarserank.student import build_student, has_towers
 from coarserank.student.multi_interest import build_multi_interest, sequence_field
 
 __all__ = ["STAGE", "MODEL_FILE", "check", "recall_fields", "family", "build_recall_model", "RetrievalSelection",
@@ -74,10 +74,12 @@ def check(ctx: Any) -> None:
 
 
 def build_recall_model(schema: Schema, cfg: RecallConfig) -> nn.Module:
-    """The untrained recall model of ``cfg`` (a :class:`RecallConfig` is also a student config)."""
+    """The untrained recall model of ``cfg``: multi-interest, or the plain two-tower student with the
+    recall section's tower and objective keys (``student.family`` never applies to it)."""
     if family(schema, cfg) == "multi_interest":
         return build_multi_interest(schema, cfg)
-    return build_student(schema, cfg)
+    shared = {f.name: getattr(cfg, f.name) for f in fields(TowerObjective)}
+    return build_student(schema, StudentConfig(**shared, family="two_tower"))
 
 
 def _printer(progress: Callable[[str], None], selection: RetrievalSelection) -> Callable[[EpochInfo], None]:
@@ -202,13 +204,15 @@ def _trained(ctx: Any, teacher: nn.Module | None) -> nn.Module:
 
 def run_recall(ctx: Any, models: dict[str, nn.Module]) -> dict[str, Any]:
     """Train (or load) the recall model when enabled and measure retrieval over the catalogue for
-    ``recall``, ``student`` and ``popularity``; returns ``{model: {"recall@K": ..., ...}}``."""
+    ``recall``, ``student`` (a tower family) and ``popularity``; returns ``{model: {"recall@K": ..., ...}}``."""
     cfg = ctx.cfg
     start = time.perf_counter()
     ctx.progress("retrieval: building the catalogue and the test users' queries")
     data = retrieval_data(ctx.frames, ctx.frame, ctx.encoder, cfg.data, max_users=cfg.recall.max_users,
                           seed=cfg.run.seed)
-    vectors = {"student": tower_vectors(models["student"], data, ctx.device)}
+    vectors: dict[str, tuple[Any, Any]] = {}  # a student without towers (student.family = "cold") scores rows: no catalogue retrieval
+    if has_towers(models["student"]):
+        vectors["student"] = tower_vectors(models["student"], data, ctx.device)
     if cfg.recall.enabled:
         model = _trained(ctx, models.get("teacher"))
         models["recall"] = model

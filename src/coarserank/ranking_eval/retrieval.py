@@ -219,7 +219,7 @@ def popularity_percentiles(counts: np.ndarray) -> np.ndarray:
     n = c.size
     if n == 1:
         return np.array([0.5])
-    values, inverse, tally = np.unique(c, return_inverse=True, return_counts=True)
+    _, inverse, tally = np.unique(c, return_inverse=True, return_counts=True)
     first = np.concatenate([[0], np.cumsum(tally)[:-1]])
     mean_rank = first + (tally - 1) / 2.0  # 0-based mean rank of each distinct value
     return mean_rank[inverse] / (n - 1)
