@@ -28,6 +28,7 @@ from coarserank.data.prepare import add_history_crosses, base_rate
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
 from coarserank.errors import ConfigError, DataError
+from coarserank.pipeline.grid_stage import FILE as GRID_FILE
 from coarserank.pipeline.candidates import (
     ORACLES,
     POPULARITY_SHARES,
@@ -238,10 +239,14 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
     return scores, spec
 
 
-def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec) -> ReportOutputs:
-    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``."""
+def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec,
+                 distill_grid: dict[str, Any] | None = None) -> ReportOutputs:
+    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``;
+    ``distill_grid`` (a run's ``distill_grid.json``) adds the distillation trade-off block and plot."""
     start = time.perf_counter()
     report = build_report(scores, spec)
+    if distill_grid is not None:
+        report["distill_grid"] = distill_grid
     page = render_html(report, scores)
     out_dir = Path(out_dir)
     paths = (atomic_write_with(out_dir / "scores.parquet", scores.write_parquet, ".parquet"),
@@ -259,7 +264,9 @@ def _report(ctx: Any, models: dict[str, torch.nn.Module]) -> ReportOutputs | Non
     scores, spec = build_scores(ctx, models)
     scored = time.perf_counter() - start
     ctx.progress("report: computing metrics and plots")
-    out = write_report(ctx.run.file("report"), scores, spec)
+    grid_file = ctx.run.file(GRID_FILE)
+    grid = json.loads(grid_file.read_text()) if ctx.run.is_done("distill_grid") and grid_file.is_file() else None
+    out = write_report(ctx.run.file("report"), scores, spec, grid)
     ctx.run.record("report", out.scores, out.json, out.html)
     counts = out.report["counts"]
     ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],

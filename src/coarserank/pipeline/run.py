@@ -313,9 +313,10 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
 
 
 # Stages after metrics, run in order: (stage name, module exposing ``run_stage(ctx, models)``).
-EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config section it depends on)
+EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config sections it depends on, '+'-joined)
     ("export", "coarserank.pipeline.export_stage", "serving"),
-    ("report", "coarserank.pipeline.report_stage", "report"),
+    ("distill_grid", "coarserank.pipeline.grid_stage", "distill"),
+    ("report", "coarserank.pipeline.report_stage", "report+distill"),  # the report plots the distill grid
 ]
 
 
@@ -404,9 +405,9 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             _stage_gbdt(ctx)
             stage = "metrics"
             metrics = _stage_metrics(ctx)
-            for name, module, section in EXTRA_STAGES if extra_stages else []:
+            for name, module, sections in EXTRA_STAGES if extra_stages else []:
                 stage = name
-                wanted = section_hash(cfg, section)
+                wanted = "+".join(section_hash(cfg, section) for section in sections.split("+"))
                 if run_.is_done(name) and run_.manifest["stages"][name].get("section_hash") == wanted:
                     continue
                 importlib.import_module(module).run_stage(ctx, models)
