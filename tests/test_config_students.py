@@ -131,3 +131,9 @@ def test_the_recall_section_has_no_student_family_tables():
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=["recall.senet.reduction=4"])
     assert "unknown key 'recall.senet" in _one_line(exc)
+
+
+def test_a_distill_grid_with_the_sampled_softmax_student_is_refused_at_load():
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=['student.objective="sampled_softmax"', "distill.grid.alpha=[0.5, 0.8]"])
+    assert "[distill.grid] sweeps the distillation loss's keys" in _one_line(exc)

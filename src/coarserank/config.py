@@ -172,6 +172,28 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class DistillGrid:
+    """``[distill.grid]``: values to sweep. Every combination of the non-empty lists trains one student
+    on the run's teacher (the ``distill_grid`` stage of ``distill run``); each is measured by
+    validation GAUC and validation agreement with the teacher, and the report plots them. The
+    grid never changes the run's own student (it is not part of the run's training hash)."""
+
+    alpha: tuple[float, ...] = ()
+    temperature: tuple[float, ...] = ()
+    soft: tuple[Literal["pointwise", "listwise"], ...] = ()
+    sampled: tuple[int, ...] = ()
+    sampler: tuple[Literal["uniform", "popularity", "in_batch"], ...] = ()
+    sampled_loss: tuple[Literal["pointwise", "listwise"], ...] = ()
+    sampled_weight: tuple[float, ...] = ()
+    rank_weight: tuple[float, ...] = ()
+    rank_top: tuple[int, ...] = ()
+
+    def settings(self) -> dict[str, tuple[Any, ...]]:
+        """The swept keys and their values (keys with an empty list are not swept)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name)}
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """Loss ``(1-alpha)*hard + alpha*T^2*(soft + sampled_weight*sampled) + alpha*rank_weight*rank``.
 
@@ -190,6 +212,7 @@ class DistillConfig:
     sampled_weight: float = 1.0
     rank_weight: float = 0.0
     rank_top: int = 3
+    grid: DistillGrid = field(default_factory=DistillGrid)
 
 
 @dataclass(frozen=True)
@@ -430,6 +453,7 @@ def config_hash(cfg: RunConfig) -> str:
     of it: changing them re-runs only their own stage (see :func:`section_hash`)."""
     body = {k: v for k, v in config_to_dict(cfg).items() if k in TRAINING_SECTIONS}
     body["run"] = {k: v for k, v in body["run"].items() if k not in ("out", "name", "threads", "device")}
+    body["distill"] = {k: v for k, v in body["distill"].items() if k != "grid"}  # the grid trains side students
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

@@ -131,6 +131,8 @@ CONSTRAINTS: dict[str, dict[str, Rule]] = {
                "routing_iterations": COUNT, "ks": Each(COUNT, increasing=True, nonempty=True), "max_users": NATURAL},
     "distill": {"alpha": PROBABILITY, "temperature": POSITIVE, "sampled": NATURAL, "sampled_weight": NON_NEGATIVE,
                 "rank_weight": NON_NEGATIVE, "rank_top": COUNT},
+    "distill.grid": {"alpha": Each(PROBABILITY), "temperature": Each(POSITIVE), "sampled": Each(NATURAL),
+                     "sampled_weight": Each(NON_NEGATIVE), "rank_weight": Each(NON_NEGATIVE), "rank_top": Each(COUNT)},
     "gbdt": {"num_leaves": Interval(2, integer=True), "learning_rate": POSITIVE, "rounds": COUNT,
              "early_stopping": COUNT, "multi_hot_top": COUNT},
     "serving": {"opset": Interval(13, integer=True), "recall_target": Interval(0, 1, low_open=True),
@@ -349,6 +351,9 @@ def _streaming(cfg: Any) -> None:
     if cfg.distill.sampled:
         raise ConfigError("distill.sampled > 0 scores sampled items against in-memory training rows; a streaming "
                           "run (data.streaming = true) needs distill.sampled = 0")
+    if cfg.distill.grid.settings():
+        raise ConfigError("[distill.grid] trains its students on in-memory training rows; a streaming run "
+                          "(data.streaming = true) cannot sweep them")
 
 
 def _nearest(name: str, names: list[str]) -> str:
@@ -401,7 +406,8 @@ def _student_family(cfg: Any) -> None:
 
 def _recall(cfg: Any) -> None:
     """A multi-interest recall model reads a behaviour sequence (recall.sequence names one); the
-    sampled-softmax objective trains towers, which the COLD student lacks."""
+    sampled-softmax objective trains towers, which the COLD student lacks, and ignores the distillation
+    keys a [distill.grid] sweeps."""
     r = cfg.recall
     sequences = [f.name for f in cfg.data.features if f.kind == "sequence"]
     if r.sequence and r.sequence not in sequences:
@@ -415,6 +421,10 @@ def _recall(cfg: Any) -> None:
         raise ConfigError("student.objective = \"sampled_softmax\" trains user and item towers, but "
                           "student.family = \"cold\" has none (it scores candidate rows); use a tower family "
                           "(two_tower, senet, shortcut, parallel, dat) or student.objective = \"pointwise\"")
+    if cfg.student.objective == "sampled_softmax" and cfg.distill.grid.settings():
+        raise ConfigError("[distill.grid] sweeps the distillation loss's keys, which a student trained with "
+                          "student.objective = \"sampled_softmax\" does not read; drop the grid or use "
+                          "student.objective = \"pointwise\"")
 
 
 #: Rules over several keys, applied in this order after the per-key tables.

@@ -28,6 +28,7 @@ from coarserank.data.prepare import add_history_crosses, base_rate
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
 from coarserank.errors import ConfigError, DataError
+from coarserank.pipeline.grid_stage import FILE as GRID_FILE
 from coarserank.pipeline.candidates import (
     ORACLES,
     POPULARITY_SHARES,
@@ -240,13 +241,17 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
 
 
 def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec,
-                 retrieval: dict[str, Any] | None = None) -> ReportOutputs:
+                 retrieval: dict[str, Any] | None = None,
+                 distill_grid: dict[str, Any] | None = None) -> ReportOutputs:
     """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``;
-    ``retrieval`` (``metrics["test"]["retrieval"]``) adds the retrieval-over-the-catalogue section."""
+    ``retrieval`` (``metrics["test"]["retrieval"]``) adds the retrieval-over-the-catalogue section,
+    ``distill_grid`` (a run's ``distill_grid.json``) the distillation trade-off block and plot."""
     start = time.perf_counter()
     report = build_report(scores, spec)
     if retrieval:
         report["retrieval"] = retrieval_summary(retrieval)
+    if distill_grid is not None:
+        report["distill_grid"] = distill_grid
     page = render_html(report, scores)
     out_dir = Path(out_dir)
     paths = (atomic_write_with(out_dir / "scores.parquet", scores.write_parquet, ".parquet"),
@@ -265,7 +270,9 @@ def _report(ctx: Any, models: dict[str, torch.nn.Module]) -> ReportOutputs | Non
     scored = time.perf_counter() - start
     ctx.progress("report: computing metrics and plots")
     metrics = json.loads(ctx.run.verified_path("metrics.json").read_text())
-    out = write_report(ctx.run.file("report"), scores, spec, metrics.get("test", {}).get("retrieval"))
+    grid_file = ctx.run.file(GRID_FILE)
+    grid = json.loads(grid_file.read_text()) if ctx.run.is_done("distill_grid") and grid_file.is_file() else None
+    out = write_report(ctx.run.file("report"), scores, spec, metrics.get("test", {}).get("retrieval"), grid)
     ctx.run.record("report", out.scores, out.json, out.html)
     counts = out.report["counts"]
     ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],

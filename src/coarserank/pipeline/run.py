@@ -317,9 +317,11 @@ def _stage_metrics(ctx: RunContext, retrieval: dict[str, Any]) -> dict[str, Any]
 
 
 # Stages after metrics, run in order: (stage name, module exposing ``run_stage(ctx, models)``).
-EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config section it depends on)
+EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config sections it depends on, '+'-joined)
     ("export", "coarserank.pipeline.export_stage", "serving"),
-    ("report", "coarserank.pipeline.report_stage", "report"),
+    ("distill_grid", "coarserank.pipeline.grid_stage", "distill"),
+    # the report plots the distill grid and summarises metrics.json's retrieval (the recall section)
+    ("report", "coarserank.pipeline.report_stage", "report+distill+recall"),
 ]
 
 
@@ -411,9 +413,9 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             retrieval = recall_stage.run_recall(ctx, models)
             stage = "metrics"
             metrics = _stage_metrics(ctx, retrieval)
-            for name, module, section in EXTRA_STAGES if extra_stages else []:
+            for name, module, sections in EXTRA_STAGES if extra_stages else []:
                 stage = name
-                wanted = section_hash(cfg, section)
+                wanted = "+".join(section_hash(cfg, section) for section in sections.split("+"))
                 if run_.is_done(name) and run_.manifest["stages"][name].get("section_hash") == wanted:
                     continue
                 importlib.import_module(module).run_stage(ctx, models)
