@@ -113,12 +113,15 @@ def test_a_family_option_out_of_range_names_the_key_the_rule_and_the_layer():
         in _one_line(exc)
 
 
-def test_the_sampled_softmax_objective_with_the_cold_student_is_refused_at_load():
+@pytest.mark.parametrize(("overrides", "message"), [
+    (['student.family="cold"', 'student.cold.features=["user_id", "item_id"]'],
+     "student.objective = \"sampled_softmax\" trains user and item towers, but student.family = \"cold\" has none"),
+    (["distill.grid.alpha=[0.5, 0.8]"], "[distill.grid] sweeps the distillation loss's keys"),
+], ids=["cold_student", "distill_grid"])
+def test_the_sampled_softmax_student_refuses_what_it_cannot_train_at_load(overrides, message):
     with pytest.raises(ConfigError) as exc:
-        load_config(overrides=['student.family="cold"', 'student.cold.features=["user_id", "item_id"]',
-                               'student.objective="sampled_softmax"'])
-    assert ("student.objective = \"sampled_softmax\" trains user and item towers, but student.family = \"cold\" "
-            "has none") in _one_line(exc)
+        load_config(overrides=[*overrides, 'student.objective="sampled_softmax"'])
+    assert message in _one_line(exc)
 
 
 @pytest.mark.parametrize("family", ["two_tower", "senet", "shortcut", "parallel", "dat"])
@@ -132,8 +135,3 @@ def test_the_recall_section_has_no_student_family_tables():
         load_config(overrides=["recall.senet.reduction=4"])
     assert "unknown key 'recall.senet" in _one_line(exc)
 
-
-def test_a_distill_grid_with_the_sampled_softmax_student_is_refused_at_load():
-    with pytest.raises(ConfigError) as exc:
-        load_config(overrides=['student.objective="sampled_softmax"', "distill.grid.alpha=[0.5, 0.8]"])
-    assert "[distill.grid] sweeps the distillation loss's keys" in _one_line(exc)

@@ -34,7 +34,7 @@ from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, 
 from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
 from coarserank.distill.families import gate_means
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
-from coarserank.errors import ArtifactWarning, CoarseRankError
+from coarserank.errors import ArtifactWarning, CoarseRankError, DistillWarning
 from coarserank.pipeline import recall_stage
 from coarserank.pipeline.rundir import RunDir
 from coarserank.threads import apply_threads, explain_threads
@@ -288,6 +288,17 @@ def _label_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> dict[str
             "gauc_groups_used": g.groups_used, "gauc_groups_skipped": g.groups_skipped}
 
 
+def _teacher_notes(valid: dict[str, dict[str, Any]]) -> list[str]:
+    """What a user must know before trusting the distilled student, from validation figures only."""
+    teacher, control = valid["teacher"]["gauc"], valid["student_hard"]["gauc"]
+    if not teacher > control:
+        return [f"the teacher is not stronger than the hard-label student on validation (GAUC {teacher:.4f} "
+                f"against {control:.4f}): distillation cannot be expected to pay; give the teacher what two "
+                "towers cannot see (crosses, history crosses, sequences: docs/distillation.md) or compare "
+                "distill.alpha values on validation with [distill.grid]"]
+    return []
+
+
 def _stage_metrics(ctx: RunContext, retrieval: dict[str, Any]) -> dict[str, Any]:
     ctx.run.begin("metrics")
     metrics: dict[str, Any] = {}
@@ -298,6 +309,11 @@ def _stage_metrics(ctx: RunContext, retrieval: dict[str, Any]) -> dict[str, Any]
         if "_oracle" in frame.columns:
             metrics[split]["oracle"] = _label_metrics(y, frame["_oracle"].to_numpy(), groups)
     metrics["test"]["retrieval"] = retrieval  # over the whole catalogue (coarserank.pipeline.recall_stage)
+    notes = _teacher_notes(metrics["valid"])
+    if notes:
+        metrics["notes"] = notes
+        for note in notes:
+            warnings.warn(note, DistillWarning, stacklevel=2)
     gates = {m: ctx.run.manifest["stages"][m]["field_gates"] for m in ("student", "student_hard")
              if "field_gates" in ctx.run.manifest["stages"].get(m, {})}
     if gates:
