@@ -6,6 +6,7 @@ and a non-zero exit; ``distill --traceback ...`` shows the full traceback instea
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -14,10 +15,24 @@ import click
 from coarserank import __version__
 from coarserank.errors import CoarseRankError
 
-__all__ = ["distill", "main"]
+__all__ = ["COMMANDS", "distill", "main"]
+
+
+COMMANDS = {"run": "run_cmd", "report": "report_cmd", "rank": "serve_cmds", "bench": "serve_cmds",
+            "index": "serve_cmds", "recall": "serve_cmds", "sweep": "sweep_cmd"}
+"""Command -> the module of ``coarserank.cli`` that defines it, imported when the command is used
+(so ``distill report`` does not load LightGBM, ONNX or Faiss)."""
 
 
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"coarserank.cli.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -42,14 +57,6 @@ def distill(ctx: click.Context, traceback: bool) -> None:
     ctx.obj["traceback"] = traceback
 
 
-def _register() -> None:
-    from coarserank.cli import report_cmd, run_cmd, serve_cmds, sweep_cmd  # noqa: F401  (commands attach themselves)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``distill``."""
-    _register()
     distill.main(args=argv if argv is not None else sys.argv[1:], prog_name="distill")
-
-
-_register()

@@ -10,7 +10,7 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.export_stage import bench_run, rebuild_index
-from coarserank.serving.ranker import CoarseRanker, parse_user, read_candidates
+from coarserank import CoarseRanker, parse_user, read_candidates
 
 __all__ = ["rank_command", "bench_command", "index_command", "recall_command", "format_bench"]
 

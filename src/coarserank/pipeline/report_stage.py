@@ -16,15 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import polars as pl
 import torch
 
+from coarserank.artifacts import Run
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.config import ReportConfig, RunConfig
-from coarserank.data.prepare import add_history_crosses, base_rate
+from coarserank.config import ReportConfig
+from coarserank.data.encode import Encoder
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
 from coarserank.errors import ConfigError, DataError
@@ -32,23 +33,23 @@ from coarserank.pipeline.candidates import (
     ORACLES,
     POPULARITY_SHARES,
     Oracle,
+    ReportCandidates,
     activity_segments,
-    build_catalogue,
-    item_raw_columns,
-    sample_items,
-    sampled_frame,
-    sampling_weights,
-    select_users,
-    side_raw_columns,
+    candidate_sets,
 )
+from coarserank.pipeline.run_data import SCORED_MODELS, RunData
 from coarserank.ranking_eval.report import ReportSpec, build_report
 from coarserank.ranking_eval.report_html import render_html
 from coarserank.student import Tower, TwoTower
 
-__all__ = ["SCORED_MODELS", "ReportOutputs", "build_scores", "check_settings", "read_score_files",
-           "report_compare", "report_run", "run_stage", "write_report"]
+if TYPE_CHECKING:
+    from coarserank.pipeline.run import RunContext
 
-SCORED_MODELS = ("teacher", "student", "student_hard")
+__all__ = ["SCORED_MODELS", "REPORT_READS", "ReportOutputs", "build_scores", "check_settings", "read_score_files",
+           "report_compare", "report_oracle", "report_run", "run_stage", "write_report"]
+
+REPORT_READS = ("data", "teacher", "logits", "student", "student_hard")
+"""The stages whose files the report reads."""
 _CHUNK = 1 << 16  # rows per tower / scoring batch
 Progress = Callable[[str], None]
 
@@ -83,18 +84,6 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-@dataclass
-class _Sets:
-    """Candidate sets before scoring: users numbered ``_u``, items ``_c``, nesting order ``_pos``."""
-
-    users: pl.DataFrame  # _user, _u
-    catalogue: pl.DataFrame  # _c, item columns, item_train_rows, item_popularity
-    exposed: pl.DataFrame  # the users' test rows, one per item, plus _i (row in the test split)
-    sampled: pl.DataFrame  # sampled candidate rows with history crosses
-    base: pl.DataFrame  # per user (in _u order) the first test row, whose context sampled rows copy
-    repeated: int  # repeated exposures left out
-
-
 def _score(model: torch.nn.Module, encoded: dict[str, np.ndarray], rows: int,
            device: torch.device) -> np.ndarray:
     zeros = np.zeros(rows, dtype=np.int64)
@@ -102,7 +91,7 @@ def _score(model: torch.nn.Module, encoded: dict[str, np.ndarray], rows: int,
 
 
 @torch.no_grad()
-def _two_tower_score(model: TwoTower, encoder: Any, sets: _Sets, device: torch.device) -> np.ndarray:
+def _two_tower_score(model: TwoTower, encoder: Encoder, sets: ReportCandidates, device: torch.device) -> np.ndarray:
     """Sampled candidates' logits the way a coarse ranker computes them.
 
     One user vector per user, one item vector per catalogue item, then ``a * <u, v> + b`` per
@@ -121,45 +110,20 @@ def _two_tower_score(model: TwoTower, encoder: Any, sets: _Sets, device: torch.d
                            for lo in range(0, len(ui), _CHUNK)] or [np.zeros(0, dtype=np.float32)])
 
 
-def candidate_sets(ctx: Any, oracle: Oracle | None) -> _Sets:
-    cfg: RunConfig = ctx.cfg
-    d, r = cfg.data, cfg.report
-    frame, test = ctx.frame, ctx.frames["test"]
-    picked = select_users(test["_user"], r.max_users, cfg.run.seed)
-    users = pl.DataFrame({"_user": pl.Series(picked).cast(test["_user"].dtype), "_u": np.arange(len(picked))})
-    catalogue = build_catalogue(frame, d).with_row_index("_c")
-    shown = test.with_row_index("_i").join(users, on="_user").sort("_u", "_time", "_row")
-    exposed = (shown.unique(subset=["_u", d.item_col], keep="first", maintain_order=True)
-               .with_columns(pl.int_range(pl.len()).over("_u").alias("_pos"))
-               .join(catalogue.select(d.item_col, "_c"), on=d.item_col, how="left").sort("_u", "_pos"))
-    n_exposed = np.bincount(exposed["_u"].to_numpy(), minlength=users.height)
-    weights = sampling_weights(catalogue["item_train_rows"].to_numpy(), r.sampling)
-    su, si, order = sample_items(weights, users.height, exposed["_u"].to_numpy(), exposed["_c"].to_numpy(),
-                                 r.sampled, cfg.run.seed)
-    item_cols = item_raw_columns(d)
-    extra = [c for c in (oracle.columns if oracle else ()) if c not in item_cols]
-    own = [*side_raw_columns(d, ("user", "context")), d.user_col, *extra, "_user", "_time", "_u"]
-    base = exposed.group_by("_u", maintain_order=True).first().sort("_u").select(list(dict.fromkeys(own)))
-    sampled = sampled_frame(base, catalogue, su, si, item_cols, int(frame["_row"].max()) + 1)
-    sampled = (add_history_crosses(sampled, d, base_rate(frame), history=frame).sort("_row")
-               .with_columns(pl.Series("_c", si, dtype=exposed["_c"].dtype),
-                             pl.Series("_pos", n_exposed[su] + order, dtype=pl.Int64)))
-    return _Sets(users, catalogue, exposed, sampled, base, shown.height - exposed.height)
-
-
-def _scores(ctx: Any, models: dict[str, torch.nn.Module], sets: _Sets, oracle: Oracle | None) -> pl.DataFrame:
+def _scores(data: RunData, models: Mapping[str, torch.nn.Module], sets: ReportCandidates,
+            oracle: Oracle | None, device: torch.device, progress: Progress) -> pl.DataFrame:
     """Probabilities of every model (and the oracle) for exposed then sampled candidates."""
-    item_col = ctx.cfg.data.item_col
+    item_col = data.cfg.data.item_col
     exp, smp = sets.exposed, sets.sampled
-    ctx.progress(f"report: scoring {smp.height:,} sampled candidates for {sets.users.height:,} users")
-    encoded = ctx.encoder.transform(smp)
+    progress(f"report: scoring {smp.height:,} sampled candidates for {sets.users.height:,} users")
+    encoded = data.encoder.transform(smp)
     idx = exp["_i"].to_numpy()
     cols = {}
     for m in SCORED_MODELS:
         model = models[m]
-        z = (_two_tower_score(model, ctx.encoder, sets, ctx.device) if isinstance(model, TwoTower)
-             else _score(model, encoded, smp.height, ctx.device))
-        cols[m] = np.concatenate([ctx.logits["test"][m][idx], z])
+        z = (_two_tower_score(model, data.encoder, sets, device) if isinstance(model, TwoTower)
+             else _score(model, encoded, smp.height, device))
+        cols[m] = np.concatenate([data.test_logits[m][idx], z])
     keys = [pl.col("_user").alias("group"), pl.col(item_col).alias("item_id"),
             pl.col("_label").cast(pl.Int8).alias("label"),
             pl.col("_pos").cast(pl.Int64).alias("set_position"), pl.col("_u"), pl.col("_c")]
@@ -168,7 +132,7 @@ def _scores(ctx: Any, models: dict[str, torch.nn.Module], sets: _Sets, oracle: O
         smp.select(*keys, pl.lit(False).alias("exposed"), pl.lit(None, dtype=pl.Int64).alias("row")),
     ]).with_columns(pl.Series(m, _sigmoid(z)) for m, z in cols.items())
     if oracle is not None:
-        known = np.concatenate([oracle.probability(ctx.cfg, exp), oracle.probability(ctx.cfg, smp)])
+        known = np.concatenate([oracle.probability(data.cfg, exp), oracle.probability(data.cfg, smp)])
         scores = scores.with_columns(pl.Series("oracle", known, dtype=pl.Float64))
     elif "_oracle" in exp.columns:
         shown = pl.concat([exp["_oracle"].cast(pl.Float64), pl.Series([None] * smp.height, dtype=pl.Float64)])
@@ -176,7 +140,7 @@ def _scores(ctx: Any, models: dict[str, torch.nn.Module], sets: _Sets, oracle: O
     return scores
 
 
-def _with_segments(scores: pl.DataFrame, sets: _Sets,
+def _with_segments(scores: pl.DataFrame, sets: ReportCandidates,
                    frame: pl.DataFrame) -> tuple[pl.DataFrame, tuple[tuple[str, str], ...]]:
     """Add user and item segment columns (and their bases); return their definitions too."""
     user_rows = (frame.filter(pl.col("_split") == "train").group_by("_user").len()
@@ -199,21 +163,27 @@ def _with_segments(scores: pl.DataFrame, sets: _Sets,
     )
 
 
-def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataFrame, ReportSpec]:
+def report_oracle(data: RunData) -> Oracle | None:
+    """The data source's oracle when the run's rows carry the columns it reads."""
+    oracle = ORACLES.get(data.cfg.data.source)
+    return oracle if oracle is not None and set(oracle.columns) <= set(data.frame.columns) else None
+
+
+def build_scores(data: RunData, models: Mapping[str, torch.nn.Module], *, device: torch.device | str = "cpu",
+                 progress: Progress = _quiet) -> tuple[pl.DataFrame, ReportSpec]:
     """Candidate sets of the selected test users, scored by every model, and the spec of their report.
 
     Returns the scores frame (one row per candidate: ``group`` = the user, ``item_id``, ``label``,
     ``exposed``, ``set_position``, ``row``, probabilities per model, ``oracle`` when the source knows
     it, and the segment columns) and the :class:`ReportSpec` that says how to read it.
     """
-    cfg: RunConfig = ctx.cfg
+    cfg = data.cfg
     r = cfg.report
     check_settings(r)
-    oracle = ORACLES.get(cfg.data.source)
-    if oracle is not None and not set(oracle.columns) <= set(ctx.frame.columns):
-        oracle = None
-    sets = candidate_sets(ctx, oracle)
-    scores, segments = _with_segments(_scores(ctx, models, sets, oracle), sets, ctx.frame)
+    oracle = report_oracle(data)
+    sets = candidate_sets(cfg, data.frame, data.test, oracle)
+    scores, segments = _with_segments(_scores(data, models, sets, oracle, torch.device(device), progress), sets,
+                                      data.frame)
     has_oracle = "oracle" in scores.columns
     notes = []
     if sets.repeated:
@@ -221,7 +191,7 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
                      "a candidate set holds each item once (its first exposure)")
     if has_oracle and oracle is None:
         notes.append("the source cannot score unseen rows: the oracle is the exposures' _oracle only")
-    setup = {"mode": "run", "run_dir": str(ctx.run.path), "users": sets.users.height,
+    setup = {"mode": "run", "run_dir": str(data.path), "users": sets.users.height,
              "candidates": {"sampled_per_group": r.sampled, "sampling": r.sampling, "max_users": r.max_users,
                             "seed": cfg.run.seed, "excluded": "the user's test exposures",
                             "weights": "uniform: 1; popularity: train exposures + 1",
@@ -232,7 +202,7 @@ def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataF
     spec = ReportSpec(reference="teacher", models=("student", "student_hard"), label_models=SCORED_MODELS,
                       gains=(("student", "student_hard"),), oracle="oracle" if has_oracle else None,
                       sizes=r.sizes, ks=r.ks, ns=r.ns, segments=segments, n_boot=r.bootstrap,
-                      seed=cfg.run.seed, source=str(ctx.run.path / "report" / "scores.parquet"),
+                      seed=cfg.run.seed, source=str(data.path / "report" / "scores.parquet"),
                       setup=setup, notes=tuple(notes))
     return scores, spec
 
@@ -249,44 +219,47 @@ def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec) -> Repor
     return ReportOutputs(report, *paths, time.perf_counter() - start)
 
 
-def _report(ctx: Any, models: dict[str, torch.nn.Module]) -> ReportOutputs | None:
+def _build(data: RunData, models: Mapping[str, torch.nn.Module], device: torch.device | str,
+           progress: Progress) -> tuple[ReportOutputs, float]:
+    """Score, then write ``data.path/report``; returns the outputs and the scoring seconds."""
+    start = time.perf_counter()
+    scores, spec = build_scores(data, models, device=device, progress=progress)
+    scored = time.perf_counter() - start
+    progress("report: computing metrics and plots")
+    out = write_report(data.path / "report", scores, spec)
+    counts = out.report["counts"]
+    progress(f"report: {counts['candidates']:,} candidates in {counts['groups']:,} sets -> "
+             f"{out.html} ({time.perf_counter() - start:.1f}s)")
+    out.seconds = time.perf_counter() - start
+    return out, scored
+
+
+def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
+    """The 'report' stage of ``distill run``: writes ``report/`` and records it in the manifest."""
     ctx.run.begin("report")
     if not ctx.cfg.report.enabled:
         ctx.run.finish("report", skipped="report.enabled is false")
-        return None
-    start = time.perf_counter()
-    scores, spec = build_scores(ctx, models)
-    scored = time.perf_counter() - start
-    ctx.progress("report: computing metrics and plots")
-    out = write_report(ctx.run.file("report"), scores, spec)
+        return
+    out, scored = _build(RunData.from_context(ctx), models, ctx.device, ctx.progress)
     ctx.run.record("report", out.scores, out.json, out.html)
     counts = out.report["counts"]
     ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],
-                   scoring_seconds=round(scored, 3), report_seconds=round(out.seconds, 3))
-    ctx.progress(f"report: {counts['candidates']:,} candidates in {counts['groups']:,} sets -> "
-                 f"{out.html} ({time.perf_counter() - start:.1f}s)")
-    out.seconds = time.perf_counter() - start
-    return out
+                   scoring_seconds=round(scored, 3), report_seconds=round(out.seconds - scored, 3))
 
 
-def run_stage(ctx: Any, models: dict[str, torch.nn.Module]) -> None:
-    """The 'report' stage of ``distill run``: writes and records ``report/`` in the run directory."""
-    _report(ctx, models)
+def report_run(run_dir: Path | str, *, progress: Progress = _quiet, device: str = "cpu") -> ReportOutputs:
+    """(Re)build the report of a finished run directory (``distill report --run DIR``).
 
-
-def report_run(run_dir: Path | str, *, progress: Progress = _quiet) -> ReportOutputs:
-    """(Re)build the report of a finished run directory (``distill report --run DIR``)."""
-    from coarserank.pipeline.run import load_context
-
-    ctx, models = load_context(run_dir, progress=progress)
-    missing = [m for m in SCORED_MODELS if m not in models]
-    if missing:
-        raise ConfigError(f"run {run_dir}: model(s) {', '.join(missing)} are not trained yet; "
-                          "finish the run first")
-    out = _report(ctx, models)
-    if out is None:
+    Reads the run through :class:`~coarserank.artifacts.Run` (every file it uses checked against
+    the manifest; nothing is trained or re-encoded beyond the test split and the candidates) and
+    writes ``DIR/report/`` only: ``manifest.json`` keeps what ``distill run`` recorded (the report
+    is deterministic, so a rebuild of an unchanged run matches those hashes).
+    """
+    run = Run.open(run_dir, require=REPORT_READS)
+    if not run.config.report.enabled:
         raise ConfigError(f"run {run_dir}: report.enabled is false in its config; nothing to report")
-    return out
+    models = run.models(SCORED_MODELS, device)
+    return _build(RunData.from_run(run, models, device), models, device, progress)[0]
 
 
 # --------------------------------------------------------------------------- comparing score files

@@ -1,45 +1,33 @@
-"""The run directory: layout, ``manifest.json`` (hashes, stage status, checks), open/refuse/resume.
+"""The run directory being written: create, refuse or resume it, and record what stages write.
 
 A run directory is complete when every stage in ``manifest.json`` says ``done``; a stage that
 failed or was interrupted says ``failed`` or ``running``, so nothing half-written passes for
 complete. Every file written through :meth:`RunDir.record` gets its sha256 in the manifest and
-is verified by :meth:`RunDir.verified_path` before use.
+is verified by :meth:`RunDir.verified_path` before use. The manifest itself is a
+:class:`coarserank.artifacts.Manifest` (the one owner of its format); reading a finished run is
+:class:`coarserank.artifacts.Run`'s job.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from coarserank import __version__
+from coarserank.artifacts.manifest import MANIFEST, Manifest, sha256_file
 from coarserank.atomic import atomic_write_text
-from coarserank.checksums import MANIFEST, sha256_file, verified_file
 from coarserank.errors import ArtifactError, ConfigError
 
 __all__ = ["RunDir", "sha256_file", "MANIFEST"]
 
 
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import polars
-    import torch
-
-    return {"coarserank": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "polars": polars.__version__}
-
-
 class RunDir:
     """A run directory and its manifest. Use :meth:`create` to start or resume a run and
-    :meth:`open` to read a finished one."""
+    :meth:`open` to reopen one for writing (reading: :class:`coarserank.artifacts.Run`)."""
 
-    def __init__(self, path: Path | str, manifest: dict[str, Any], *, writable: bool = True) -> None:
+    def __init__(self, path: Path | str, manifest: Manifest | Mapping[str, Any], *, writable: bool = True) -> None:
         self.path = Path(path)
-        self.manifest = manifest
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
         self.writable = writable  # False on distributed ranks other than 0: state is tracked, nothing written
 
     # -- opening -----------------------------------------------------------------------------
@@ -48,10 +36,9 @@ class RunDir:
         """Start a run in ``path``; resume if it holds the same configuration, refuse if it holds a
         different run (or other files) unless ``overwrite``."""
         path = Path(path)
-        manifest_path = path / MANIFEST
         if path.exists() and any(path.iterdir()):
-            existing = cls._read_manifest(manifest_path) if manifest_path.is_file() else None
-            same = existing is not None and existing.get("config_hash") == config_hash
+            existing = Manifest.read(path) if (path / MANIFEST).is_file() else None
+            same = existing is not None and existing.config_hash == config_hash
             if not same and not overwrite:
                 what = "a different run (another configuration)" if existing else "files that are not a run"
                 raise ConfigError(f"output directory {path} already holds {what}; "
@@ -60,9 +47,7 @@ class RunDir:
                 return cls(path, existing)  # type: ignore[arg-type]
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
-        run = cls(path, {"format": 1, "config_hash": config_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                         time.gmtime()), "versions": _versions(), "machine": platform.platform(),
-                         "stages": {}, "files": {}, "checks": {}})
+        run = cls(path, Manifest.new(config_hash))
         run.save()
         return run
 
@@ -70,10 +55,7 @@ class RunDir:
     def open(cls, path: Path | str, *, require: tuple[str, ...] = ()) -> RunDir:
         """Open an existing run directory; ``require`` names stages that must be done."""
         path = Path(path)
-        if not (path / MANIFEST).is_file():
-            raise ArtifactError(f"{path} is not a coarserank run directory (no {MANIFEST}); "
-                                "create one with `distill run --out DIR`")
-        run = cls(path, cls._read_manifest(path / MANIFEST))
+        run = cls(path, Manifest.read(path))
         for stage in require:
             status = run.stage_status(stage)
             if status != "done":
@@ -81,46 +63,39 @@ class RunDir:
                                     "finish the run first (`distill run` resumes it)")
         return run
 
-    @staticmethod
-    def _read_manifest(path: Path) -> dict[str, Any]:
-        try:
-            body = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
-        if not isinstance(body, dict) or "stages" not in body or "files" not in body:
-            raise ArtifactError(f"{path} is not a coarserank manifest")
-        return body
-
     def save(self) -> None:
         if not self.writable:
             return
-        atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+        atomic_write_text(self.path / MANIFEST, self.manifest.dumps())
 
     # -- stages ------------------------------------------------------------------------------
     def stage_status(self, stage: str) -> str | None:
-        return self.manifest["stages"].get(stage, {}).get("status")
+        return self.manifest.stage_status(stage)
 
     def is_done(self, stage: str) -> bool:
-        """Done and every file it wrote still matches its recorded hash."""
-        entry = self.manifest["stages"].get(stage, {})
-        if entry.get("status") != "done":
-            return False
-        return all((self.path / rel).is_file() and sha256_file(self.path / rel) == self.manifest["files"].get(rel)
-                   for rel in entry.get("outputs", []))
+        """Done, every file it wrote still matches its recorded hash, and the stages it reads have
+        not been redone since (a resumed run redoes a stage whose inputs changed)."""
+        return self.manifest.intact(self.path, stage) and self.manifest.stale_stage(stage) is None
 
     def begin(self, stage: str) -> None:
-        self.manifest["stages"][stage] = {"status": "running", "started": time.time(), "outputs": []}
+        self.manifest.begin(stage)
         self.save()
 
     def finish(self, stage: str, **facts: Any) -> None:
-        entry = self.manifest["stages"][stage]
-        entry.update(status="done", seconds=round(time.time() - entry.pop("started", time.time()), 3), **facts)
+        self.manifest.finish(stage, **facts)
         self.save()
 
     def fail(self, stage: str, error: str) -> None:
-        entry = self.manifest["stages"].setdefault(stage, {"outputs": []})
-        entry.pop("started", None)
-        entry.update(status="failed", error=error)
+        self.manifest.fail(stage, error)
+        self.save()
+
+    def update_stage(self, stage: str, **facts: Any) -> None:
+        """Add facts to a stage already recorded (a section hash, a rebuilt index's kind)."""
+        self.manifest.update_stage(stage, **facts)
+        self.save()
+
+    def set_data_fingerprint(self, fingerprint: str) -> None:
+        self.manifest.set_data_fingerprint(fingerprint)
         self.save()
 
     # -- files -------------------------------------------------------------------------------
@@ -133,16 +108,13 @@ class RunDir:
             return
         for p in paths:
             rel = Path(p).resolve().relative_to(self.path.resolve()).as_posix()
-            self.manifest["files"][rel] = sha256_file(Path(p))
-            outputs = self.manifest["stages"][stage].setdefault("outputs", [])
-            if rel not in outputs:
-                outputs.append(rel)
+            self.manifest.record(stage, rel, sha256_file(Path(p)))
         self.save()
 
     def verified_path(self, rel: str) -> Path:
         """``path/rel`` after checking its sha256 against the manifest."""
-        return verified_file(self.path, self.manifest, rel)
+        return self.manifest.verified(self.path, rel)
 
     def set_check(self, name: str, value: Any) -> None:
-        self.manifest["checks"][name] = value
+        self.manifest.set_check(name, value)
         self.save()

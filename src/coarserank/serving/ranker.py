@@ -25,15 +25,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from coarserank.artifacts.bundle import SERVING_FILE, ServingBundle
+from coarserank.artifacts.manifest import Manifest
 from coarserank.config import load_config
 from coarserank.data.encode import Encoder
-from coarserank.checksums import MANIFEST, verified_file
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
 from coarserank.serving.kv import KVStore, as_query_ids, open_store
@@ -43,9 +44,6 @@ from coarserank.serving.timing import machine, measure
 __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
            "TeacherScorer", "BenchRequest", "top_positions",
            "onnx_session", "bench_latency", "SERVING_FILE"]
-
-SERVING_FILE: Final[str] = "serving.json"
-
 
 @dataclass(frozen=True)
 class RankResult:
@@ -134,27 +132,27 @@ def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
 class RunFiles:
     """Files of a finished run, each checked against its sha256 in ``manifest.json`` before use.
 
-    (The same rule as ``pipeline.rundir.RunDir.verified_path``: ``coarserank.checksums``.)
+    (The same rule as everywhere: :meth:`coarserank.artifacts.Manifest.verified`.)
     """
 
     def __init__(self, run_dir: Path | str, *, require: str = "export") -> None:
         self.path = Path(run_dir)
-        try:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.path} is not a coarserank run directory (no readable {MANIFEST}); "
-                                "create one with `distill run --out DIR`") from exc
-        status = self.manifest.get("stages", {}).get(require, {}).get("status")
+        self.manifest = Manifest.read(self.path)
+        status = self.manifest.stage_status(require)
         if status != "done":
             raise ArtifactError(f"run {self.path}: stage {require!r} is {status or 'missing'}; the serving "
                                 "artifacts come from it (`distill run` resumes the run)")
 
     def verified(self, rel: str) -> Path:
         """``run_dir/rel`` after checking it against the manifest."""
-        return verified_file(self.path, self.manifest, rel)
+        return self.manifest.verified(self.path, rel)
 
     def json(self, rel: str) -> dict[str, Any]:
         return json.loads(self.verified(rel).read_text())
+
+    def bundle(self) -> ServingBundle:
+        """The run's ``serving.json``, verified and parsed."""
+        return ServingBundle.read(self.verified(SERVING_FILE))
 
     def encoder(self) -> Encoder:
         cfg = load_config(self.verified("config.toml"))
@@ -271,17 +269,16 @@ class CoarseRanker:
             A missing, modified or mismatched artifact (the message names it).
         """
         files = RunFiles(run_dir)
-        meta = files.json(SERVING_FILE)
+        bundle = files.bundle()
         encoder = files.encoder()
-        session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
-        kv = open_store(store if store is not None else files.verified(meta["files"]["kv"]),
-                        expected_dim=int(meta["dim"]))
-        if kv.model_hash != meta["model_hash"]:
-            raise ArtifactError(f"KV store {store or meta['files']['kv']} holds vectors of model "
+        session = onnx_session(files.verified(bundle.file("user_tower")), threads=threads)
+        kv = open_store(store if store is not None else files.verified(bundle.file("kv")), expected_dim=bundle.dim)
+        if kv.model_hash != bundle.model_hash:
+            raise ArtifactError(f"KV store {store or bundle.file('kv')} holds vectors of model "
                                 f"{kv.model_hash!r}, but run {files.path} serves model "
-                                f"{meta['model_hash']!r}; publish this run's "
+                                f"{bundle.model_hash!r}; publish this run's "
                                 "item vectors first")
-        return cls(session, UserFeeds(encoder), kv, meta["score"]["a"], meta["score"]["b"], files)
+        return cls(session, UserFeeds(encoder), kv, bundle.a, bundle.b, files)
 
     def user_vector(self, user: dict[str, Any]) -> np.ndarray:
         """The user tower's L2-normalised vector ``float32 [dim]`` for one request."""
@@ -312,8 +309,7 @@ class CoarseRanker:
         if self._index is None:
             if self.files is None:
                 raise ArtifactError("this ranker was not loaded from a run directory; it has no Faiss index")
-            meta = self.files.json(SERVING_FILE)
-            rel = meta["files"]["index"]
+            rel = self.files.bundle().file("index")
             sidecar = self.files.verified(sidecar_path(rel).as_posix())
             self._index = ItemIndex.load(self.files.verified(rel), sidecar)
         return self._index
