@@ -118,6 +118,18 @@ def test_a_stage_redone_after_what_read_it_leaves_that_stage_stale(copied: Path)
     assert not writer.is_done("logits") and writer.is_done("student_hard")  # a resume redoes the logits only
 
 
+def test_the_rebuild_command_redoes_a_tampered_teacher_and_what_read_it(copied: Path) -> None:
+    before = json.loads((copied / "manifest.json").read_text())["stages"]
+    with open(copied / "teacher.pt", "ab") as fh:
+        fh.write(b"\0")
+    run(load_config(copied / "config.toml"), copied)  # what the error message says to run
+    after = json.loads((copied / "manifest.json").read_text())["stages"]
+    redone = {s for s in after if after[s].get("finished") != before[s].get("finished")}
+    assert {"teacher", "logits", "student", "export", "report"} <= redone
+    assert not redone & {"data", "student_hard", "gbdt"}
+    Run.open(copied, require=(*READS, "export", "report"))
+
+
 def test_an_unfinished_stage_is_refused(copied: Path) -> None:
     writer = RunDir.open(copied)
     writer.fail("report", "interrupted")
@@ -219,6 +231,7 @@ def test_manifest_written_before_run_ids_and_inputs_still_reads(finished: Path) 
     body.pop("run_id")
     for entry in body["stages"].values():
         entry.pop("inputs", None)
+        entry.pop("finished", None)
     old = Manifest(body)
     assert old.stale_stage("report") is None and len(old.run_id) == 32
 

@@ -5,9 +5,9 @@ sha256 of every file they wrote (``files``), the numerical checks of the exports
 what identifies the run (``run_id``, ``config_hash``, ``data_fingerprint``). Every other module
 reads and changes it through :class:`Manifest`; nobody else touches the dictionary.
 
-On disk it is format 1, as written since the first release; ``run_id`` and a stage's ``inputs``
-(digests of the outputs of the stages it read, when it finished) were added later and are optional
-when reading (an older run has neither).
+On disk it is format 1, as written since the first release; ``run_id``, a stage's ``finished``
+time and its ``inputs`` (when each stage it read had finished) were added later and are optional
+when reading (an older run has none of them).
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ class Manifest:
         built from (:meth:`stale_stage`)."""
         entry = self._body["stages"][stage]
         now = time.time()
-        entry.update(status="done", seconds=round(now - entry.pop("started", now), 3), **facts)
-        entry["inputs"] = {dep: self._digest(dep) for dep in DEPENDS_ON.get(stage, ()) if dep in self._body["stages"]}
+        entry.update(status="done", seconds=round(now - entry.pop("started", now), 3), finished=now, **facts)
+        entry["inputs"] = {dep: self.finished_at(dep) for dep in DEPENDS_ON.get(stage, ())
+                           if self.finished_at(dep) is not None}
 
     def fail(self, stage: str, error: str) -> None:
         entry = self._body["stages"].setdefault(stage, {"outputs": []})
@@ -211,16 +212,20 @@ class Manifest:
         self._body["checks"][name] = copy.deepcopy(value)
 
     # -- staleness -----------------------------------------------------------------------------
-    def _digest(self, stage: str) -> str:
-        """sha256 over the names and hashes of ``stage``'s outputs."""
-        pairs = sorted((rel, str(self.file_hash(rel))) for rel in self.outputs(stage))
-        return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+    def finished_at(self, stage: str) -> float | None:
+        """When ``stage`` last finished (``time.time()`` of the process that ran it), if recorded."""
+        value = self._body["stages"].get(stage, {}).get("finished")
+        return float(value) if isinstance(value, (int, float)) else None
 
     def stale_stage(self, stage: str) -> str | None:
-        """A stage that ``stage`` reads (:data:`DEPENDS_ON`) whose outputs changed since ``stage``
-        finished (it was redone: a retrained teacher leaves older logits stale), or None. Stages
-        written before the manifest noted their inputs are never stale."""
+        """A stage that ``stage`` reads (:data:`DEPENDS_ON`) and that was redone since ``stage``
+        finished (a retrained teacher leaves older logits stale), or None. Stages written before
+        the manifest noted their inputs are never stale.
+
+        "Redone" compares when the stage finished, not its files' hashes: every process of a
+        distributed run keeps the manifest in memory but only rank 0 hashes files, and all of them
+        must reach the same decision."""
         built_from = self._body["stages"].get(stage, {}).get("inputs")
         if not isinstance(built_from, dict):
             return None
-        return next((dep for dep, digest in built_from.items() if self._digest(dep) != digest), None)
+        return next((dep for dep, when in built_from.items() if self.finished_at(dep) != when), None)
