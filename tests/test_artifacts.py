@@ -184,13 +184,28 @@ def test_report_after_tampering_fails_in_one_line_and_retrains_nothing(copied: P
 
 def test_report_rebuild_writes_only_report_and_reproduces_it(copied: Path) -> None:
     before = _snapshot(copied)
-    result = CliRunner().invoke(distill, ["report", "--run", str(copied), "-q"])
+    result = CliRunner().invoke(distill, ["report", "--run", str(copied), "--force", "-q"])
     assert result.exit_code == 0, result.output
     after = _snapshot(copied)
     changed = {rel for rel in after if before.get(rel) != after[rel]}
     assert changed and all(rel.startswith("report/") for rel in changed) and set(before) == set(after)
-    manifest = json.loads((copied / "manifest.json").read_text())["files"]
-    assert manifest["report/scores.parquet"] == after["report/scores.parquet"][1]  # same scores as `distill run`
+    recorded = json.loads((copied / "manifest.json").read_text())["files"]
+    assert recorded["report/scores.parquet"] == after["report/scores.parquet"][1]  # the scores `distill run` wrote
+
+
+def test_a_current_report_is_left_as_it_is(copied: Path) -> None:
+    before = _snapshot(copied)
+    result = CliRunner().invoke(distill, ["report", "--run", str(copied), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "current: not rebuilt" in result.output and "gain student - student_hard" in result.output
+    assert _snapshot(copied) == before
+
+
+def test_a_report_missing_a_file_is_rebuilt(copied: Path) -> None:
+    (copied / "report" / "report.html").unlink()
+    result = CliRunner().invoke(distill, ["report", "--run", str(copied), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "not rebuilt" not in result.output and (copied / "report" / "report.html").is_file()
 
 
 def test_serving_commands_write_nothing(copied: Path, tmp_path: Path) -> None:

@@ -228,4 +228,5 @@ class Manifest:
         built_from = self._body["stages"].get(stage, {}).get("inputs")
         if not isinstance(built_from, dict):
             return None
-        return next((dep for dep, when in built_from.items() if self.finished_at(dep) != when), None)
+        return next((dep for dep, when in built_from.items()
+                     if isinstance(when, (int, float)) and self.finished_at(dep) != when), None)

@@ -24,11 +24,11 @@ import torch
 
 from coarserank.artifacts import Run
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.config import ReportConfig
+from coarserank.config import ReportConfig, section_hash
 from coarserank.data.encode import Encoder
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
-from coarserank.errors import ConfigError, DataError
+from coarserank.errors import ArtifactError, ConfigError, DataError
 from coarserank.pipeline.candidates import (
     ORACLES,
     POPULARITY_SHARES,
@@ -67,6 +67,7 @@ class ReportOutputs:
     json: Path
     html: Path
     seconds: float
+    rebuilt: bool = True
 
 
 def check_settings(r: ReportConfig) -> None:
@@ -247,17 +248,47 @@ def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
                    scoring_seconds=round(scored, 3), report_seconds=round(out.seconds - scored, 3))
 
 
-def report_run(run_dir: Path | str, *, progress: Progress = _quiet, device: str = "cpu") -> ReportOutputs:
+def _current_report(run: Run) -> ReportOutputs | None:
+    """The run's report when it is current: its stage done, not stale, made with the run's
+    ``report`` settings, and its three files as recorded; else None."""
+    m = run.manifest
+    files = m.outputs("report")
+    if (not run.has("report") or m.stale_stage("report") is not None or not files
+            or m.stage_facts("report").get("section_hash") != section_hash(run.config, "report")):
+        return None
+    try:
+        paths = {Path(rel).name: run.verified(rel) for rel in files}
+    except ArtifactError:
+        return None  # modified or missing: rebuilt from the models
+    if set(paths) != {"scores.parquet", "report.json", "report.html"}:
+        return None
+    report = json.loads(paths["report.json"].read_text())
+    return ReportOutputs(report, paths["scores.parquet"], paths["report.json"], paths["report.html"], 0.0,
+                         rebuilt=False)
+
+
+def report_run(run_dir: Path | str, *, progress: Progress = _quiet, device: str = "cpu",
+               force: bool = False) -> ReportOutputs:
     """(Re)build the report of a finished run directory (``distill report --run DIR``).
 
-    Reads the run through :class:`~coarserank.artifacts.Run` (every file it uses checked against
-    the manifest; nothing is trained or re-encoded beyond the test split and the candidates) and
-    writes ``DIR/report/`` only: ``manifest.json`` keeps what ``distill run`` recorded (the report
-    is deterministic, so a rebuild of an unchanged run matches those hashes).
+    Reads the run through :class:`~coarserank.artifacts.Run` (every file of the stages the report
+    reads checked against the manifest; nothing is trained, and nothing of the log is encoded but
+    the test split and the candidates) and writes ``DIR/report/`` only: ``manifest.json`` keeps
+    what ``distill run`` recorded (the report is deterministic, so a rebuild of an unchanged run
+    matches those hashes). A report that is current (same models, data and ``report`` settings,
+    files as recorded) is not rebuilt unless ``force``, as ``distill run`` does not redo a finished
+    stage; :attr:`ReportOutputs.rebuilt` says which happened.
     """
+    start = time.perf_counter()
     run = Run.open(run_dir, require=REPORT_READS)
     if not run.config.report.enabled:
         raise ConfigError(f"run {run_dir}: report.enabled is false in its config; nothing to report")
+    current = None if force else _current_report(run)
+    if current is not None:
+        progress(f"report: {current.html.parent} is current (same models, data and settings, files as "
+                 "recorded); --force rebuilds it")
+        current.seconds = time.perf_counter() - start
+        return current
     models = run.models(SCORED_MODELS, device)
     return _build(RunData.from_run(run, models, device), models, device, progress)[0]
 
