@@ -28,7 +28,8 @@ _EXPORTS: dict[str, str] = {
     "export": "coarserank.api",
     "ExportResult": "coarserank.pipeline.export_stage",
     # typed data
-    "EncodedSplit": "coarserank.data.splits",
+    "EncodedSplit": "coarserank.data.dataset",
+    "PreparedData": "coarserank.data.dataset",
     "CandidateSets": "coarserank.data.splits",
     "RunData": "coarserank.pipeline.run_data",
     # configuration
@@ -61,6 +62,7 @@ __all__ = [
     "EncodedSplit",
     "Evaluation",
     "ExportResult",
+    "PreparedData",
     "RankResult",
     "Run",
     "RunConfig",
@@ -81,7 +83,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from coarserank.api import Evaluation, consistency, evaluate, export
     from coarserank.artifacts import Run, ServingBundle
     from coarserank.config import RunConfig, load_config
-    from coarserank.data.splits import CandidateSets, EncodedSplit
+    from coarserank.data.dataset import EncodedSplit, PreparedData
+    from coarserank.data.splits import CandidateSets
     from coarserank.errors import ArtifactError, CoarseRankError, ConfigError, DataError, SchemaError, ServingError
     from coarserank.pipeline.export_stage import ExportResult
     from coarserank.pipeline.run import run

@@ -24,7 +24,8 @@ import torch
 
 from coarserank.artifacts import MODEL_FILES, Run
 from coarserank.config import ReportConfig
-from coarserank.data.splits import CandidateSets, EncodedSplit
+from coarserank.data.dataset import EncodedSplit
+from coarserank.data.splits import CandidateSets
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
 from coarserank.errors import ConfigError, DataError

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 Side = Literal["user", "item", "context"]
-Kind = Literal["categorical", "numeric", "multi"]
+Kind = Literal["categorical", "numeric", "multi", "sequence"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,12 @@ class FeatureConfig:
 
     ``boundaries`` turns a numeric column into a categorical bucket id (``searchsorted`` right);
     ``sep`` splits a multi-valued string column; ``min_count`` sends rarer training values to OOV.
+
+    A ``sequence`` is the user's behaviour history: the raw values of the item-side categorical
+    feature ``of`` over the user's last ``max_len`` earlier exposures (``events = "positive"``: only
+    rows labelled 1), most recent first. It shares ``of``'s vocabulary. With ``column`` empty,
+    ``prepare`` builds it from the log by time (strictly earlier rows only); otherwise ``column``
+    names a ready-made column (values joined by ``sep``, most recent first).
     """
 
     name: str
@@ -72,6 +78,8 @@ class FeatureConfig:
     max_len: int = 8
     min_count: int = 1
     boundaries: tuple[float, ...] = ()
+    of: str = ""
+    events: Literal["positive", "all"] = "positive"
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,14 @@ class ModelTrainingConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig(ModelTrainingConfig):
-    """DeepFM over every field, crosses included."""
+    """The teacher over every field, crosses included: ``family`` DeepFM (FM + DNN) or DCN-v2 (cross
+    network + DNN). With ``attention``, each behaviour sequence is pooled by DIN-style target
+    attention against the candidate item (``attention_hidden``: the activation unit's widths)."""
+
+    family: Literal["deepfm", "dcn"] = "deepfm"
+    attention: bool = True
+    attention_hidden: tuple[int, ...] = (64, 32)
+    cross_layers: int = 3
 
 
 @dataclass(frozen=True)
@@ -171,11 +186,23 @@ class StudentConfig(ModelTrainingConfig):
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Loss ``(1-alpha)*hard + alpha*T^2*soft``; ``soft`` is pointwise BCE or listwise KL."""
+    """Loss ``(1-alpha)*hard + alpha*T^2*(soft + sampled_weight*sampled) + alpha*rank_weight*rank``.
+
+    ``soft`` is pointwise BCE or listwise KL over the exposures. Entire-space terms: for every
+    training exposure ``sampled`` unexposed items are drawn by ``sampler`` and scored by the teacher;
+    ``sampled_loss`` fits them pointwise or as a list with the exposure (KL at temperature T);
+    ``rank_weight`` adds pairwise ranking distillation of the teacher's top ``rank_top`` per list.
+    """
 
     alpha: float = 0.5
     temperature: float = 2.0
     soft: Literal["pointwise", "listwise"] = "pointwise"
+    sampled: int = 0
+    sampler: Literal["uniform", "popularity", "in_batch"] = "popularity"
+    sampled_loss: Literal["pointwise", "listwise"] = "listwise"
+    sampled_weight: float = 1.0
+    rank_weight: float = 0.0
+    rank_top: int = 3
 
 
 @dataclass(frozen=True)
@@ -423,6 +450,40 @@ def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
     raise ConfigError(f"{origin}: {where}: unsupported type {tp}")  # pragma: no cover
 
 
+def _check_sequence(f: FeatureConfig, by_name: dict[str, FeatureConfig], d: DataConfig) -> None:
+    """A sequence is user-side, reads an item-side categorical feature and needs time order."""
+    where = f"data.features {f.name!r}"
+    if f.kind != "sequence":
+        if f.of:
+            raise ConfigError(f"{where}: 'of' applies only to kind = \"sequence\" features")
+        return
+    if f.side != "user":
+        raise ConfigError(f"{where}: a sequence is the user's history, so side must be \"user\", got {f.side!r}")
+    of = by_name.get(f.of)
+    if of is None or of.side != "item" or of.kind != "categorical" or of.boundaries:
+        items = [g.name for g in by_name.values() if g.side == "item" and g.kind == "categorical" and not g.boundaries]
+        raise ConfigError(f"{where}: of = {f.of!r} must name an item-side categorical feature without "
+                          f"boundaries; candidates: {', '.join(items) or 'none declared'}")
+    if not f.column and not d.timestamp_col:
+        raise ConfigError(f"{where}: sequences need time order, but data.timestamp_col is empty; set the "
+                          "timestamp column (or give a ready-made sequence column)")
+    if not f.column and d.streaming:
+        raise ConfigError(f"{where}: a streaming run cannot build sequences from the whole log; give a "
+                          "ready-made column (values joined by sep, most recent first) with 'column'")
+
+
+def _check_entire_space(t: DistillConfig, d: DataConfig) -> None:
+    """Sampled-item settings that no data can make right."""
+    for key in ("sampled", "sampled_weight", "rank_weight"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"distill.{key} must be >= 0, got {getattr(t, key)}")
+    if t.rank_top < 1:
+        raise ConfigError(f"distill.rank_top must be >= 1, got {t.rank_top}")
+    if t.sampled and d.streaming:
+        raise ConfigError("distill.sampled > 0 scores sampled items against in-memory training rows; a streaming "
+                          "run (data.streaming = true) needs distill.sampled = 0")
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     d = cfg.data
@@ -438,14 +499,16 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"data.features {f.name!r}: min_count and max_len must be >= 1")
         if list(f.boundaries) != sorted(f.boundaries):
             raise ConfigError(f"data.features {f.name!r}: boundaries must be increasing")
+    for f in d.features:
+        _check_sequence(f, by_name, d)
     for c in d.crosses:
         for part in (c.a, c.b):
             if part not in by_name:
                 raise ConfigError(f"data.crosses {c.name!r}: {part!r} is not a declared feature; "
                                   f"declared: {', '.join(by_name)}")
-            if by_name[part].kind == "numeric":
-                raise ConfigError(f"data.crosses {c.name!r}: {part!r} is numeric; crosses need categorical "
-                                  "or multi features")
+            if by_name[part].kind in ("numeric", "sequence"):
+                raise ConfigError(f"data.crosses {c.name!r}: {part!r} is {by_name[part].kind}; crosses need "
+                                  "categorical or multi features")
         if c.op == "product" and by_name[c.a].kind == "multi" and by_name[c.b].kind == "multi":
             raise ConfigError(f"data.crosses {c.name!r}: at most one side of a product cross may be multi-valued")
         if c.op == "match" and "multi" in (by_name[c.a].kind, by_name[c.b].kind):
@@ -454,6 +517,9 @@ def validate(cfg: RunConfig) -> None:
         for part in (h.key, h.over):
             if part not in by_name:
                 raise ConfigError(f"data.history_crosses {h.name!r}: {part!r} is not a declared feature")
+            if by_name[part].kind == "sequence":
+                raise ConfigError(f"data.history_crosses {h.name!r}: {part!r} is a sequence; history crosses "
+                                  "need categorical or multi features")
     sides = {f.side for f in d.features}
     if d.features and not {"user", "item"} <= sides:
         raise ConfigError("data.features: the student needs at least one user-side and one item-side feature")
@@ -475,6 +541,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"distill.alpha must lie in [0, 1], got {cfg.distill.alpha}")
     if cfg.distill.temperature <= 0:
         raise ConfigError(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
+    _check_entire_space(cfg.distill, d)
     if cfg.synthetic.rows < 100:
         raise ConfigError(f"synthetic.rows must be >= 100, got {cfg.synthetic.rows}")
     for section in (cfg.teacher, cfg.student):

@@ -63,7 +63,7 @@ def se_model(planted):
     (_, _, train), (_, _, valid) = planted
     torch.manual_seed(0)
     model = build_cold_model(SCHEMA, 8, (32,))
-    loss = gate_penalty(model, lambda s, b: hard_loss(s, b.label), 0.05)
+    loss = gate_penalty(model, lambda m, b: hard_loss(m(b.inputs), b.label), 0.05)
     fit(model, loss, train, valid, FitSettings(5e-3, 256, 6, 2, 0.0, 0), torch.device("cpu"))
     return model
 

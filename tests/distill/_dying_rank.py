@@ -17,12 +17,17 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+import coarserank.distill.api as distill_api
 import coarserank.pipeline.run as pipeline_run
 from coarserank.cli import main
 
+# where each name is looked up at call time: the teacher's loss in the distillation API, the
+# final barrier in the pipeline
+OWNERS = {"hard_loss": distill_api, "barrier": pipeline_run}
+
 
 def _dying(name: str) -> Callable[..., Any]:
-    real = getattr(pipeline_run, name)
+    real = getattr(OWNERS[name], name)
     after = int(os.environ.get("DYING_AFTER", "3")) if name == "hard_loss" else 1
     calls = 0
 
@@ -38,8 +43,8 @@ def _dying(name: str) -> Callable[..., Any]:
 
 if os.environ.get("RANK") == os.environ.get("DYING_RANK", "1"):
     where = os.environ.get("DYING_IN", "hard_loss")
-    # run.py calls these through its own module globals, so patching the names there is enough
-    setattr(pipeline_run, where, _dying(where))
+    # the callers look these names up in their own module globals, so patching them there is enough
+    setattr(OWNERS[where], where, _dying(where))
 
 if __name__ == "__main__":
     main()

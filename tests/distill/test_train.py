@@ -41,7 +41,7 @@ def _train(rng, bf16=False, streamed=False):
         train = make_table({"x": x}, y, np.arange(6000) % 50)
     torch.manual_seed(0)
     model = _Linear()
-    fit(model, lambda s, b: hard_loss(s, b.label), train, valid,
+    fit(model, lambda m, b: hard_loss(m(b.inputs), b.label), train, valid,
         FitSettings(0.05, 256, 4, 2, bf16=bf16), torch.device("cpu"))
     return roc_auc_score(vy, predict(model, valid, torch.device("cpu")))
 
@@ -64,7 +64,7 @@ def test_bf16_keeps_weights_in_float32(rng):
     x, y = _data(rng, 512)
     table = make_table({"x": x}, y, np.zeros(512))
     model = _Linear()
-    fit(model, lambda s, b: hard_loss(s, b.label), table, table, FitSettings(0.05, 128, 1, 1, bf16=True),
+    fit(model, lambda m, b: hard_loss(m(b.inputs), b.label), table, table, FitSettings(0.05, 128, 1, 1, bf16=True),
         torch.device("cpu"))
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
@@ -86,6 +86,6 @@ def test_precision_sets_the_dtype_of_the_training_forward_pass(rng, bf16, dtype)
     x, y = _data(rng, 512)
     table = make_table({"x": x}, y, np.zeros(512))
     model = _Recording()
-    fit(model, lambda s, b: hard_loss(s, b.label), table, table, FitSettings(0.05, 128, 1, 1, bf16=bf16),
+    fit(model, lambda m, b: hard_loss(m(b.inputs), b.label), table, table, FitSettings(0.05, 128, 1, 1, bf16=bf16),
         torch.device("cpu"))
     assert model.train_dtypes == {dtype}

@@ -110,3 +110,25 @@ def test_paired_bootstrap_raises_on_nan_naming_the_side() -> None:
 def test_paired_bootstrap_raises_on_length_mismatch() -> None:
     with pytest.raises(DataError, match="'a' has 3 groups but 'b' has 2"):
         paired_bootstrap_ci(np.array([0.1, 0.2, 0.3]), np.array([0.1, 0.2]))
+
+
+def test_gap_closed_is_the_ratio_of_mean_gain_to_mean_gap():
+    from coarserank.ranking_eval.bootstrap import gap_closed_ci
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.7, 200)
+    reference = base + rng.uniform(0.01, 0.05, 200)
+    model = base + 0.5 * (reference - base) + rng.normal(0, 0.005, 200)
+    w = rng.integers(1, 20, 200).astype(float)
+    share, lo, hi, groups = gap_closed_ci(model, base, reference, w, n_boot=500)
+    assert share == pytest.approx(np.dot(w, model - base) / np.dot(w, reference - base), rel=1e-12)
+    assert lo < share < hi and groups == 200
+    assert 0.4 < lo and hi < 0.6
+
+
+def test_gap_closed_leaves_out_groups_a_model_could_not_score():
+    from coarserank.ranking_eval.bootstrap import gap_closed_ci
+
+    share, *_ , groups = gap_closed_ci(np.array([0.6, np.nan, 0.55]), np.array([0.5, 0.5, 0.5]),
+                                       np.array([0.7, 0.7, 0.6]))
+    assert groups == 2 and share == pytest.approx((0.1 + 0.05) / (0.2 + 0.1))

@@ -156,6 +156,23 @@ def test_gain_is_the_paired_per_group_difference_with_a_bootstrap_interval(score
     assert tau["low"] > 0  # the less noisy student agrees with the teacher more, clearly
 
 
+def test_gap_closed_is_the_share_of_the_gauc_gap_to_the_reference_with_an_interval(scores: pl.DataFrame) -> None:
+    report = build_report(scores, spec())
+    gap = report["gain"]["student_vs_student_hard"]["gap_closed"]
+    lab = scores.filter(pl.col("label").is_not_null())
+    per: dict[str, list[float]] = {"teacher": [], "student": [], "student_hard": []}
+    weights = []
+    for _, part in lab.group_by("group"):
+        if part["label"].n_unique() == 2:
+            for m in per:
+                per[m].append(roc_auc_score(part["label"], part[m]))
+            weights.append(part.height)
+    t, s, h = (np.array(per[m]) for m in ("teacher", "student", "student_hard"))
+    w = np.array(weights, dtype=float)
+    assert gap["share"] == pytest.approx(np.dot(w, s - h) / np.dot(w, t - h))
+    assert gap["low"] <= gap["share"] <= gap["high"] and gap["reference"] == "teacher"
+
+
 def test_gain_interval_is_reproducible_by_seed(scores: pl.DataFrame) -> None:
     a = build_report(scores, spec(seed=1))["gain"]
     assert a == build_report(scores, spec(seed=1))["gain"]

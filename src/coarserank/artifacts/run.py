@@ -39,7 +39,8 @@ from coarserank.config import RunConfig, load_config
 from coarserank.data.encode import Encoder
 from coarserank.data.prepare import SPLITS
 from coarserank.data.schema import Schema
-from coarserank.data.splits import EncodedSplit, aligned
+from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
+from coarserank.data.splits import aligned
 from coarserank.errors import ArtifactError, CoarseRankError
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class Run:
         self.config = config
         self._frames: dict[str, pl.DataFrame] = {}
         self._splits: dict[str, EncodedSplit] = {}
+        self._dataset: PreparedData | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -172,10 +174,20 @@ class Run:
         return self._frames["all"]
 
     def split(self, split: str) -> EncodedSplit:
-        """``split`` encoded with the run's encoder (computed once, on first use)."""
+        """``split``'s rows and their schema fields encoded with the run's encoder (once, on first
+        use; only this split is encoded)."""
         if split not in self._splits:
-            self._splits[split] = EncodedSplit.encode(split, self.split_frame(split), self.encoder)
+            frame = self.split_frame(split)
+            self._splits[split] = EncodedSplit(split, frame, self.encoder.transform(frame))
         return self._splits[split]
+
+    def dataset(self) -> PreparedData:
+        """Every split the run held in memory with the catalogue and the pair encoder, as the data
+        stage prepared them (the run's encoder, not refitted): what the training calls take."""
+        if self._dataset is None:
+            frame = pl.concat([self.split_frame(s) for s in SPLITS], how="vertical_relaxed").sort("_row")
+            self._dataset = encode_splits(frame, self.config.data, self.encoder)
+        return self._dataset
 
     def teacher_logits(self, split: str) -> np.ndarray:
         """The teacher's logits for the rows of :meth:`split_frame`, in the same order."""

@@ -58,7 +58,7 @@ __all__ = [
     "GBDT_CATEGORICAL_REGULARISATION",
 ]
 
-LossFn = Callable[[torch.Tensor, TensorTable], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, TensorTable], torch.Tensor]
 
 GBDT_CATEGORICAL_REGULARISATION: dict[str, float] = {"min_data_per_group": 200, "cat_smooth": 50.0, "cat_l2": 10.0}
 """LightGBM settings that keep split gain from rewarding many-valued categoricals that fit noise."""
@@ -101,8 +101,8 @@ class Importance:
 def soft_label_loss(cfg: DistillConfig) -> LossFn:
     """The distillation loss of ``cfg`` (hard labels plus the teacher's soft labels), for ``fit``."""
 
-    def loss(scores: torch.Tensor, batch: TensorTable) -> torch.Tensor:
-        return distill_loss(scores, batch.label, batch.teacher, batch.group, alpha=cfg.alpha,
+    def loss(module: torch.nn.Module, batch: TensorTable) -> torch.Tensor:
+        return distill_loss(module(batch.inputs), batch.label, batch.teacher, batch.group, alpha=cfg.alpha,
                             temperature=cfg.temperature, soft=cfg.soft)
 
     return loss
@@ -122,8 +122,8 @@ def gate_penalty(model: ColdModel, base: LossFn, l1: float) -> LossFn:
     if l1 == 0:
         return base
 
-    def loss(scores: torch.Tensor, batch: TensorTable) -> torch.Tensor:
-        return base(scores, batch) + l1 * model.gate(model.embedding(batch.inputs)).mean()
+    def loss(module: torch.nn.Module, batch: TensorTable) -> torch.Tensor:
+        return base(module, batch) + l1 * model.gate(model.embedding(batch.inputs)).mean()
 
     return loss
 

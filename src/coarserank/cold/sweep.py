@@ -61,7 +61,8 @@ from coarserank.cold.se_model import build_cold_model
 from coarserank.config import RunConfig, config_to_dict
 from coarserank.data.encode import Encoder
 from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
-from coarserank.data.splits import CandidateSets, EncodedSplit
+from coarserank.data.dataset import EncodedSplit
+from coarserank.data.splits import CandidateSets
 from coarserank.distill.distributed import broadcast_object, current
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
@@ -268,7 +269,7 @@ def _importance(data: SweepData, models: Mapping[str, nn.Module], family: str,
     se = se_importance(se_model, _table(data, "valid", schema.names), data.device)
     progress("sweep: importance 2/3: LightGBM gain")
     train, valid = data.splits["train"], data.splits["valid"]
-    gb = gbdt_importance(schema, dict(train.inputs), train.label, dict(valid.inputs), valid.label, cfg.gbdt,
+    gb = gbdt_importance(schema, train.fields(schema), train.label, valid.fields(schema), valid.label, cfg.gbdt,
                          seed=cfg.run.seed, threads=cfg.run.threads or 1)  # 1: OpenMP spins on a busy machine
     progress(f"sweep: importance 3/3: permutation importance of {which}")
     perm = permutation_importance(swept, _table(data, "valid", schema.names), fields,
@@ -283,13 +284,14 @@ def _importance(data: SweepData, models: Mapping[str, nn.Module], family: str,
 
 def _exposure_sets(data: SweepData) -> CandidateSets:
     test = data.splits["test"]
-    return CandidateSets(dict(test.inputs), test.group, data.teacher["test"], "each test group's own test exposures")
+    return CandidateSets(test.fields(data.schema), test.group, data.teacher["test"],
+                         "each test group's own test exposures")
 
 
 def _latency_rows(data: SweepData, n: int) -> dict[str, np.ndarray]:
     test = data.splits["test"]
     idx = np.arange(n) % len(test)
-    return {k: np.ascontiguousarray(v[idx]) for k, v in test.inputs.items()}
+    return {k: np.ascontiguousarray(v[idx]) for k, v in test.fields(data.schema).items()}
 
 
 def _measure_point(data: SweepData, model: nn.Module, family: str, fields: list[str], sets: CandidateSets,

@@ -7,6 +7,8 @@ Encoding rules (the ONNX graphs in ``serving`` repeat them exactly):
   least ``min_count`` times; unseen, rare or null -> ``OOV`` (1).
 - multi: the string is split on ``sep``, blanks dropped, the first ``max_len`` values kept and
   encoded as above; unused slots hold ``PAD`` (0). Models mean-pool the non-padding slots.
+- sequence: like multi, but looked up in the vocabulary of the item-side feature ``of`` (the history
+  and the target item share codes, so the teacher's attention can compare them).
 - numeric: ``(x - mean) / std`` with train mean and std (std 0 -> 1); null -> 0.
 - product cross a x b: the pair code ``code_a * size_b + code_b`` looked up in the sorted
   vocabulary of training pair codes seen at least ``min_count`` times (unseen -> OOV, padding
@@ -25,12 +27,14 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import polars as pl
 
-from coarserank.config import DataConfig, FeatureConfig
+from coarserank.config import CrossConfig, DataConfig, FeatureConfig
 from coarserank.data.prepare import feature_column
 from coarserank.data.schema import FIRST_ID, OOV, PAD, Field, Schema
 from coarserank.errors import ArtifactError, SchemaError
 
 __all__ = ["Vocab", "Encoder", "raw_categorical"]
+
+_DENSE_GRID = 1 << 20  # product crosses over at most this many operand pairs use a direct lookup table
 
 
 @dataclass
@@ -191,6 +195,7 @@ class Encoder:
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
+        self._dense_cross: dict[str, np.ndarray] = {}  # product-cross lookup tables, built on first use
 
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, train: pl.DataFrame) -> Encoder:
@@ -202,6 +207,7 @@ class Encoder:
         whole table is never in memory. ``batches()`` is called once, and a second time when a
         product cross needs the first pass's vocabularies. Same result as :meth:`fit` on the
         concatenated rows (up to floating-point rounding of the statistics)."""
+        self._dense_cross = {}
         counts: dict[str, _Counts] = {}
         moments: dict[str, _Moments] = {}
         for f in self.cfg.features:
@@ -255,6 +261,9 @@ class Encoder:
     def _schema(self) -> Schema:
         fields: list[Field] = []
         for f in self.cfg.features:
+            if f.kind == "sequence":
+                fields.append(Field(f.name, f.side, f.kind, self.vocabs_[f.of].size, f.max_len, f.of))
+                continue
             size = self.vocabs_[f.name].size if f.name in self.vocabs_ else 0
             fields.append(Field(f.name, f.side, f.kind, size, f.max_len if f.kind == "multi" else 1))
         for c in self.cfg.crosses:
@@ -273,13 +282,34 @@ class Encoder:
     def _encode_feature(self, frame: pl.DataFrame, f: FeatureConfig) -> np.ndarray:
         if f.kind == "categorical":
             return _lookup(raw_categorical(frame, f), self.vocabs_[f.name])
-        if f.kind == "multi":
+        if f.kind in ("multi", "sequence"):
             long = _multi_long(frame, f)
             out = np.zeros((len(frame), f.max_len), dtype=np.int64)
-            out[long["i"].to_numpy(), long["p"].to_numpy()] = _lookup(long["v"], self.vocabs_[f.name])
+            out[long["i"].to_numpy(), long["p"].to_numpy()] = _lookup(long["v"], self.vocabs_[f.of or f.name])
             return out
         mean, std = self.stats_[f.name]
         return self._normalise(frame[feature_column(f.name, f.column)], mean, std)
+
+    def product_codes(self, c: CrossConfig, codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
+        """Codes of product cross ``c`` from its operands' codes (unseen pair -> OOV, padding stays)."""
+        pairs, pad = _pair_codes(codes_a, codes_b, self.vocabs_[c.b].size)
+        grid = self.vocabs_[c.a].size * self.vocabs_[c.b].size
+        if grid <= _DENSE_GRID:  # small operand vocabularies: one direct table lookup
+            table = self._dense_cross.get(c.name)
+            if table is None:
+                table = np.full(grid, OOV, dtype=np.int64)
+                table[self.cross_values_[c.name]] = np.arange(FIRST_ID, FIRST_ID + len(self.cross_values_[c.name]))
+                self._dense_cross[c.name] = table
+            return np.where(pad, PAD, table[pairs]).astype(np.int64)
+        known = self.cross_values_[c.name]
+        pos = np.searchsorted(known, pairs).clip(max=max(len(known) - 1, 0))
+        hit = (known[pos] == pairs) if len(known) else np.zeros(pairs.shape, dtype=bool)
+        return np.where(pad, PAD, np.where(hit, pos + FIRST_ID, OOV)).astype(np.int64)
+
+    def normalise(self, name: str, x: np.ndarray) -> np.ndarray:
+        """A numeric field's raw values normalised with its train statistics (NaN -> 0)."""
+        mean, std = self.stats_[name]
+        return np.nan_to_num((np.asarray(x, dtype=np.float64) - mean) / std, nan=0.0).astype(np.float32)
 
     @staticmethod
     def _normalise(s: pl.Series, mean: float, std: float) -> np.ndarray:
@@ -303,11 +333,7 @@ class Encoder:
             if c.op == "match":
                 out[c.name] = self._normalise(self._match(frame, c.a, c.b), *self.stats_[c.name])
                 continue
-            pairs, pad = _pair_codes(codes[c.a], codes[c.b], self.vocabs_[c.b].size)
-            known = self.cross_values_[c.name]
-            pos = np.searchsorted(known, pairs).clip(max=max(len(known) - 1, 0))
-            hit = (known[pos] == pairs) if len(known) else np.zeros(pairs.shape, dtype=bool)
-            out[c.name] = np.where(pad, PAD, np.where(hit, pos + FIRST_ID, OOV)).astype(np.int64)
+            out[c.name] = self.product_codes(c, codes[c.a], codes[c.b])
         for h in self.cfg.history_crosses:
             if h.name in wanted:
                 if h.name not in frame.columns:

@@ -12,11 +12,13 @@ import numpy as np
 import polars as pl
 
 from coarserank.config import DataConfig, HistoryCrossConfig
+from coarserank.data.history import NONE, HistoryStats, raw_values, row_means
+from coarserank.data.sequences import add_sequences
 from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
 __all__ = ["SPLITS", "prepare", "annotate", "feature_column", "split_per_user", "time_cutoffs", "split_by_time",
-           "check_splits", "add_history_cross", "add_history_crosses", "base_rate"]
+           "check_splits", "add_history_cross", "add_history_crosses", "history_stats", "base_rate"]
 
 SPLITS = ("train", "valid", "test")
 
@@ -88,34 +90,23 @@ def add_history_cross(frame: pl.DataFrame, h: HistoryCrossConfig, key_col: str, 
                       over_sep: str | None, base_rate: float, history: pl.DataFrame | None = None) -> pl.DataFrame:
     """Add column ``h.name``: the key's positive rate on the row's ``over`` values, smoothed toward
     ``base_rate`` with ``h.prior`` pseudo-rows, from that key's labelled rows with a strictly earlier
-    ``_time`` only (rows at the same instant never see each other). Multi-valued ``over`` values are
-    averaged. ``history`` (default: ``frame`` itself) supplies the labelled rows, so unlabelled
-    query rows (candidates to score) get the value they would have at their ``_time``."""
-    history = frame if history is None else history
+    ``_time`` only (rows at the same instant never see each other); see :mod:`coarserank.data.history`.
+    ``history`` (default: ``frame`` itself) supplies the labelled rows, so unlabelled query rows
+    (candidates to score) get the value they would have at their ``_time``."""
+    stats = history_stats(frame if history is None else history, h, key_col, over_col, over_sep, base_rate)
+    values = stats.value_codes(raw_values(frame[over_col], over_sep))
+    keys = np.broadcast_to(stats.key_codes(frame[key_col])[:, None], values.shape)
+    times = np.broadcast_to(frame["_time"].to_numpy()[:, None], values.shape)
+    rates = row_means(stats.rates(keys, values, times), values != NONE, base_rate)
+    return frame.with_columns(pl.Series(h.name, rates, dtype=pl.Float64))
 
-    def long(f: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
-        over = pl.col(over_col).cast(pl.Utf8)
-        values = over.str.split(over_sep) if over_sep is not None else pl.concat_list([over])
-        return (f.select(*cols, pl.col(key_col).cast(pl.Utf8).alias("_k"), values.alias("_v"))
-                .explode("_v").filter(pl.col("_v").is_not_null() & (pl.col("_v") != "")))
 
-    per_instant = (long(history.filter(pl.col("_label").is_not_null()), ["_time", "_label"])
-                   .group_by("_k", "_v", "_time")
-                   .agg(pl.col("_label").sum().cast(pl.Float64).alias("pos"), pl.len().cast(pl.Float64).alias("cnt"))
-                   .sort("_k", "_v", "_time")
-                   .with_columns(pl.col("pos").cum_sum().over("_k", "_v").alias("pos_upto"),
-                                 pl.col("cnt").cum_sum().over("_k", "_v").alias("cnt_upto"))
-                   .select("_k", "_v", "_time", "pos_upto", "cnt_upto"))
-    queries = long(frame, ["_row", "_time"]).sort("_time")
-    stats = queries.join_asof(per_instant.sort("_time"), on="_time", by=["_k", "_v"], strategy="backward", check_sortedness=False,
-                              allow_exact_matches=False)
-    pos = pl.col("pos_upto").fill_null(0.0)
-    cnt = pl.col("cnt_upto").fill_null(0.0)
-    rate = (stats.with_columns(pl.when(cnt + h.prior > 0).then((pos + h.prior * base_rate) / (cnt + h.prior))
-                               .otherwise(base_rate).alias("rate"))
-            .group_by("_row").agg(pl.col("rate").mean()))
-    out = frame.drop(h.name, strict=False).join(rate.rename({"rate": h.name}), on="_row", how="left")
-    return out.with_columns(pl.col(h.name).fill_null(base_rate))
+def history_stats(history: pl.DataFrame, h: HistoryCrossConfig, key_col: str, over_col: str,
+                  over_sep: str | None, base_rate: float) -> HistoryStats:
+    """The statistics of history cross ``h`` over the labelled rows of ``history``."""
+    labelled = history.filter(pl.col("_label").is_not_null())
+    return HistoryStats.fit(labelled[key_col], raw_values(labelled[over_col], over_sep), labelled["_time"].to_numpy(),
+                            labelled["_label"].to_numpy(), prior=h.prior, base_rate=base_rate)
 
 
 def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = "exposure log") -> pl.DataFrame:
@@ -123,7 +114,7 @@ def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = 
     ``_user``, ``_time``, ``_group`` (and ``_oracle``); checks every declared column exists.
     ``where`` names the input in errors (a partition's file, say)."""
     frame = _join(raw, cfg, row_offset, where)
-    feature_cols = [feature_column(f.name, f.column) for f in cfg.features]
+    feature_cols = [feature_column(f.name, f.column) for f in cfg.features if f.kind != "sequence" or f.column]
     _require(frame, feature_cols, f"{where}: data.features")
     time = pl.col(cfg.timestamp_col) if cfg.timestamp_col else pl.col("_row")
     if cfg.timestamp_col:
@@ -191,6 +182,7 @@ def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
         split = split_per_user(frame, cfg.valid_frac, cfg.test_frac)
     frame = frame.with_columns(split)
     check_splits(dict(frame.group_by("_split").len().iter_rows()), cfg)
+    frame = add_sequences(frame, cfg)
     return add_history_crosses(frame, cfg, base_rate(frame)).sort("_row")
 
 

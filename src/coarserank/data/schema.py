@@ -27,13 +27,16 @@ STUDENT_ITEM_SIDES = ("item",)
 @dataclass(frozen=True)
 class Field:
     """One model input. ``side`` is user, item, context or cross (teacher-only);
-    ``kind`` is categorical ([B] int64), multi ([B, max_len] int64) or numeric ([B] float32)."""
+    ``kind`` is categorical ([B] int64), multi ([B, max_len] int64), numeric ([B] float32) or
+    sequence ([B, max_len] int64 codes in the vocabulary of the item-side field ``of``, most
+    recent first: the user's behaviour history)."""
 
     name: str
     side: str
     kind: str
     size: int = 0
     max_len: int = 1
+    of: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,55 +1,20 @@
-"""Typed data handed between stages: an encoded split and its prepared rows.
+"""Typed data handed between the read-side stages: candidate sets, and aligning stored values to rows.
 
-An :class:`EncodedSplit` is what every model and metric reads: the encoder's arrays per field,
-the label, the group ids (GAUC, listwise losses) and the global row ids that tie each row back to
-the prepared frame and to the teacher's logits files. It is frozen: stages pass it explicitly
-instead of sharing a mutable context.
+A :class:`CandidateSets` is what consistency metrics read: encoded candidate rows grouped into one
+set per request, with the reference's logit per row when it is known. It is frozen: stages pass it
+explicitly instead of sharing a mutable context. (Encoded splits: :mod:`coarserank.data.dataset`.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
-import polars as pl
 
-from coarserank.data.encode import Encoder
 from coarserank.errors import DataError
 
-__all__ = ["CandidateSets", "EncodedSplit", "aligned"]
-
-
-@dataclass(frozen=True)
-class EncodedSplit:
-    """One split, encoded: ``inputs`` (field -> array, first axis = rows), ``label`` (0/1),
-    ``group`` (int64 group ids), ``rows`` (the prepared frame's ``_row`` ids), all in row order."""
-
-    name: str
-    inputs: Mapping[str, np.ndarray]
-    label: np.ndarray
-    group: np.ndarray
-    rows: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.rows)
-        bad = [k for k, v in self.inputs.items() if len(v) != n]
-        if bad or len(self.label) != n or len(self.group) != n:
-            raise DataError(f"split {self.name!r}: arrays disagree on the number of rows ({n} row ids; "
-                            f"{', '.join(bad) or 'label or group'} differ)")
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @classmethod
-    def encode(cls, name: str, frame: pl.DataFrame, encoder: Encoder) -> EncodedSplit:
-        """Encode a prepared split frame (``_label``, ``_group`` and ``_row`` columns)."""
-        return cls(name, encoder.transform(frame), frame["_label"].to_numpy(), frame["_group"].to_numpy(),
-                   frame["_row"].to_numpy())
-
-    def select(self, fields: Iterable[str]) -> EncodedSplit:
-        """The same rows with only ``fields`` as inputs."""
-        return EncodedSplit(self.name, {f: self.inputs[f] for f in fields}, self.label, self.group, self.rows)
+__all__ = ["CandidateSets", "aligned"]
 
 
 @dataclass(frozen=True)

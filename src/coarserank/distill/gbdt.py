@@ -1,7 +1,7 @@
 """The LightGBM reference model: an independent check the teacher has to beat.
 
-It sees the teacher's features: categorical codes as LightGBM categoricals, multi-valued fields as
-0/1 flags of their most frequent values, numeric fields as they are.
+It sees the teacher's features: categorical codes as LightGBM categoricals, multi-valued and sequence
+fields as 0/1 flags of their most frequent values, numeric fields as they are.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def gbdt_matrix(schema: Schema, inputs: dict[str, np.ndarray], top: int) -> tupl
     categorical: list[int] = []
     for f in schema.fields:
         x = inputs[f.name]
-        if f.kind == "multi":
+        if f.kind in ("multi", "sequence"):
             for code in range(FIRST_ID, min(f.size, FIRST_ID + top)):
                 columns.append((x == code).any(axis=1).astype(np.float32))
                 names.append(f"{f.name}={code}")

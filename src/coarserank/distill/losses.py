@@ -6,6 +6,15 @@
   with ``p = softmax(logits / T)`` over the group's rows; averaged over groups with >= 2 rows.
 
 The ``T^2`` factor keeps the soft gradients' scale independent of ``T`` (Hinton et al., 2015).
+
+Entire-space terms (items the request was not shown, scored by the teacher; no hard label exists):
+
+- sampled pointwise: the pointwise soft loss over the valid sampled pairs.
+- list KL: each exposure and its ``m`` sampled items form a list ``[B, 1 + m]``;
+  ``KL(softmax(z / T) || softmax(s / T))`` per list over its valid entries, averaged over lists.
+- ranking (Tang & Wang, KDD 2018, pairwise form): in each list, every item of the teacher's top
+  ``k`` should score above every item the teacher ranks below it: ``softplus(s_j - s_i)``
+  weighted by ``1 / log2(2 + rank_i)``, averaged over the weighted pairs.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-__all__ = ["hard_loss", "pointwise_soft_loss", "listwise_soft_loss", "distill_loss"]
+__all__ = ["hard_loss", "pointwise_soft_loss", "listwise_soft_loss", "distill_loss", "sampled_pointwise_loss",
+           "list_kl_loss", "ranking_loss"]
 
 
 def hard_loss(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -56,3 +66,32 @@ def distill_loss(s: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None, group
     else:
         soft_value = listwise_soft_loss(s, z, groups, temperature)
     return (1.0 - alpha) * hard + alpha * temperature**2 * soft_value
+
+
+def sampled_pointwise_loss(s: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Pointwise soft loss over the valid entries only (zero when there are none)."""
+    per_row = F.binary_cross_entropy_with_logits(s / temperature, torch.sigmoid(z / temperature), reduction="none")
+    weight = valid.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def list_kl_loss(s: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over lists (rows of ``[B, L]``) with >= 2 valid entries of KL(teacher || student)."""
+    neg = torch.finfo(s.dtype).min
+    log_ps = torch.log_softmax((s / temperature).masked_fill(~valid, neg), dim=1)
+    log_pt = torch.log_softmax((z / temperature).masked_fill(~valid, neg), dim=1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).masked_fill(~valid, 0.0).sum(dim=1)
+    used = (valid.sum(dim=1) >= 2).to(s.dtype)
+    return (kl * used).sum() / used.sum().clamp(min=1.0)
+
+
+def ranking_loss(s: torch.Tensor, z: torch.Tensor, valid: torch.Tensor, top: int) -> torch.Tensor:
+    """Pairwise ranking distillation over lists ``[B, L]``: the teacher's top ``top`` above the rest."""
+    neg = torch.finfo(z.dtype).min
+    zt = z.masked_fill(~valid, neg)
+    rank = zt.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = the teacher's first
+    above = (zt.unsqueeze(2) > zt.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)
+    pairs = above & (rank < top).unsqueeze(2)  # [B, i, j]: i in the top, teacher ranks i above j
+    weight = pairs.to(s.dtype) / torch.log2(2.0 + rank.to(s.dtype)).unsqueeze(2)
+    loss = F.softplus(s.unsqueeze(1) - s.unsqueeze(2))  # [B, i, j] = softplus(s_j - s_i)
+    return (loss * weight).sum() / weight.sum().clamp(min=1e-12)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from coarserank.data.schema import PAD, Schema
+from coarserank.data.schema import PAD, Field, Schema
 
-__all__ = ["FeatureEmbedding"]
+__all__ = ["FeatureEmbedding", "masked_mean"]
+
+
+def masked_mean(e: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Mean of ``e`` ``[B, L, d]`` over the non-padding slots of ``codes`` ``[B, L]`` (all padding -> 0)."""
+    count = (codes != PAD).sum(dim=1, keepdim=True).clamp(min=1).to(e.dtype)
+    return e.sum(dim=1) / count
 
 
 class FeatureEmbedding(nn.Module):
     """Embed every field of ``schema`` to a ``dim``-vector: ``[B, F, dim]``.
 
-    categorical: table lookup; multi: mean over the non-padding slots (all padding -> zeros);
-    numeric: value times a learned vector.
+    categorical: table lookup; multi and sequence: mean over the non-padding slots (all padding ->
+    zeros); numeric: value times a learned vector. A sequence shares the table of its item-side
+    field ``of`` when that field is in the schema (the teacher), else it has its own (a user tower).
 
     Example
     -------
@@ -29,15 +36,20 @@ class FeatureEmbedding(nn.Module):
         self.dim = dim
         self.tables = nn.ModuleDict()
         self.scales = nn.ParameterDict()
+        names = set(schema.names)
         for f in schema.fields:
             if f.kind == "numeric":
                 self.scales[f.name] = nn.Parameter(torch.randn(dim) * init_std)
-            else:
+            elif not (f.kind == "sequence" and f.of in names):
                 table = nn.Embedding(f.size, dim, padding_idx=PAD)
                 nn.init.normal_(table.weight, std=init_std)
                 with torch.no_grad():
                     table.weight[PAD].zero_()
                 self.tables[f.name] = table
+
+    def table(self, f: Field) -> nn.Embedding:
+        """The embedding table a categorical, multi or sequence field looks up."""
+        return self.tables[f.name] if f.name in self.tables else self.tables[f.of]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         vectors = []
@@ -46,9 +58,7 @@ class FeatureEmbedding(nn.Module):
             if f.kind == "numeric":
                 vectors.append(x.unsqueeze(-1) * self.scales[f.name])
             elif f.kind == "categorical":
-                vectors.append(self.tables[f.name](x))
+                vectors.append(self.table(f)(x))
             else:
-                e = self.tables[f.name](x)
-                count = (x != PAD).sum(dim=1, keepdim=True).clamp(min=1).to(e.dtype)
-                vectors.append(e.sum(dim=1) / count)
+                vectors.append(masked_mean(self.table(f)(x), x))
         return torch.stack(vectors, dim=1)

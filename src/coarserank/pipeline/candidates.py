@@ -25,15 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from coarserank.config import DataConfig, RunConfig
+from coarserank.data.catalogue import sample_items, sampling_weights
 from coarserank.data.prepare import add_history_crosses, base_rate, feature_column
 from coarserank.data.synthetic import oracle_probability
-from coarserank.errors import ConfigError, DataError
+from coarserank.errors import ConfigError
 from coarserank.serving.catalogue import build_catalogue as latest_items
 from coarserank.serving.catalogue import item_columns
 
@@ -55,9 +55,6 @@ __all__ = [
 
 POPULARITY_SHARES = (0.5, 0.8)
 """Cumulative shares of train exposures that end the head and the torso."""
-
-_CHUNK_CELLS = 1 << 22  # users x catalogue keys drawn at once (32 MiB of float64)
-
 
 @dataclass(frozen=True)
 class Oracle:
@@ -136,59 +133,6 @@ def select_users(users: pl.Series, max_users: int, seed: int) -> np.ndarray:
     return np.sort(distinct[rng.choice(len(distinct), max_users, replace=False)])
 
 
-def sample_items(weights: np.ndarray, n_users: int, excluded_user: np.ndarray, excluded_item: np.ndarray,
-                 m: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw up to ``m`` catalogue items per user without replacement, proportional to ``weights``.
-
-    Parameters
-    ----------
-    weights : np.ndarray
-        Positive weight per catalogue item.
-    n_users : int
-        Users numbered ``0 .. n_users - 1``.
-    excluded_user, excluded_item : np.ndarray
-        Pairs (user number, catalogue index) that must not be drawn.
-    m : int
-        Items per user; a user gets fewer only when the catalogue minus exclusions is smaller.
-    seed : int
-        Seed of the draw; the same inputs and seed give the same sample.
-
-    Returns
-    -------
-    tuple[np.ndarray, np.ndarray, np.ndarray]
-        ``(user, item, order)``: user number, catalogue index and 0-based draw order per sampled
-        candidate, sorted by user then order. Every prefix of a user's draw order is itself a
-        weighted sample without replacement (Efraimidis-Spirakis keys ``log(u) / w``).
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    if m < 1:
-        raise ConfigError(f"report.sampled must be >= 1, got {m}")
-    if w.size == 0 or not (np.isfinite(w).all() and (w > 0).all()):
-        raise DataError("sampling weights must be positive and finite, one per catalogue item")
-    n_items = w.size
-    take = min(m, n_items)
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3B1E]))
-    by_user = np.argsort(excluded_user, kind="stable")
-    ex_user, ex_item = np.asarray(excluded_user)[by_user], np.asarray(excluded_item)[by_user]
-    per_chunk = max(1, _CHUNK_CELLS // n_items)
-    users, items, orders = [], [], []
-    for lo in range(0, n_users, per_chunk):
-        hi = min(n_users, lo + per_chunk)
-        keys = np.log1p(-rng.random((hi - lo, n_items))) / w  # log(u), u in (0, 1]
-        a, b = np.searchsorted(ex_user, [lo, hi])
-        keys[ex_user[a:b] - lo, ex_item[a:b]] = -np.inf
-        top = (np.argpartition(-keys, take - 1, axis=1)[:, :take] if take < n_items
-               else np.broadcast_to(np.arange(n_items), keys.shape))
-        top_keys = np.take_along_axis(keys, top, axis=1)
-        by_key = np.argsort(-top_keys, axis=1, kind="stable")
-        top, top_keys = np.take_along_axis(top, by_key, 1), np.take_along_axis(top_keys, by_key, 1)
-        keep = np.isfinite(top_keys)  # excluded items sort last
-        users.append(np.repeat(np.arange(lo, hi), take).reshape(hi - lo, take)[keep])
-        items.append(top[keep])
-        orders.append(np.broadcast_to(np.arange(take), top.shape)[keep])
-    return np.concatenate(users), np.concatenate(items), np.concatenate(orders)
-
-
 def sampled_frame(base: pl.DataFrame, catalogue: pl.DataFrame, user: np.ndarray, item: np.ndarray,
                   item_cols: list[str], first_row: int) -> pl.DataFrame:
     """Candidate rows: ``base`` row ``user[j]`` with its item columns taken from catalogue row ``item[j]``.
@@ -214,18 +158,6 @@ def activity_segments(train_rows: np.ndarray) -> tuple[np.ndarray, tuple[float, 
     q1, q2 = (float(v) for v in np.quantile(x, [1 / 3, 2 / 3])) if x.size else (0.0, 0.0)
     labels = np.where(x <= q1, "light", np.where(x <= q2, "medium", "heavy"))
     return labels, (q1, q2)
-
-
-SamplingKind = Literal["uniform", "popularity"]
-
-
-def sampling_weights(train_rows: np.ndarray, sampling: SamplingKind) -> np.ndarray:
-    """Catalogue weights: all ones (uniform) or train exposures + 1 (popularity)."""
-    if sampling == "uniform":
-        return np.ones(len(train_rows), dtype=np.float64)
-    if sampling == "popularity":
-        return np.asarray(train_rows, dtype=np.float64) + 1.0
-    raise ConfigError(f"report.sampling must be 'uniform' or 'popularity', got {sampling!r}")
 
 
 @dataclass(frozen=True)

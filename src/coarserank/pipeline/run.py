@@ -7,7 +7,6 @@ same configuration into the same directory resumes after the last finished stage
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import time
@@ -22,17 +21,18 @@ import torch
 from coarserank.artifacts import MODEL_FILES, Run, write_prepared
 from coarserank.atomic import atomic_write_text, atomic_write_with
 from coarserank.config import DistillConfig, ModelTrainingConfig, RunConfig, config_hash, config_to_dict, dump_config, section_hash
+from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
 from coarserank.data.encode import Encoder
 from coarserank.data.partitions import PartitionedLog
 from coarserank.data.prepare import SPLITS, prepare
 from coarserank.data.schema import Schema
 from coarserank.data.sources import load_source
 from coarserank.distill.gbdt import GbdtReference
-from coarserank.distill.losses import distill_loss, hard_loss
 from coarserank.distill.stream_table import StreamingTable
-from coarserank.distill.tensors import TensorTable, make_table
+from coarserank.distill.tensors import TensorTable
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
-from coarserank.distill.train import EpochInfo, FitResult, FitSettings, fit, predict, predict_shared, resolve_device
+from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
+from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
 from coarserank.errors import CoarseRankError
 from coarserank.pipeline.rundir import RunDir
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
@@ -73,6 +73,7 @@ class RunContext:
     encoded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     frames: dict[str, pl.DataFrame] = field(default_factory=dict)
     logits: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    data: PreparedData | None = None  # in-memory runs: the encoded splits, catalogue and pair encoder
     log: PartitionedLog | None = None  # streaming runs: the partitioned log ...
     stream: StreamingTable | None = None  # ... and its train rows, read partition by partition
 
@@ -125,24 +126,20 @@ def _load_data(ctx: RunContext) -> tuple[str, dict[str, int]]:
     cfg = ctx.cfg
     ctx.progress(f"data: reading source {cfg.data.source!r}")
     raw = load_source(cfg.data, cfg.synthetic, cfg.run.seed)
-    frame = prepare(raw, cfg.data)
-    ctx.frame = frame
-    encoder = Encoder(cfg.data).fit(frame.filter(pl.col("_split") == "train"))
-    ctx.encoder = encoder
-    digest = hashlib.sha256()
+    data = encode_splits(prepare(raw, cfg.data), cfg.data)
+    check_sampling(cfg.distill, data.pairs)  # before the teacher trains
+    ctx.data = data
+    ctx.frame = data.frame
+    ctx.encoder = data.encoder
     for split in SPLITS:
-        part = frame.filter(pl.col("_split") == split)
-        ctx.frames[split] = part
-        enc = encoder.transform(part)
-        ctx.encoded[split] = enc
-        ctx.tables[split] = make_table(enc, part["_label"].to_numpy(), part["_group"].to_numpy())
-        for name in encoder.schema_.names:
-            digest.update(np.ascontiguousarray(enc[name]).tobytes())
-        digest.update(part["_label"].to_numpy().tobytes())
-    counts = {s: len(ctx.frames[s]) for s in SPLITS}
+        part = data.splits[split]
+        ctx.frames[split] = part.frame
+        ctx.encoded[split] = part.fields(data.schema)
+        ctx.tables[split] = split_table(part)
+    counts = {s: len(data.splits[s]) for s in SPLITS}
     ctx.progress("data: " + ", ".join(f"{s} {n:,} rows" for s, n in counts.items())
-                 + f"; {len(encoder.schema_)} fields")
-    return digest.hexdigest(), counts
+                 + f"; {len(data.schema)} fields")
+    return data.fingerprint(), counts
 
 
 def _epoch_printer(ctx: RunContext, model: str) -> Callable[[EpochInfo], None]:
@@ -159,11 +156,12 @@ def _fit_facts(result: FitResult) -> dict[str, Any]:
             "seconds_to_best": round(result.seconds_to_best, 3), "epochs": len(result.history)}
 
 
-def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, result: FitResult) -> None:
+def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, result: FitResult,
+                **facts: Any) -> None:
     if ctx.run.writable:
         path = atomic_write_with(ctx.run.file(name), lambda tmp: torch.save(model.state_dict(), tmp))
         ctx.run.record(stage, path)
-    ctx.run.finish(stage, **_fit_facts(result))
+    ctx.run.finish(stage, **_fit_facts(result), **facts)
 
 
 def _load_model(ctx: RunContext, name: str, model: torch.nn.Module) -> torch.nn.Module:
@@ -184,10 +182,11 @@ def _stage_teacher(ctx: RunContext) -> torch.nn.Module:
         return _load_model(ctx, "teacher.pt", teacher)
     ctx.run.begin("teacher")
     train = ctx.stream if ctx.stream is not None else ctx.tables["train"]
-    result = fit(teacher, lambda s, b: hard_loss(s, b.label), train, ctx.tables["valid"],
-                 _settings(ctx, ctx.cfg.teacher), ctx.device, _epoch_printer(ctx, "teacher"))
-    _save_model(ctx, "teacher", "teacher.pt", teacher, result)
-    return teacher
+    trained = train_teacher(train, ctx.tables["valid"], ctx.schema, ctx.cfg.teacher, seed=ctx.cfg.run.seed,
+                            device=ctx.device, bf16=ctx.cfg.run.precision == "bf16",
+                            progress=_epoch_printer(ctx, "teacher"))
+    _save_model(ctx, "teacher", "teacher.pt", trained.model, trained.history)
+    return trained.model
 
 
 def _sample_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
@@ -222,33 +221,32 @@ def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
     ctx.run.finish("logits", temperature=temperature)
 
 
-def train_student(ctx: RunContext, stage: str, distill: DistillConfig) -> tuple[torch.nn.Module, FitResult]:
-    """Train a two-tower student on ``ctx``'s data with ``distill`` (``alpha = 0``: the hard-label
+def train_student(ctx: RunContext, stage: str, distill_cfg: DistillConfig,
+                  teacher: torch.nn.Module | None = None) -> Trained:
+    """Train a two-tower student on ``ctx``'s data with ``distill_cfg`` (``alpha = 0``: the hard-label
     control); same architecture, data and seed for every call. Writes nothing."""
-    torch.manual_seed(ctx.cfg.run.seed)
-    student = build_student(ctx.schema, ctx.cfg.student)
-    listwise = distill.alpha > 0 and distill.soft == "listwise"
-    settings = _settings(ctx, ctx.cfg.student, listwise)
-    train: TensorTable | StreamingTable = (
-        streaming_train(ctx, with_teacher=True) if ctx.stream is not None
-        else ctx.tables["train"].with_teacher(ctx.logits["train"]["teacher"]))
-
-    def loss(scores: torch.Tensor, batch: TensorTable) -> torch.Tensor:
-        return distill_loss(scores, batch.label, batch.teacher, batch.group, alpha=distill.alpha,
-                            temperature=distill.temperature, soft=distill.soft)
-
-    result = fit(student, loss, train, ctx.tables["valid"], settings, ctx.device, _epoch_printer(ctx, stage))
-    return student, result
+    soft = distill_cfg.alpha > 0
+    if ctx.stream is not None:
+        train: TensorTable | StreamingTable | EncodedSplit = streaming_train(ctx, with_teacher=soft)
+    else:
+        assert ctx.data is not None
+        train = ctx.data.train
+    return distill(teacher if soft else None, train, ctx.tables["valid"], ctx.schema, ctx.cfg.student, distill_cfg,
+                   train_logits=ctx.logits["train"]["teacher"] if soft and ctx.stream is None else None,
+                   pairs=ctx.data.pairs if ctx.data is not None else None, seed=ctx.cfg.run.seed, device=ctx.device,
+                   bf16=ctx.cfg.run.precision == "bf16", progress=_epoch_printer(ctx, stage))
 
 
-def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float) -> torch.nn.Module:
+def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float,
+                   teacher: torch.nn.Module | None) -> torch.nn.Module:
     if ctx.run.is_done(stage):
-        torch.manual_seed(ctx.cfg.run.seed)
         return _load_model(ctx, filename, build_student(ctx.schema, ctx.cfg.student))
     ctx.run.begin(stage)
-    student, result = train_student(ctx, stage, replace(ctx.cfg.distill, alpha=alpha))
-    _save_model(ctx, stage, filename, student, result)
-    return student
+    trained = train_student(ctx, stage, replace(ctx.cfg.distill, alpha=alpha), teacher)
+    extra = ({"sampled_rows_per_second": round(trained.sampled_rows_per_second, 1),
+              "teacher_scoring_seconds": round(trained.teacher_seconds, 3)} if trained.sampled_rows else {})
+    _save_model(ctx, stage, filename, trained.model, trained.history, **extra)
+    return trained.model
 
 
 def _stage_gbdt(ctx: RunContext) -> None:
@@ -313,9 +311,8 @@ def load_context(run_dir: Path | str, *, progress: Progress = _quiet, device: st
     ctx.encoder, ctx.frame = view.encoder, view.frame()
     models = {name: view.model(name, ctx.device) for name in MODEL_FILES if view.has(name)}
     for split in SPLITS:
-        enc = view.split(split)
-        ctx.frames[split], ctx.encoded[split] = view.split_frame(split), dict(enc.inputs)
-        ctx.tables[split] = make_table(enc.inputs, enc.label, enc.group)
+        part = view.split(split)
+        ctx.frames[split], ctx.encoded[split], ctx.tables[split] = part.frame, part.fields(ctx.schema), split_table(part)
         ctx.logits[split] = {"teacher": view.teacher_logits(split)} if view.has("logits") else {}
         for name in ("student", "student_hard"):
             if name in models:
@@ -362,9 +359,9 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         stage = "logits"
         _stage_logits(ctx, teacher)
         stage = "student"
-        student = _stage_student(ctx, "student", "student.pt", cfg.distill.alpha)
+        student = _stage_student(ctx, "student", "student.pt", cfg.distill.alpha, teacher)
         stage = "student_hard"
-        control = _stage_student(ctx, "student_hard", "student_hard.pt", 0.0)
+        control = _stage_student(ctx, "student_hard", "student_hard.pt", 0.0, None)
         models: dict[str, torch.nn.Module] = {"teacher": teacher, "student": student, "student_hard": control}
         for split in SPLITS:
             ctx.logits[split]["student"] = predict_shared(student, ctx.tables[split], device)

@@ -20,21 +20,14 @@ import torch
 from coarserank.artifacts import Run
 from coarserank.config import RunConfig
 from coarserank.data.encode import Encoder
-from coarserank.data.splits import EncodedSplit
-from coarserank.distill.tensors import make_table
-from coarserank.distill.train import predict
+from coarserank.distill.api import score_split
 
 if TYPE_CHECKING:
     from coarserank.pipeline.run import RunContext
 
-__all__ = ["RunData", "split_logits", "SCORED_MODELS"]
+__all__ = ["RunData", "SCORED_MODELS"]
 
 SCORED_MODELS = ("teacher", "student", "student_hard")
-
-
-def split_logits(model: torch.nn.Module, split: EncodedSplit, device: torch.device | str = "cpu") -> np.ndarray:
-    """``model``'s logits for every row of ``split``, in row order."""
-    return predict(model, make_table(dict(split.inputs), split.label, split.group), torch.device(device))
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ class RunData:
             if name == "teacher" and run.has("logits"):
                 logits[name] = run.teacher_logits("test")
             else:
-                logits[name] = split_logits(model, run.split("test"), device)
+                logits[name] = score_split(model, run.split("test"), device)
         return cls(run.config, run.encoder, run.frame(), run.split_frame("test"), logits, run.path)
 
     @classmethod

@@ -28,10 +28,12 @@ from coarserank.cold.sweep import (
     write_chosen_config,
 )
 from coarserank.data.prepare import SPLITS
-from coarserank.data.splits import EncodedSplit
+from coarserank.data.dataset import EncodedSplit
+from coarserank.distill.tensors import make_table
+from coarserank.distill.train import predict
 from coarserank.distill.distributed import current
 from coarserank.pipeline.candidates import candidate_sets
-from coarserank.pipeline.run_data import RunData, split_logits
+from coarserank.pipeline.run_data import RunData
 
 __all__ = ["SWEEP_DEVICE", "SWEEP_READS", "parse_ks", "report_candidates", "sweep_data", "sweep_run"]
 
@@ -60,10 +62,9 @@ def report_candidates(data: RunData, test: EncodedSplit, teacher: torch.nn.Modul
     sets = candidate_sets(data.cfg, data.frame, data.test)
     idx = sets.exposed["_i"].to_numpy()
     n = sets.sampled.height
-    sampled = EncodedSplit("sampled", data.encoder.transform(sets.sampled), np.zeros(n), np.zeros(n, dtype=np.int64),
-                           sets.sampled["_row"].to_numpy())
-    z = split_logits(teacher, sampled, device)
-    inputs = {k: np.concatenate([test.inputs[k][idx], sampled.inputs[k]]) for k in test.inputs}
+    sampled = data.encoder.transform(sets.sampled)
+    z = predict(teacher, make_table(sampled, np.zeros(n), np.zeros(n, dtype=np.int64)), torch.device(device))
+    inputs = {k: np.concatenate([v[idx], sampled[k]]) for k, v in test.fields(data.encoder.schema_).items()}
     groups = np.concatenate([sets.exposed["_u"].to_numpy(), sets.sampled["_u"].to_numpy()])
     r, seed = data.cfg.report, data.cfg.run.seed
     return CandidateSets(inputs, groups, np.concatenate([data.test_logits["teacher"][idx], z]),

@@ -18,7 +18,7 @@ import numpy as np
 from coarserank.errors import ConfigError, DataError
 from coarserank.ranking_eval.metrics import _as_1d, _positive_int
 
-__all__ = ["bootstrap_ci", "paired_bootstrap_ci"]
+__all__ = ["bootstrap_ci", "paired_bootstrap_ci", "gap_closed_ci"]
 
 _CHUNK_DRAWS = 1 << 22  # group indices drawn per chunk of replicates (bounds memory)
 
@@ -163,3 +163,45 @@ def paired_bootstrap_ci(
             if np.isnan(x).any():
                 raise _nan_error(name, int(np.isnan(x).sum()))
     return bootstrap_ci(va - vb, weights, n_boot=n_boot, seed=seed, level=level, skip_nan=skip_nan)
+
+
+def gap_closed_ci(
+    model: np.ndarray,
+    base: np.ndarray,
+    reference: np.ndarray,
+    weights: np.ndarray | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float, int]:
+    """Share of the ``base`` -> ``reference`` gap that ``model`` closes, with a bootstrap interval.
+
+    ``share = mean(model - base) / mean(reference - base)`` over the groups where all three are
+    defined (NaN values are left out), weighted like :func:`bootstrap_ci`; every replicate
+    resamples the groups once for numerator and denominator. Replicates whose gap is not positive
+    have no share and are left out of the percentiles.
+
+    Returns
+    -------
+    tuple[float, float, float, int]
+        ``(share, lo, hi, groups)``; NaN bounds when the gap itself is not positive.
+    """
+    n_boot = _positive_int("n_boot", n_boot)
+    m, b, r = _values("model", model), _values("base", base), _values("reference", reference)
+    if not len(m) == len(b) == len(r):
+        raise DataError(f"'model', 'base' and 'reference' need one value per group each, got {len(m)}, "
+                        f"{len(b)} and {len(r)}")
+    keep = ~(np.isnan(m) | np.isnan(b) | np.isnan(r))
+    if not keep.any():
+        raise DataError("no group has all three values: the gap closed is undefined")
+    gain, gap = (m - b)[keep], (r - b)[keep]
+    w = np.ones(len(gain)) if weights is None else _values("weights", weights)[keep]
+    share = float(np.dot(w, gain) / np.dot(w, gap)) if np.dot(w, gap) > 0 else float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(gain), size=(n_boot, len(gain)))
+    num, den = (w[idx] * gain[idx]).sum(axis=1), (w[idx] * gap[idx]).sum(axis=1)
+    reps = num[den > 0] / den[den > 0]
+    if not np.isfinite(share) or not len(reps):
+        return share, float("nan"), float("nan"), int(keep.sum())
+    lo, hi = np.quantile(reps, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return share, float(lo), float(hi), int(keep.sum())

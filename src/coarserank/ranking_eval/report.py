@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from coarserank.errors import DataError
-from coarserank.ranking_eval.bootstrap import paired_bootstrap_ci
+from coarserank.ranking_eval.bootstrap import gap_closed_ci, paired_bootstrap_ci
 from coarserank.ranking_eval.consistency import (
     consistency_table,
     kendall_tau,
@@ -70,6 +70,9 @@ DEFINITIONS: dict[str, str] = {
                  "candidates",
     "ndcg@k": "NDCG@k of the model's order with the reference's probabilities as linear gains (tied model "
               "scores share their mean gain); unweighted mean over groups with a positive gain",
+    "gap_closed": "share of the baseline -> reference GAUC gap the model closes: mean(model - baseline) / "
+                  "mean(reference - baseline) over groups where all three are defined, weighted by labelled "
+                  "rows; percentile bootstrap interval resampling groups",
     "gain": "paired per-group difference model - baseline, averaged over groups where both are defined "
             "(GAUC weighted by labelled rows), with a percentile bootstrap interval that resamples groups",
     "rows": "candidates the numbers beside it were computed on",
@@ -255,7 +258,7 @@ def _labels_per_model(frame: pl.DataFrame, models: list[str], kinds: dict[str, b
 
 
 def _gain(spec: ReportSpec, model: str, base: str, per_group: dict[str, _PerGroup],
-          other: dict[str, _PerGroup]) -> dict[str, Any]:
+          other: dict[str, _PerGroup], reference: dict[str, _PerGroup] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for name, (a, weights) in per_group.items():
         if name not in other:
@@ -268,8 +271,14 @@ def _gain(spec: ReportSpec, model: str, base: str, per_group: dict[str, _PerGrou
         diff, lo, hi = paired_bootstrap_ci(a, b, w, n_boot=spec.n_boot, seed=spec.seed, level=spec.level,
                                            skip_nan=True)
         metrics[name] = {"difference": diff, "low": lo, "high": hi, "groups": int(both.sum())}
-    return {"model": model, "baseline": base, "level": spec.level, "replicates": spec.n_boot,
-            "metrics": metrics}
+    out = {"model": model, "baseline": base, "level": spec.level, "replicates": spec.n_boot, "metrics": metrics}
+    if reference is not None and "gauc" in per_group and "gauc" in other and "gauc" in reference:
+        (a, weights), b, r = per_group["gauc"], other["gauc"][0], reference["gauc"][0]
+        share, lo, hi, groups = gap_closed_ci(a, b, r, None if weights is None else weights.astype(np.float64),
+                                              n_boot=spec.n_boot, seed=spec.seed, level=spec.level)
+        out["gap_closed"] = {"metric": "gauc", "reference": spec.reference, "share": share, "low": lo, "high": hi,
+                             "groups": groups}
+    return out
 
 
 # --------------------------------------------------------------------------- the report
@@ -383,7 +392,8 @@ def build_report(scores: pl.DataFrame, spec: ReportSpec) -> dict[str, Any]:
     elif spec.sizes:
         notes.append("no set_position column: the per-size breakdown is left out")
     report["segments"] = _segments(f, spec, kinds)
-    report["gain"] = {f"{m}_vs_{b}": _gain(spec, m, b, per_group[m], per_group[b]) for m, b in spec.gains}
+    report["gain"] = {f"{m}_vs_{b}": _gain(spec, m, b, per_group[m], per_group[b], per_group.get(spec.reference))
+                      for m, b in spec.gains}
     report["notes"] = notes
     return _clean(report)
 

@@ -104,6 +104,17 @@ def _headline(report: dict[str, Any]) -> str:
                    "labelled rows"], rows)
 
 
+def _gap_closed(entry: dict[str, Any], level: str) -> str:
+    gap = entry.get("gap_closed")
+    if not gap or gap.get("share") is None:
+        return ""
+    low, high = gap.get("low"), gap.get("high")
+    interval = f" ({level} CI {low:.0%} to {high:.0%})" if low is not None and high is not None else ""
+    return (f'<p>{html.escape(entry["model"])} closes <b>{gap["share"]:.0%}</b>{interval} of the '
+            f'{html.escape(entry["baseline"])} &rarr; {html.escape(gap["reference"])} {gap["metric"].upper()} gap '
+            f'({gap["groups"]} groups).</p>')
+
+
 def _gain(report: dict[str, Any]) -> str:
     parts = []
     for entry in report["gain"].values():
@@ -111,6 +122,7 @@ def _gain(report: dict[str, Any]) -> str:
                 for name, g in entry["metrics"].items()]
         level = f"{entry['level']:.0%}"
         parts.append(f"<h3>{html.escape(entry['model'])} &minus; {html.escape(entry['baseline'])}</h3>"
+                     + _gap_closed(entry, level)
                      + _table(["metric", "difference", f"{level} CI low", f"{level} CI high", "groups"],
                               rows))
         if rows:

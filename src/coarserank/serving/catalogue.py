@@ -23,6 +23,7 @@ import polars as pl
 
 from coarserank.atomic import atomic_write_with
 from coarserank.config import DataConfig
+from coarserank.data.catalogue import item_columns
 from coarserank.data.encode import Encoder
 from coarserank.data.prepare import add_history_crosses, feature_column
 from coarserank.errors import ArtifactError, DataError, ServingError
@@ -33,16 +34,6 @@ __all__ = ["item_columns", "user_columns", "build_catalogue", "write_catalogue",
            "encode_items", "gather_items", "teacher_frame"]
 
 _ENCODE_CHUNK: Final[int] = 65_536
-
-
-def item_columns(cfg: DataConfig) -> list[str]:
-    """The item id column, then the source column of every item-side feature (each once)."""
-    cols = [cfg.item_col]
-    for f in cfg.features:
-        col = feature_column(f.name, f.column)
-        if f.side == "item" and col not in cols:
-            cols.append(col)
-    return cols
 
 
 def user_columns(cfg: DataConfig) -> dict[str, str]:

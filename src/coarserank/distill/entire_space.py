@@ -1,0 +1,116 @@
+"""Entire-space distillation: the student learns the teacher's scores on items the user was not shown.
+
+A coarse ranker is served on the whole candidate set recall returns, yet the log only holds what
+was shown. For each training exposure the :class:`~coarserank.distill.sampling.CandidateSampler`
+draws ``m`` unexposed catalogue items; :class:`~coarserank.data.pairs.PairEncoder` builds the
+teacher's inputs for them (the exposure's user and context, the item's fields, the crosses of the
+pair at the row's time); the teacher scores them without gradients, once per batch, so its logits
+are never stored for the catalogue and memory stays that of one batch. The student scores the same
+pairs in the same forward pass as the exposures (:class:`PairScorer`: the user vector of the
+exposure, the item tower on the unique sampled items) and fits them with the soft loss only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from coarserank.config import DistillConfig
+from coarserank.data.pairs import ROW_ITEM, PairEncoder
+from coarserank.distill.losses import distill_loss, list_kl_loss, ranking_loss, sampled_pointwise_loss
+from coarserank.distill.sampling import CandidateSampler
+from coarserank.distill.tensors import TensorTable
+
+__all__ = ["PairScorer", "entire_space_loss"]
+
+
+class PairScorer(nn.Module):
+    """A two-tower student scoring a batch's exposures and extra (row, item) pairs in one forward pass.
+
+    ``forward(inputs)`` is the student's score; ``forward(inputs, items, row, item)`` also returns
+    ``a * <u[row], v(items)[item]> + b`` for pairs of a batch row and one of the ``items`` (encoded
+    item-side fields of the unique sampled items), reusing the batch's user vectors.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, inputs: dict[str, torch.Tensor], items: dict[str, torch.Tensor] | None = None,
+                row: torch.Tensor | None = None,
+                item: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        u = self.student.user_tower(inputs)
+        s = self.student.score(u, self.student.item_tower(inputs))
+        if items is None or row is None or item is None:
+            return s
+        v = self.student.item_tower(items)  # index_select: its backward is deterministic, v[idx]'s is not
+        return s, self.student.score(torch.index_select(u, 0, row), torch.index_select(v, 0, item))
+
+
+def entire_space_loss(teacher: nn.Module, pairs: PairEncoder, sampler: CandidateSampler, cfg: DistillConfig,
+                      generator: torch.Generator,
+                      stats: dict[str, float] | None = None) -> Callable[[nn.Module, TensorTable], torch.Tensor]:
+    """The distillation loss over a batch's exposures plus ``sampler.m`` sampled items per exposure.
+
+    ``(1 - alpha) * hard + alpha * T^2 * (soft + sampled_weight * sampled) + alpha * rank_weight * rank``
+    (see :mod:`coarserank.distill.losses`); ``teacher`` is used in eval mode without gradients.
+    ``stats`` (optional) accumulates ``sampled_rows`` and ``teacher_seconds`` for throughput reports.
+    """
+    teacher.eval()
+    item_fields = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pairs.items_.items()
+                   if k in pairs.encoder.schema_.select(("item",)).names}
+    t = cfg.temperature
+
+    def loss(module: nn.Module, batch: TensorTable) -> torch.Tensor:
+        device = batch.label.device
+        drawn = sampler.draw(batch.group, batch.inputs[ROW_ITEM], generator)
+        unique, local = torch.unique(drawn.item, return_inverse=True)
+        items = {k: v[unique].to(device) for k, v in item_fields.items()}
+        s, s_pairs = module(batch.inputs, items, drawn.row.to(device), local.to(device))
+        z_pairs = _teacher_logits(teacher, pairs, batch, drawn.row.numpy(), drawn.item.numpy(), device, stats)
+        valid = drawn.valid.to(device)
+        if stats is not None:
+            stats["sampled_rows"] = stats.get("sampled_rows", 0.0) + float(valid.sum())
+        total = distill_loss(s, batch.label, batch.teacher, batch.group, alpha=cfg.alpha, temperature=t,
+                             soft=cfg.soft)
+        if cfg.sampled_loss == "pointwise":
+            sampled = sampled_pointwise_loss(s_pairs, z_pairs, valid, t)
+        else:
+            lists_s, lists_z, lists_valid = _lists(s, s_pairs, batch.teacher, z_pairs, valid, drawn.m)
+            sampled = list_kl_loss(lists_s, lists_z, lists_valid, t)
+        total = total + cfg.alpha * t**2 * cfg.sampled_weight * sampled
+        if cfg.rank_weight > 0:
+            lists_s, lists_z, lists_valid = _lists(s, s_pairs, batch.teacher, z_pairs, valid, drawn.m)
+            total = total + cfg.alpha * cfg.rank_weight * ranking_loss(lists_s, lists_z, lists_valid, cfg.rank_top)
+        return total
+
+    return loss
+
+
+def _lists(s: torch.Tensor, s_pairs: torch.Tensor, z: torch.Tensor | None, z_pairs: torch.Tensor,
+           valid: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[B, 1 + m]`` lists: each exposure followed by its sampled items (scores, teacher logits, validity)."""
+    if z is None:
+        raise ValueError("entire-space lists need the teacher's logits of the exposures (batch.teacher)")
+    b = len(s)
+    lists_s = torch.cat([s.unsqueeze(1), s_pairs.view(b, m)], dim=1)
+    lists_z = torch.cat([z.unsqueeze(1).to(z_pairs.dtype), z_pairs.view(b, m)], dim=1)
+    lists_valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=s.device), valid.view(b, m)], dim=1)
+    return lists_s, lists_z, lists_valid
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, pairs: PairEncoder, batch: TensorTable, row: np.ndarray, item: np.ndarray,
+                    device: torch.device, stats: dict[str, float] | None) -> torch.Tensor:
+    import time
+
+    start = time.perf_counter()
+    rows = {k: v.cpu().numpy()[row] for k, v in batch.inputs.items()}
+    encoded = pairs.encode(rows, item)
+    z = teacher({k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in encoded.items()}).float()
+    if stats is not None:
+        stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
+    return z
