@@ -40,16 +40,19 @@ def test_the_api_example_runs_and_matches_distill_run(ml100k_dir: Path, tmp_path
     namespace: dict = {}
     exec(compile(_smaller(_example("movielens"), ml100k_dir, tmp_path / "api"), str(DOC), "exec"), namespace)
     printed = capsys.readouterr().out
-    assert "student test GAUC" in printed and "top items:" in printed
+    assert "student test GAUC" in printed and "top items:" in printed and "Kendall tau" in printed
     assert len(namespace["ranked"].ids) == 3
     assert namespace["shipped"].checks["score_path"] <= namespace["shipped"].checks["tolerance"]
+    assert (tmp_path / "api" / "items.kv").is_file() and (tmp_path / "api" / "user_tower.onnx").is_file()
 
     cli = tmp_path / "cli"
     args = ["run", "--config", str(DOC.parents[1] / "examples" / "movielens-100k.toml"), "--data-dir",
             str(ml100k_dir), "--out", str(cli), "-q", *(a for s in SMALL for a in ("--set", s))]
     result = CliRunner().invoke(distill, args)
     assert result.exit_code == 0, result.output
-    expected = json.loads((cli / "metrics.json").read_text())["test"]["student"]
-    got = namespace["scores"].to_json()
-    for key in ("auc", "gauc", "logloss"):
-        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    expected = json.loads((cli / "metrics.json").read_text())["test"]
+    got = {"student": namespace["scores"].to_json(),
+           "teacher": namespace["cr"].evaluate(namespace["teacher"], namespace["data"].test).to_json()}
+    for model in got:
+        for key in ("auc", "gauc", "logloss"):
+            assert got[model][key] == pytest.approx(expected[model][key], abs=1e-6), (model, key)

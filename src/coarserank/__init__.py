@@ -26,6 +26,11 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "coarserank.api",
     "consistency": "coarserank.api",
     "export": "coarserank.api",
+    "prepare_data": "coarserank.api",
+    # training (distill's library calls)
+    "train_teacher": "coarserank.distill.api",
+    "score_split": "coarserank.distill.api",
+    "Trained": "coarserank.distill.api",
     "ExportResult": "coarserank.pipeline.export_stage",
     # typed data
     "EncodedSplit": "coarserank.data.dataset",
@@ -70,21 +75,26 @@ __all__ = [
     "SchemaError",
     "ServingBundle",
     "ServingError",
+    "Trained",
     "consistency",
     "evaluate",
     "export",
     "load_config",
     "parse_user",
+    "prepare_data",
     "read_candidates",
     "run",
+    "score_split",
+    "train_teacher",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load lazily below
-    from coarserank.api import Evaluation, consistency, evaluate, export
+    from coarserank.api import Evaluation, consistency, evaluate, export, prepare_data
     from coarserank.artifacts import Run, ServingBundle
     from coarserank.config import RunConfig, load_config
     from coarserank.data.dataset import EncodedSplit, PreparedData
     from coarserank.data.splits import CandidateSets
+    from coarserank.distill.api import Trained, score_split, train_teacher
     from coarserank.errors import ArtifactError, CoarseRankError, ConfigError, DataError, SchemaError, ServingError
     from coarserank.pipeline.export_stage import ExportResult
     from coarserank.pipeline.run import run

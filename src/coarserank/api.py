@@ -15,7 +15,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -23,8 +23,11 @@ import numpy as np
 import torch
 
 from coarserank.artifacts import MODEL_FILES, Run
-from coarserank.config import ReportConfig
-from coarserank.data.dataset import EncodedSplit
+from coarserank.config import ReportConfig, RunConfig, ServingConfig, load_config
+from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
+from coarserank.data.prepare import prepare
+from coarserank.data.sources import load_source
+from coarserank.distill.api import check_sampling
 from coarserank.data.splits import CandidateSets
 from coarserank.distill.tensors import make_table
 from coarserank.distill.train import predict
@@ -35,7 +38,7 @@ from coarserank.ranking_eval import consistency_table, label_metrics
 from coarserank.student import TwoTower
 from coarserank.teacher import DeepFM
 
-__all__ = ["Evaluation", "evaluate", "consistency", "export", "model_hash"]
+__all__ = ["Evaluation", "evaluate", "consistency", "export", "model_hash", "prepare_data"]
 
 
 class _Scorer(Protocol):
@@ -132,29 +135,58 @@ def model_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def export(student: TwoTower, teacher: DeepFM, dataset: Run | RunData, out_dir: Path | str, *,
-           progress: Callable[[str], None] | None = None, check: bool = True) -> ExportResult:
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Read ``cfg``'s data source, prepare it (labels, time split, history crosses) and encode every
+    split with an encoder fitted on train: the data stage of ``distill run``, in memory.
+
+    Raises
+    ------
+    ConfigError, DataError, SchemaError
+        A source that cannot be read or does not fit the declared features (one line, naming it).
+    """
+    if cfg.data.streaming:
+        raise ConfigError("prepare_data holds the whole log in memory; a data.streaming log is read by `distill run`")
+    data = encode_splits(prepare(load_source(cfg.data, cfg.synthetic, cfg.run.seed), cfg.data), cfg.data)
+    check_sampling(cfg.distill, data.pairs)
+    return data
+
+
+def _run_data(student: torch.nn.Module, dataset: Run | RunData | PreparedData, serving: ServingConfig | None,
+              seed: int) -> RunData:
+    if isinstance(dataset, Run):
+        return RunData.from_run(dataset, {"student": student})
+    if isinstance(dataset, PreparedData):
+        base = load_config()
+        cfg = replace(base, data=dataset.cfg, serving=serving or base.serving, run=replace(base.run, seed=seed))
+        test = dataset.test
+        return RunData(cfg, dataset.encoder, dataset.frame, test.frame,
+                       {"student": _logits(student, test.fields(dataset.schema), len(test), "cpu")}, Path("."))
+    if "student" in dataset.test_logits:
+        return dataset
+    logits = _logits(student, dataset.encoder.transform(dataset.test), dataset.test.height, "cpu")
+    return replace(dataset, test_logits={**dataset.test_logits, "student": logits})
+
+
+def export(student: TwoTower, teacher: DeepFM, dataset: Run | RunData | PreparedData, out_dir: Path | str, *,
+           serving: ServingConfig | None = None, seed: int = 0, progress: Callable[[str], None] | None = None,
+           check: bool = True) -> ExportResult:
     """Write what a run exports, for these models, into ``out_dir``: ``user_tower.onnx``,
     ``item_tower.onnx``, ``teacher.onnx`` (raw feature values in), ``items.parquet``, ``items.kv``,
     ``items.faiss`` (+ sidecar), ``index_queries.npy`` and ``serving.json``, with the parity checks
     (ONNX Runtime vs PyTorch, the score path, Faiss vs KV) in :attr:`ExportResult.checks`.
 
-    ``dataset`` gives the data the export reads (the catalogue, the test rows of the parity checks,
-    the ``serving`` settings): a finished :class:`~coarserank.artifacts.Run` or a :class:`RunData`.
-    The KV store is keyed by :func:`model_hash` of the student (a run's checkpoint sha256 when the
-    models are the run's own). With ``check`` (default) a check over ``serving.parity_tolerance``
-    raises :class:`~coarserank.errors.ArtifactError` after the files are written.
+    ``dataset`` gives the data the export reads (the catalogue, the test rows of the parity checks):
+    a finished :class:`~coarserank.artifacts.Run` (its ``serving`` settings), a :class:`RunData`, or
+    the :class:`PreparedData` the models were trained on (``serving`` settings and ``seed`` given
+    here, defaults otherwise). The KV store is keyed by :func:`model_hash` of the student (a run's
+    checkpoint sha256 when the models are the run's own). With ``check`` (default) a check over
+    ``serving.parity_tolerance`` raises :class:`~coarserank.errors.ArtifactError` after the files
+    are written. ``result.ranker()`` ranks with what was written.
     """
-    if isinstance(dataset, Run):
-        data = RunData.from_run(dataset, {"student": student})
-    else:
-        data = dataset if "student" in dataset.test_logits else RunData(
-            dataset.cfg, dataset.encoder, dataset.frame, dataset.test,
-            {**dataset.test_logits, "student": _logits(student, dataset.encoder.transform(dataset.test),
-                                                       dataset.test.height, "cpu")}, dataset.path)
+    data = _run_data(student, dataset, serving, seed)
     hashes = {name: model_hash(m) for name, m in (("student", student), ("teacher", teacher))}
     if isinstance(dataset, Run):  # the run's own checkpoints keep the run's hashes
-        for name, m in (("student", student), ("teacher", teacher)):
+        for name in hashes:
             if model_hash(dataset.model(name)) == hashes[name]:
                 hashes[name] = str(dataset.manifest.file_hash(MODEL_FILES[name]))
     result = export_models(out_dir, data, student, teacher, student_hash=hashes["student"],

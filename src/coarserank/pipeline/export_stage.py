@@ -40,6 +40,7 @@ import polars as pl
 
 from coarserank.artifacts import SERVING_FILE, Run, ServingBundle
 from coarserank.atomic import atomic_write_with
+from coarserank.data.encode import Encoder
 from coarserank.data.prepare import base_rate
 from coarserank.errors import ArtifactError
 from coarserank.pipeline.rundir import RunDir
@@ -61,6 +62,7 @@ from coarserank.serving.ranker import (
     BenchRequest,
     CoarseRanker,
     TeacherScorer,
+    UserFeeds,
     bench_latency,
     onnx_session,
 )
@@ -99,7 +101,15 @@ class ExportResult:
     files: tuple[Path, ...]
     checks: dict[str, Any]
     bundle: ServingBundle
+    encoder: Encoder
     facts: dict[str, Any] = field(default_factory=dict)
+
+    def ranker(self, *, threads: int = 1) -> CoarseRanker:
+        """A :class:`~coarserank.serving.ranker.CoarseRanker` over the files this export wrote."""
+        root = self.files[0].parent
+        session = onnx_session(root / self.bundle.file("user_tower"), threads=threads)
+        store = FileKVStore(root / self.bundle.file("kv"), expected_model_hash=self.bundle.model_hash)
+        return CoarseRanker(session, UserFeeds(self.encoder), store, self.bundle.a, self.bundle.b)
 
     def enforce(self) -> None:
         """Raise :class:`ArtifactError` naming every check over its tolerance."""
@@ -198,8 +208,8 @@ def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher
     bundle = ServingBundle(student_hash, int(stored.shape[1]), int(ids.size), serving.kv_dtype, a, b,
                            {**FILES, "index_sidecar": sidecar.name})
     written = (*path.values(), sidecar, bundle.write(out / SERVING_FILE))
-    return ExportResult(written, checks, bundle, {"items": int(ids.size), "index": index.kind,
-                                                  "recall_at_100": facts["recall@100"]})
+    return ExportResult(written, checks, bundle, data.encoder, {"items": int(ids.size), "index": index.kind,
+                                                                "recall_at_100": facts["recall@100"]})
 
 
 def run_stage(ctx: RunContext, models: Mapping[str, torch.nn.Module]) -> None:
