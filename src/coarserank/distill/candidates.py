@@ -47,10 +47,12 @@ class CandidateSets:
 
 def candidate_sets(split: EncodedSplit, pairs: PairEncoder, *, users: int = 300, sampled: int = 1000,
                    sampling: Literal["uniform", "popularity"] = "popularity", seed: int = 0) -> CandidateSets:
-    """Sets for up to ``users`` users of ``split`` (drawn with ``seed``); see the module doc."""
+    """Sets for up to ``users`` users of ``split`` (drawn with ``seed`` and the split's name, so the
+    valid and test sets of one seed are different draws); see the module doc."""
     user = split.frame["_user"]
     distinct = user.unique().sort()
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA4D]))
+    stream = int.from_bytes(split.name.encode()[:8].ljust(8, b"\0"), "little")  # valid and test sets differ
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xCA4D, stream]))
     picked = distinct.gather(np.sort(rng.choice(len(distinct), min(users, len(distinct)), replace=False)))
     number = pl.DataFrame({"_user": picked, "_u": np.arange(len(picked))})
     rows = (split.frame.select("_user", "_time", "_row").with_row_index("_i")
@@ -60,7 +62,7 @@ def candidate_sets(split: EncodedSplit, pairs: PairEncoder, *, users: int = 300,
     first = at[np.r_[0, np.flatnonzero(np.diff(u)) + 1]] if len(u) else at
     weights = sampling_weights(pairs.item_train_rows_, sampling)
     keep = own >= 0
-    su, si, _ = sample_items(weights, len(picked), u[keep], own[keep], sampled, seed)
+    su, si, _ = sample_items(weights, len(picked), u[keep], own[keep], sampled, int(rng.integers(1 << 31)))
     label = split.label[at].astype(np.int64)
     return CandidateSets(np.r_[u, su], np.r_[at, first[su]], np.r_[own, si],
                          np.r_[np.ones(len(u), bool), np.zeros(len(su), bool)],
