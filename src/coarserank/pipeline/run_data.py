@@ -25,9 +25,7 @@ from coarserank.distill.api import score_split
 if TYPE_CHECKING:
     from coarserank.pipeline.run import RunContext
 
-__all__ = ["RunData", "SCORED_MODELS"]
-
-SCORED_MODELS = ("teacher", "student", "student_hard")
+__all__ = ["RunData"]
 
 
 @dataclass(frozen=True)
