@@ -25,6 +25,7 @@ with examples/table.toml (fewer features than the built-in set).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -40,22 +41,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine, mean_ci  # noqa: E402
 
-from coarserank.config import RunConfig, load_config  # noqa: E402
+from coarserank.config import RunConfig, config_to_dict, load_config  # noqa: E402
 from coarserank.data.dataset import PreparedData, encode_splits  # noqa: E402
 from coarserank.data.pairs import ROW_ITEM  # noqa: E402
 from coarserank.data.prepare import prepare  # noqa: E402
 from coarserank.data.sources import load_source  # noqa: E402
 from coarserank.data.synthetic import oracle_probability  # noqa: E402
-from coarserank.distill.api import distill, score_split, train_teacher  # noqa: E402
+from coarserank.distill.api import Trained, distill, score_split, train_teacher  # noqa: E402
 from coarserank.distill.candidates import CandidateSets, agreement, candidate_sets, score_candidates  # noqa: E402
 from coarserank.distill.gbdt import GbdtReference  # noqa: E402
+from coarserank.distill.train import FitResult  # noqa: E402
 from coarserank.ranking_eval.metrics import gauc  # noqa: E402
+from coarserank.teacher import build_teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(dataset: str, args: argparse.Namespace, seed: int) -> RunConfig:
-    sets = [*args.sets, f"run.seed={seed}"]
+def _config(dataset: str, args: argparse.Namespace, seed: int, extra: list[str] | None = None) -> RunConfig:
+    sets = [*args.sets, f"run.seed={seed}", *(extra or [])]
     if dataset == "synthetic":
         return load_config(overrides=sets)
     if dataset == "movielens-100k":
@@ -78,14 +81,34 @@ def _oracle(cfg: RunConfig, data: PreparedData, sets: CandidateSets) -> np.ndarr
                               frame["device"].to_numpy()[sets.row], frame["hour"].to_numpy()[sets.row])
 
 
-def _overrides(spec: str, cfg: RunConfig) -> tuple[str, RunConfig]:
+def _teacher(cfg: RunConfig, data: PreparedData, seed: int, cache: str) -> Trained:
+    """The teacher for this config and seed, trained or (with ``--teacher-cache``) read back."""
+    if not cache:
+        return train_teacher(data.train, data.valid, data.schema, cfg.teacher, seed=seed)
+    key = hashlib.sha256(json.dumps([config_to_dict(cfg.data), config_to_dict(cfg.synthetic),
+                                     config_to_dict(cfg.teacher), seed], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache) / f"teacher-{key}.pt"
+    history_path = path.with_suffix(".json")
+    if path.exists():
+        model = build_teacher(data.schema, cfg.teacher)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        facts = json.loads(history_path.read_text())
+        return Trained(model.eval(), FitResult(facts["best_epoch"], facts["best_valid_gauc"], facts["train_seconds"],
+                                               facts["rows_per_second"], facts["seconds_to_best"]))
+    trained = train_teacher(data.train, data.valid, data.schema, cfg.teacher, seed=seed)
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    torch.save(trained.model.state_dict(), path)
+    h = trained.history
+    history_path.write_text(json.dumps({"best_epoch": h.best_epoch, "best_valid_gauc": h.best_valid_gauc,
+                                        "train_seconds": h.train_seconds, "rows_per_second": h.rows_per_second,
+                                        "seconds_to_best": h.seconds_to_best}))
+    return trained
+
+
+def _variant(spec: str, dataset: str, args: argparse.Namespace, seed: int) -> tuple[str, RunConfig]:
+    """``name:section.key=value,...`` -> (name, the run's config with those overrides, validated)."""
     name, _, body = spec.partition(":")
-    for item in filter(None, body.split(",")):
-        key, value = item.split("=", 1)
-        section, field = key.split(".")
-        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{field: json.loads(value)
-                                                                           if value[:1] in "0123456789-[tf" else value})})
-    return name, cfg
+    return name, _config(dataset, args, seed, [item for item in body.split(",") if item])
 
 
 def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -96,7 +119,7 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
     sets = {s: candidate_sets(data.splits[s], data.pairs, users=args.users, sampled=1000, seed=seed)
             for s in ("valid", "test")}
     start = time.perf_counter()
-    teacher = train_teacher(data.train, data.valid, data.schema, cfg.teacher, seed=seed)
+    teacher = _teacher(cfg, data, seed, args.teacher_cache)
     teacher_seconds = time.perf_counter() - start
     teacher_scores = {s: score_candidates(teacher.model, data.splits[s], data.pairs, sets[s]) for s in sets}
     oracle = _oracle(cfg, data, sets["test"])
@@ -117,10 +140,11 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
         rows.append(out)
         print(json.dumps(out), file=sys.stderr, flush=True)
 
-    record("teacher", teacher.model, teacher_seconds, {"prep_seconds": round(prep_seconds, 2),
-                                                        "rows_per_second": teacher.history.rows_per_second})
+    record("teacher", teacher.model, teacher.history.train_seconds or teacher_seconds,
+           {"prep_seconds": round(prep_seconds, 2), "rows_per_second": teacher.history.rows_per_second,
+            "best_epoch": teacher.history.best_epoch})
     students = [("distilled", cfg), ("hard", replace(cfg, distill=replace(cfg.distill, alpha=0.0)))]
-    students += [_overrides(spec, cfg) for spec in args.variant]
+    students += [_variant(spec, dataset, args, seed) for spec in args.variant]
     for name, scfg in students:
         start = time.perf_counter()
         trained = distill(teacher.model if scfg.distill.alpha > 0 else None, data.train, data.valid, data.schema,
@@ -200,6 +224,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=300, help="candidate sets per split")
     ap.add_argument("--table-rows", type=int, default=50_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--teacher-cache", default="", help="directory to keep teachers in (reused across runs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -46,14 +46,12 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("cold/cost.py", "student"): "issue 11: costs read the model families through student/",
     ("cold/latency.py", "student"): "issue 11: one exporter in serving/ times every family",
     ("cold/sweep.py", "student"): "issue 12 item 1: the sweep trains its points through distill's API",
-    ("serving/onnx_export.py", "layers"): "issue 11: one exporter (torch.onnx.export), no module walking",
 }
 
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
-OVERSIZED_MODULES = {"config.py": "issue 12 item 6 (config constraints) splits validation out",
-                     "serving/kv_file.py": "the KV file's header moves to its own module (kv_header.py, in progress)"}
-LONG_FUNCTIONS = {("serving/kv_file.py", "__init__"): "the KV file's header moves to its own module (in progress)"}
+OVERSIZED_MODULES = {"config.py": "issue 12 item 6 (config constraints) splits validation out"}
+LONG_FUNCTIONS: dict[tuple[str, str], str] = {}  # (module, function): the work that shortens it
 
 
 @dataclass(frozen=True)

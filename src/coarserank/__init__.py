@@ -47,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "RankResult": "coarserank.serving.ranker",
     "parse_user": "coarserank.serving.ranker",
     "read_candidates": "coarserank.serving.ranker",
+    "describe_run": "coarserank.serving.describe",
+    "format_description": "coarserank.serving.describe",
     # errors
     "CoarseRankError": "coarserank.errors",
     "ConfigError": "coarserank.errors",
@@ -77,8 +79,10 @@ __all__ = [
     "ServingError",
     "Trained",
     "consistency",
+    "describe_run",
     "evaluate",
     "export",
+    "format_description",
     "load_config",
     "parse_user",
     "prepare_data",
@@ -99,6 +103,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from coarserank.pipeline.export_stage import ExportResult
     from coarserank.pipeline.run import run
     from coarserank.pipeline.run_data import RunData
+    from coarserank.serving.describe import describe_run, format_description
     from coarserank.serving.ranker import CoarseRanker, RankResult, parse_user, read_candidates
 
 

@@ -185,12 +185,13 @@ def export(student: TwoTower, teacher: DeepFM, dataset: Run | RunData | Prepared
     """
     data = _run_data(student, dataset, serving, seed)
     hashes = {name: model_hash(m) for name, m in (("student", student), ("teacher", teacher))}
-    if isinstance(dataset, Run):  # the run's own checkpoints keep the run's hashes
-        for name in hashes:
-            if model_hash(dataset.model(name)) == hashes[name]:
-                hashes[name] = str(dataset.manifest.file_hash(MODEL_FILES[name]))
+    run_id = ""
+    if isinstance(dataset, Run):  # the run's own checkpoints keep the run's hashes and its run id
+        own = [name for name in hashes if model_hash(dataset.model(name)) == hashes[name]]
+        hashes.update({name: str(dataset.manifest.file_hash(MODEL_FILES[name])) for name in own})
+        run_id = dataset.manifest.run_id if len(own) == len(hashes) else ""
     result = export_models(out_dir, data, student, teacher, student_hash=hashes["student"],
-                           teacher_hash=hashes["teacher"], progress=progress or (lambda _m: None))
+                           teacher_hash=hashes["teacher"], run_id=run_id, progress=progress or (lambda _m: None))
     if check:
         result.enforce()
     return result

@@ -154,14 +154,20 @@ def test_two_tower_top_k_keeps_one_field_per_tower():
     assert select_top_k(["x", "u", "c", "i"], schema, "cold", 2) == ["u", "x"]
 
 
-def test_each_point_was_timed_on_its_own_exported_model(swept, tiny):
+def test_each_point_was_timed_on_its_own_exported_model_with_raw_inputs_as_shipped(swept, tiny):
     import hashlib
 
     import onnx
+
+    from coarserank.serving.onnx_inputs import input_specs
 
     data, _ = tiny
     for p in swept[0].body["points"]:
         path = data.out_dir / "points" / f"cold-k{p['k']}" / "scorer.onnx"
         assert p["latency"]["onnx_sha256"] == {"scorer.onnx": hashlib.sha256(path.read_bytes()).hexdigest()}
-        assert [i.name for i in onnx.load(str(path)).graph.input] == p["features"]
+        model = onnx.load(str(path))
+        meta = {m.key: m.value for m in model.metadata_props}
+        assert meta["fields"].split(",") == p["features"]
+        raw = [s.name for s in input_specs(data.encoder, "cold", p["features"])]
+        assert [i.name for i in model.graph.input] == raw
         assert p["latency"]["max_abs_diff"] < 1e-3

@@ -184,6 +184,46 @@ def test_layout_matches_the_documented_bytes(kv_path: tuple[Path, np.ndarray, np
     np.testing.assert_array_equal(matrix, vectors[np.argsort(ids)])
 
 
+RUN_ID = "9c1e" * 8
+
+
+def test_a_file_with_a_run_id_is_version_2_with_the_ids_at_byte_192(tmp_path: Path, rng: np.random.Generator) -> None:
+    ids, vectors = _items(rng)
+    path = write_kv_file(tmp_path / "items.kv", ids, vectors, MODEL_HASH, run_id=RUN_ID)
+    raw = path.read_bytes()
+    version, ids_off, vec_off, size = struct.unpack_from("<H", raw, 4)[0], *struct.unpack_from("<QQQ", raw, 24)
+    assert (version, ids_off, vec_off, size) == (2, 192, 192 + 64 * 25, len(raw))
+    assert struct.unpack_from("<I", raw, 124)[0] == zlib.crc32(raw[:124])
+    run_len = struct.unpack_from("<I", raw, 128)[0]
+    assert raw[132 : 132 + run_len].decode() == RUN_ID and raw[132 + run_len : 188] == bytes(56 - run_len)
+    assert struct.unpack_from("<I", raw, 188)[0] == zlib.crc32(raw[128:188])
+    assert struct.unpack_from("<I", raw, 48)[0] == zlib.crc32(raw[192:])
+    np.testing.assert_array_equal(np.frombuffer(raw, "<i8", 200, 192), np.sort(ids))
+
+
+def test_run_id_round_trips_and_a_version_1_file_has_none(tmp_path: Path, rng: np.random.Generator,
+                                                          kv_path: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    ids, vectors = _items(rng)
+    path = write_kv_file(tmp_path / "v2.kv", ids, vectors, MODEL_HASH, dtype="float16", run_id=RUN_ID)
+    with FileKVStore(path) as v2, FileKVStore(kv_path[0]) as v1:
+        assert (v2.run_id, v2.format_version, v2.model_hash) == (RUN_ID, 2, MODEL_HASH)
+        assert (v1.run_id, v1.format_version) == ("", 1)
+        np.testing.assert_array_equal(v2.get(ids).vectors, vectors.astype(np.float16).astype(np.float32))
+
+
+def test_corrupt_run_id_block_is_reported(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_kv_file(tmp_path / "items.kv", *_items(rng), MODEL_HASH, run_id=RUN_ID)
+    _patch(path, 133, b"X")
+    with pytest.raises(ArtifactError, match="run-id block checksum mismatch"):
+        FileKVStore(path)
+
+
+def test_run_id_longer_than_56_bytes_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="run_id must be 0 to 56 bytes of UTF-8 without NUL, got 57 bytes"):
+        write_kv_file(tmp_path / "x.kv", [1], np.ones((1, 2)), MODEL_HASH, run_id="r" * 57)
+    assert not (tmp_path / "x.kv").exists()
+
+
 # ---- input validation ---------------------------------------------------------------------------
 
 
@@ -247,7 +287,7 @@ def test_wrong_magic_is_reported(kv_path: tuple[Path, np.ndarray, np.ndarray]) -
 
 def test_wrong_version_is_reported(kv_path: tuple[Path, np.ndarray, np.ndarray]) -> None:
     _patch(kv_path[0], 4, struct.pack("<H", 9))
-    with pytest.raises(ArtifactError, match="unsupported format version 9, this reader knows version 1"):
+    with pytest.raises(ArtifactError, match="unsupported format version 9, this reader knows versions 1, 2"):
         FileKVStore(kv_path[0])
 
 

@@ -20,6 +20,7 @@ HERE = Path(__file__).parent
 JS_CHECK = HERE / "js" / "kv_reader_check.js"
 JAVA_SOURCE = HERE / "java" / "KvReader.java"
 MODEL_HASH = "c0ffee" * 10 + "abcd"
+RUN_ID = "run-" + "7e" * 16
 MISSING_IDS = [3, -(2**62), 2**53 + 2]
 TIMEOUT = 120
 
@@ -66,7 +67,7 @@ def _items() -> tuple[np.ndarray, np.ndarray]:
     return ids, vectors
 
 
-def _golden(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> dict[str, object]:
+def _golden(ids: np.ndarray, vectors: np.ndarray, dtype: str, run_id: str) -> dict[str, object]:
     order = np.argsort(ids)
     stored = vectors[order].astype(dtype).astype(np.float32)
     return {
@@ -74,18 +75,20 @@ def _golden(ids: np.ndarray, vectors: np.ndarray, dtype: str) -> dict[str, objec
         "count": int(ids.size),
         "dtype": dtype,
         "model_hash": MODEL_HASH,
+        "run_id": run_id,
         "ids": [str(i) for i in ids[order].tolist()],
         "vectors": stored.astype(np.float64).tolist(),  # float32 values, exact as JSON numbers
         "missing": [str(i) for i in MISSING_IDS],
     }
 
 
-@pytest.fixture(params=["float32", "float16"])
+@pytest.fixture(params=[("float32", ""), ("float16", ""), ("float32", RUN_ID), ("float16", RUN_ID)],
+                ids=["float32-v1", "float16-v1", "float32-v2", "float16-v2"])
 def kv_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, dict[str, object], str]:
-    dtype = request.param
+    dtype, run_id = request.param
     ids, vectors = _items()
-    path = write_kv_file(tmp_path / "items.kv", ids, vectors, MODEL_HASH, dtype=dtype)
-    golden = _golden(ids, vectors, dtype)
+    path = write_kv_file(tmp_path / "items.kv", ids, vectors, MODEL_HASH, dtype=dtype, run_id=run_id)
+    golden = _golden(ids, vectors, dtype, run_id)
     return path, golden, dtype
 
 
@@ -114,7 +117,7 @@ def test_java_reader_matches_python(java_classes: Path, kv_file: tuple[Path, dic
     )
     assert done.returncode == 0, f"java reader failed:\n{done.stderr}"
     header, *rows = done.stdout.splitlines()
-    assert header == f"dim=7 count=47 dtype={dtype} model_hash={MODEL_HASH}"
+    assert header == f"dim=7 count=47 dtype={dtype} model_hash={MODEL_HASH} run_id={golden['run_id']}"
     expected_bits = np.array(golden["vectors"], dtype=np.float32).view(np.uint32)
     for i, (line, want_id) in enumerate(zip(rows, wanted, strict=True)):
         got_id, *fields = line.split()

@@ -65,6 +65,17 @@ def test_metadata_and_ids_of_the_current_version(
     np.testing.assert_array_equal(store.ids(), np.sort(ids))
 
 
+def test_run_id_is_kept_in_the_version_meta_and_absent_without_one(
+    store: RedisKVStore, items: tuple[np.ndarray, np.ndarray]
+) -> None:
+    ids, vectors = items
+    store.publish(ids, vectors, "model-1")
+    assert store.run_id == ""
+    store.publish(ids, vectors, "model-1", run_id="run-42")
+    store.refresh()
+    assert store.run_id == "run-42"
+
+
 def test_vectors_are_raw_little_endian_bytes_under_versioned_keys(
     store: RedisKVStore, raw: redis.Redis, redis_namespace: str, items: tuple[np.ndarray, np.ndarray]
 ) -> None:

@@ -21,10 +21,11 @@ import torch
 from coarserank.config import load_config
 from coarserank.data.encode import Encoder
 from coarserank.data.schema import OOV, PAD
-from coarserank.errors import ConfigError, ServingError
+from coarserank.errors import ArtifactError, ConfigError, ServingError
 from coarserank.pipeline.run import load_context, run
 from coarserank.serving.onnx_export import (
     export_item_tower,
+    export_model,
     export_teacher,
     export_user_tower,
     onnx_parity,
@@ -278,3 +279,94 @@ def test_opset_below_13_is_a_config_error(exported: Exported, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="serving.opset must be at least 13, got 12"):
         export_user_tower(exported.models["student"], exported.encoder, tmp_path / "u.onnx",
                           run_hash=RUN_HASH, opset=12)
+
+
+class _MultiInterest(torch.nn.Module):
+    """A user tower of another shape: K = 3 interest vectors of 5 values per row, ``[N, 3, 5]``."""
+
+    def __init__(self, schema) -> None:
+        super().__init__()
+        from coarserank.layers import FeatureEmbedding
+
+        self.schema = schema
+        self.embedding = FeatureEmbedding(schema, 4, init_std=0.5)
+        self.proj = torch.nn.Linear(len(schema) * 4, 15)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.tanh(self.proj(self.embedding(inputs).flatten(1))).reshape(-1, 3, 5)
+
+
+def _scrambled(module: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
+    """Weights far from their near-zero initialisation, so a 1e-5 parity check has something to check."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return module.eval()
+
+
+def test_cold_model_over_every_field_matches_pytorch_on_raw_rows(exported: Exported, tmp_path: Path) -> None:
+    from coarserank.cold.se_model import build_cold_model
+
+    torch.manual_seed(0)
+    cold = _scrambled(build_cold_model(exported.encoder.schema_, 4, (16,)))
+    path = export_model(cold, exported.encoder, tmp_path / "scorer.onnx", "cold")
+    got = _session(path).run(None, feeds_from_frame(exported.encoder, exported.rows, "cold"))[0]
+    inputs = {k: torch.from_numpy(v) for k, v in exported.encoder.transform(exported.rows).items()}
+    with torch.no_grad():
+        want = cold(inputs).numpy()
+    assert got.shape == (1000,) and np.std(want) > 0.1
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+    assert onnx_parity(cold, exported.encoder, path, exported.rows, "cold") <= TOLERANCE
+
+
+def test_any_module_returning_n_k_d_exports_with_its_shape_and_parity(exported: Exported, tmp_path: Path) -> None:
+    schema = exported.encoder.schema_.select(("user", "context"))
+    model = _scrambled(_MultiInterest(schema))
+    path = export_model(model, exported.encoder, tmp_path / "interests.onnx", "user")
+    session = _session(path)
+    assert [d for d in session.get_outputs()[0].shape] == ["N", 3, 5]
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert (meta["output_shape"], meta["vector_dim"]) == ('["N", 3, 5]', "5")
+    got = session.run(None, feeds_from_frame(exported.encoder, exported.rows, "user"))[0]
+    inputs = {k: torch.from_numpy(v) for k, v in exported.encoder.transform(exported.rows, schema.names).items()}
+    with torch.no_grad():
+        want = model(inputs).numpy()
+    assert got.shape == (1000, 3, 5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+
+
+def test_module_returning_a_tuple_is_an_artifact_error(exported: Exported, tmp_path: Path) -> None:
+    class Pair(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner, self.schema = inner, inner.schema
+
+        def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.inner(inputs)
+            return out, out
+
+    with pytest.raises(ArtifactError, match=r"must return \[N\], \[N, D\] or \[N, K, D\].*got tuple"):
+        export_model(Pair(exported.models["student"].user_tower), exported.encoder, tmp_path / "x.onnx", "user")
+
+
+def test_unknown_model_kind_is_a_config_error(exported: Exported, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model kind 'ranker'"):
+        export_model(exported.models["teacher"], exported.encoder, tmp_path / "x.onnx", "ranker")  # type: ignore[arg-type]
+
+
+def test_stacked_field_embeddings_are_exported_without_a_node_per_field(exported: Exported) -> None:
+    nodes = [n for n in onnx.load(str(exported.paths["user"])).graph.node if n.name.startswith("network/")]
+    ops = [n.op_type for n in nodes]
+    assert "Unsqueeze" not in ops and "Flatten" not in ops and "Expand" not in ops
+    assert ops.count("Concat") == 1
+
+
+def test_exporting_leaves_the_module_in_its_training_mode(exported: Exported, tmp_path: Path) -> None:
+    tower = exported.models["student"].user_tower
+    tower.train()
+    try:
+        export_model(tower, exported.encoder, tmp_path / "u.onnx", "user")
+        assert tower.training
+    finally:
+        tower.eval()

@@ -116,6 +116,14 @@ def test_partial_sort_matches_a_full_sort(n: int, rng: np.random.Generator) -> N
     np.testing.assert_array_equal(top_positions(scores, n), np.argsort(-scores, kind="stable")[:n])
 
 
+@pytest.mark.parametrize("n", [1, 7, 30, 99])
+def test_ties_keep_candidate_order_inside_and_at_the_cut(n: int, rng: np.random.Generator) -> None:
+    scores = rng.integers(0, 4, size=100).astype(np.float32)  # few distinct values: ties everywhere
+    got = top_positions(scores, n)
+    want = sorted(range(100), key=lambda i: (-scores[i], i))[:n]  # best score first, then earlier candidate
+    np.testing.assert_array_equal(got, want)
+
+
 def test_user_missing_a_feature_names_it(ranker) -> None:
     user = {k: v for k, v in USER.items() if k != "gender"}
     with pytest.raises(ServingError, match="the user lacks feature 'gender' .*reads: user_id, age, gender"):

@@ -3,10 +3,12 @@
 The export writes it, every reader (``CoarseRanker.from_run``, ``Run.serving``, the Java and Node
 rankers) reads it; :class:`ServingBundle` is the only code that builds or parses it.
 
-Keys (format 1): ``format``, ``model_hash`` (sha256 of the student's checkpoint), ``dim``,
-``items``, ``kv_dtype``, ``score`` = ``{"a", "b", "formula"}`` and ``files`` (role -> file name:
-``user_tower``, ``item_tower``, ``teacher``, ``catalogue``, ``kv``, ``index``, ``queries``,
-``index_sidecar``).
+Keys (format 1): ``format``, ``run_id`` (the id every artifact of the run carries), ``model_hash``
+(sha256 of the student's checkpoint), ``dim``, ``items``, ``history_base_rate`` and
+``history_crosses`` (the history crosses' statistics a client computes them with), ``kv_dtype``,
+``score`` = ``{"a", "b", "formula"}`` and ``files`` (role -> file name: ``user_tower``,
+``item_tower``, ``teacher``, ``catalogue``, ``kv``, ``index``, ``queries``, ``index_sidecar``).
+``run_id`` and the history keys are absent from bundles exported before they existed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Mapping
+from typing import Any, Final, Mapping, Sequence
 
 from coarserank.atomic import atomic_write_text
 from coarserank.errors import ArtifactError
@@ -38,6 +40,9 @@ class ServingBundle:
     a: float
     b: float
     files: Mapping[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+    history_base_rate: float | None = None
+    history_crosses: Sequence[Mapping[str, Any]] | None = None
 
     def file(self, role: str) -> str:
         """The file name of ``role`` (``user_tower``, ``kv``, ``index``, ...).
@@ -54,8 +59,13 @@ class ServingBundle:
                                 f"{', '.join(self.files) or 'none'}") from None
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": BUNDLE_FORMAT, "model_hash": self.model_hash, "dim": self.dim, "items": self.items,
-                "kv_dtype": self.kv_dtype, "score": {"a": self.a, "b": self.b, "formula": SCORE_FORMULA},
+        body: dict[str, Any] = {"format": BUNDLE_FORMAT}
+        if self.run_id is not None:
+            body["run_id"] = self.run_id
+        body.update(model_hash=self.model_hash, dim=self.dim, items=self.items)
+        if self.history_crosses is not None:
+            body.update(history_base_rate=self.history_base_rate, history_crosses=list(self.history_crosses))
+        return {**body, "kv_dtype": self.kv_dtype, "score": {"a": self.a, "b": self.b, "formula": SCORE_FORMULA},
                 "files": dict(self.files)}
 
     @classmethod
@@ -76,7 +86,11 @@ class ServingBundle:
         try:
             bundle = cls(model_hash=str(body["model_hash"]), dim=int(body["dim"]), items=int(body["items"]),
                          kv_dtype=str(body["kv_dtype"]), a=float(score["a"]), b=float(score["b"]),
-                         files={str(k): str(v) for k, v in dict(body["files"]).items()})
+                         files={str(k): str(v) for k, v in dict(body["files"]).items()},
+                         run_id=None if body.get("run_id") is None else str(body["run_id"]),
+                         history_base_rate=(None if body.get("history_base_rate") is None
+                                            else float(body["history_base_rate"])),
+                         history_crosses=None if body.get("history_crosses") is None else list(body["history_crosses"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: key {exc} is missing or has the wrong type") from None
         missing = [r for r in _ROLES if r not in bundle.files]

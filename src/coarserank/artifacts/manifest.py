@@ -5,9 +5,9 @@ sha256 of every file they wrote (``files``), the numerical checks of the exports
 what identifies the run (``run_id``, ``config_hash``, ``data_fingerprint``). Every other module
 reads and changes it through :class:`Manifest`; nobody else touches the dictionary.
 
-On disk it is format 1, as written since the first release; ``run_id``, a stage's ``finished``
-time and its ``inputs`` (when each stage it read had finished) were added later and are optional
-when reading (an older run has none of them).
+On disk it is format 1, as written since the first release; a stage's ``finished`` time and its
+``inputs`` (when each stage it read had finished) were added later and are optional when reading.
+The run id is derived, not stored (:attr:`Manifest.run_id`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import json
 import platform
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -82,7 +81,7 @@ class Manifest:
     @classmethod
     def new(cls, config_hash: str) -> Manifest:
         """The manifest of a run that starts now."""
-        return cls({"format": FORMAT, "run_id": uuid.uuid4().hex, "config_hash": config_hash,
+        return cls({"format": FORMAT, "config_hash": config_hash,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
                     "machine": platform.platform(), "stages": {}, "files": {}, "checks": {}})
 
@@ -115,12 +114,12 @@ class Manifest:
     # -- identity ------------------------------------------------------------------------------
     @property
     def run_id(self) -> str:
-        """A unique id of the run (older runs: derived from their config hash and creation time)."""
-        stored = self._body.get("run_id")
-        if isinstance(stored, str):
-            return stored
-        seed = f"{self._body.get('config_hash')}|{self._body.get('created')}"
-        return hashlib.sha256(seed.encode()).hexdigest()[:32]
+        """The id every serving artifact of the run carries: 32 hex digits of the sha256 of the
+        resolved config hash, the data fingerprint and the teacher's and student's checkpoint hashes
+        (what the run was made from; no single file's hash equals it, and a resumed run keeps it)."""
+        body = {"config": self.config_hash, "data": self.data_fingerprint, "teacher": self.file_hash("teacher.pt"),
+                "student": self.file_hash("student.pt")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
     @property
     def config_hash(self) -> str | None:

@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "distill", "main"]
 
 
 COMMANDS = {"run": "run_cmd", "report": "report_cmd", "rank": "serve_cmds", "bench": "serve_cmds",
-            "index": "serve_cmds", "recall": "serve_cmds", "sweep": "sweep_cmd"}
+            "index": "serve_cmds", "recall": "serve_cmds", "sweep": "sweep_cmd", "describe": "describe_cmd"}
 """Command -> the module of ``coarserank.cli`` that defines it, imported when the command is used
 (so ``distill report`` does not load LightGBM, ONNX or Faiss)."""
 

@@ -10,7 +10,7 @@ from coarserank.cold.importance import (
     rank_agreement,
     se_importance,
 )
-from coarserank.cold.latency import LatencyResult, cold_latency, export_encoded, two_tower_latency
+from coarserank.cold.latency import LatencyResult, cold_latency, two_tower_latency
 from coarserank.cold.pareto import choose_under_budget, pareto_flags
 from coarserank.cold.se_model import ColdModel, SEGate, build_cold_model
 from coarserank.cold.sweep import CandidateSets, SweepResult, parse_ks, run_sweep, write_chosen_config
@@ -26,7 +26,6 @@ __all__ = [
     "choose_under_budget",
     "cold_latency",
     "count_params",
-    "export_encoded",
     "feature_costs",
     "gbdt_importance",
     "onnx_macs",

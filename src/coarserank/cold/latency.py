@@ -1,65 +1,58 @@
-"""Measured serving latency of a sweep point: its own model, exported to ONNX, run by ONNX Runtime.
+"""Measured serving latency of a sweep point: its own model, exported as it would ship, run by ONNX Runtime.
 
-Each point's trained model is exported on *encoded* inputs (one ONNX input per field, named after
-the field, batch axis dynamic; the raw-column preprocessing graphs of ``serving`` are not part of
-it) with the legacy TorchScript exporter (``dynamo=False``), checked against PyTorch on the timed
-rows, and timed with :func:`coarserank.serving.timing.measure` (warm-up, then repeats timed one by
-one) twice: with ONNX Runtime pinned to 1 intra-op thread and with its default thread count.
+Each point's trained model goes through the one exporter the run uses
+(:func:`coarserank.serving.onnx_export.export_model`): raw feature values in, the preprocessing
+graph (vocabulary lookup, bucketing, normalisation, crosses) and the network in one file, so the
+sweep times exactly the graph that ships. The file is checked against PyTorch on the timed rows and
+timed with :func:`coarserank.serving.timing.measure` (warm-up, then repeats timed one by one) twice:
+with ONNX Runtime pinned to 1 intra-op thread and with its default thread count. Feeds are built
+from the raw rows before timing (a server receives them ready).
 
 What one timed call is, for one request of ``n`` candidates:
 
 ``cold``
-    One ``InferenceSession.run`` of the COLD model on a batch of ``n`` rows: every selected field,
-    crosses included, is evaluated per candidate.
+    One ``InferenceSession.run`` of the COLD scorer on a batch of ``n`` raw rows: every selected
+    field, crosses included, is encoded and evaluated per candidate.
 ``two_tower``
-    One ``run`` of the user tower on a batch of 1 row, then the candidates' item vectors gathered
-    from a precomputed matrix (what a KV store returns; computed beforehand by the exported item
-    tower) and scored ``a * (V @ u) + b`` with numpy. The item tower is not on the request path.
-    numpy's own threads are not pinned; for 1,000 x 64 values they do not come into play.
+    One ``run`` of the user tower on 1 raw row, then the candidates' item vectors gathered from a
+    precomputed matrix (what a KV store returns; computed beforehand by the exported item tower on
+    the candidates' raw item columns) and scored ``a * (V @ u) + b`` with numpy. The item tower is
+    not on the request path. numpy's own threads are not pinned; for 1,000 x 64 values they do not
+    come into play.
 
 Example
 -------
->>> result = cold_latency(model, rows, out_dir, repeats=200, warmup=20)   # doctest: +SKIP
->>> result.timings["threads_1"].p99_ms                                     # doctest: +SKIP
+>>> result = cold_latency(model, encoder, rows, out_dir, repeats=200, warmup=20)   # doctest: +SKIP
+>>> result.timings["threads_1"].p99_ms                                              # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import warnings
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
+import polars as pl
 import torch
-from torch import nn
 
-from coarserank.atomic import atomic_path
 from coarserank.cold.se_model import ColdModel
-from coarserank.data.schema import Schema
-from coarserank.errors import ArtifactError, ConfigError
+from coarserank.data.encode import Encoder
+from coarserank.errors import ArtifactError
+from coarserank.serving.onnx_export import export_item_tower, export_model, export_user_tower, onnx_parity
+from coarserank.serving.onnx_inputs import feeds_from_frame
 from coarserank.serving.timing import Timing, available_cores, measure
-from coarserank.student.two_tower import Tower, TwoTower
+from coarserank.student.two_tower import TwoTower
 
-__all__ = ["LatencyResult", "export_encoded", "ort_session", "cold_latency", "two_tower_latency", "THREAD_SETTINGS"]
+__all__ = ["LatencyResult", "ort_session", "cold_latency", "two_tower_latency", "THREAD_SETTINGS"]
 
 THREAD_SETTINGS: dict[str, int] = {"threads_1": 1, "threads_default": 0}
 """Timing runs: ONNX Runtime intra-op threads (0 = ONNX Runtime's default, one per core)."""
 
 _PARITY_TOLERANCE = 1e-3
-
-
-class _Positional(nn.Module):
-    """Adapter for export: one positional tensor per field, in schema order."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(dict(zip(self.names, inputs)))
+_SWEEP_HASH = "sweep-point"
 
 
 @dataclass(frozen=True)
@@ -94,42 +87,7 @@ class LatencyResult:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def export_encoded(model: nn.Module, schema: Schema, path: Path | str, sample: dict[str, np.ndarray],
-                   opset: int = 17) -> Path:
-    """Export ``model`` with one ONNX input per field of ``schema`` (named after it) and output ``score``.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Takes ``{field: tensor}`` for the fields of ``schema``; returns ``[B]`` or ``[B, dim]``.
-    schema : Schema
-        The fields, in input order.
-    path : Path or str
-        Where the ``.onnx`` file goes (written atomically).
-    sample : dict[str, np.ndarray]
-        Encoded rows (at least the fields of ``schema``) used to trace the model.
-    opset : int
-        ONNX opset.
-    """
-    names = schema.names
-    missing = [n for n in names if n not in sample]
-    if missing:
-        raise ConfigError(f"ONNX export: the sample rows lack fields {missing}")
-    args = tuple(torch.as_tensor(np.ascontiguousarray(sample[n][:2])) for n in names)
-    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in names}
-    axes["score"] = {0: "batch"}
-    wrapper = _Positional(model, names).eval()
-    target = Path(path)
-    with atomic_path(target, ".onnx") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, args, str(tmp), input_names=names, output_names=["score"], dynamic_axes=axes,
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
-    return target
 
 
 def ort_session(path: Path | str, threads: int) -> ort.InferenceSession:
@@ -141,10 +99,6 @@ def ort_session(path: Path | str, threads: int) -> ort.InferenceSession:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _feeds(schema: Schema, rows: dict[str, np.ndarray], n: int | None = None) -> dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(rows[name][:n] if n is not None else rows[name]) for name in schema.names}
 
 
 def _check_parity(diff: float, what: str) -> float:
@@ -162,83 +116,93 @@ def _time_all(make_call: Callable[[int], Callable[[], object]], repeats: int, wa
     return out
 
 
-def _rows(rows: dict[str, np.ndarray]) -> int:
-    return len(next(iter(rows.values())))
-
-
 @torch.no_grad()
-def cold_latency(model: ColdModel, rows: dict[str, np.ndarray], out_dir: Path | str, *, opset: int = 17,
-                 repeats: int = 200, warmup: int = 20) -> LatencyResult:
+def cold_latency(model: ColdModel, encoder: Encoder, rows: pl.DataFrame, out_dir: Path | str, *,
+                 opset: int = 17, repeats: int = 200, warmup: int = 20) -> LatencyResult:
     """Export the COLD model to ``out_dir/scorer.onnx`` and time one ORT call on all ``rows``.
 
     Parameters
     ----------
     model : ColdModel
         The trained point model (its schema names the fields it reads).
-    rows : dict[str, np.ndarray]
-        Encoded candidate rows of one request; every row is scored per call.
+    encoder : Encoder
+        The run's fitted encoder.
+    rows : pl.DataFrame
+        Raw candidate rows of one request (feature columns, history crosses); every row is scored.
     out_dir : Path or str
         Directory for the ONNX file.
     opset, repeats, warmup : int
         ONNX opset; timed and untimed calls per thread setting.
     """
     model = model.eval().cpu()
-    schema = model.schema
-    path = export_encoded(model, schema, Path(out_dir) / "scorer.onnx", rows, opset)
-    feeds = _feeds(schema, rows)
-    reference = model({k: torch.as_tensor(v) for k, v in feeds.items()}).numpy()
-    got = ort_session(path, 1).run(None, feeds)[0]
-    diff = _check_parity(float(np.max(np.abs(got - reference))), "COLD scorer")
+    fields = model.schema.names
+    path = export_model(model, encoder, Path(out_dir) / "scorer.onnx", "cold", fields=fields, opset=opset,
+                        metadata={"run_hash": _SWEEP_HASH})
+    diff = _check_parity(onnx_parity(model, encoder, path, rows, "cold"), "COLD scorer")
+    feeds = feeds_from_frame(encoder, rows, "cold", fields)
 
     def make_call(threads: int) -> Callable[[], object]:
         session = ort_session(path, threads)
         return lambda: session.run(None, feeds)
 
-    return LatencyResult(_rows(rows), _time_all(make_call, repeats, warmup), {path.name: _sha256(path)}, diff,
-                         f"one ONNX Runtime call of scorer.onnx on {_rows(rows)} rows (every field per candidate)")
+    n = rows.height
+    return LatencyResult(n, _time_all(make_call, repeats, warmup), {path.name: _sha256(path)}, diff,
+                         f"one ONNX Runtime call of scorer.onnx on {n} raw rows (every field per candidate)")
+
+
+def _torch_score(model: TwoTower, encoder: Encoder, rows: pl.DataFrame) -> np.ndarray:
+    """PyTorch's score of every row's item for the first row's user."""
+    def encoded(frame: pl.DataFrame, tower: Any) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in encoder.transform(frame, tower.schema.names).items()}
+
+    u = model.user_tower(encoded(rows.head(1), model.user_tower))[0]
+    v = model.item_tower(encoded(rows, model.item_tower))
+    return (float(model.a) * (v @ u) + float(model.b)).numpy()
 
 
 @torch.no_grad()
-def two_tower_latency(model: TwoTower, rows: dict[str, np.ndarray], out_dir: Path | str, *, opset: int = 17,
-                      repeats: int = 200, warmup: int = 20) -> LatencyResult:
+def two_tower_latency(model: TwoTower, encoder: Encoder, rows: pl.DataFrame, out_dir: Path | str, *,
+                      opset: int = 17, repeats: int = 200, warmup: int = 20) -> LatencyResult:
     """Export both towers to ``out_dir`` and time user tower (1 row) + gather + inner products.
 
     Parameters
     ----------
     model : TwoTower
         The trained point model.
-    rows : dict[str, np.ndarray]
-        Encoded candidate rows of one request: the first row's user and context fields form the
-        request, every row's item fields a candidate.
+    encoder : Encoder
+        The run's fitted encoder.
+    rows : pl.DataFrame
+        Raw candidate rows of one request: the first row's user and context columns form the
+        request, every row's item columns a candidate.
     out_dir : Path or str
         Directory for ``user_tower.onnx`` and ``item_tower.onnx``.
     opset, repeats, warmup : int
         ONNX opset; timed and untimed calls per thread setting.
     """
     model = model.eval().cpu()
-    towers: dict[str, Tower] = {"user_tower": model.user_tower, "item_tower": model.item_tower}
-    paths = {name: export_encoded(t, t.schema, Path(out_dir) / f"{name}.onnx", rows, opset)
-             for name, t in towers.items()}
-    user_feeds = _feeds(model.user_tower.schema, rows, 1)
-    item_feeds = _feeds(model.item_tower.schema, rows)
+    out = Path(out_dir)
+    paths = {"user_tower": export_user_tower(model, encoder, out / "user_tower.onnx", run_hash=_SWEEP_HASH,
+                                             opset=opset),
+             "item_tower": export_item_tower(model, encoder, out / "item_tower.onnx", run_hash=_SWEEP_HASH,
+                                             opset=opset)}
+    user_feeds = feeds_from_frame(encoder, rows.head(1), "user")
+    item_feeds = feeds_from_frame(encoder, rows, "item")
     vectors = np.ascontiguousarray(ort_session(paths["item_tower"], 1).run(None, item_feeds)[0])  # offline
     a, b = float(model.a), float(model.b)
-    n = _rows(rows)
+    n = rows.height
     ids = np.arange(n)
 
     def score(session: ort.InferenceSession) -> np.ndarray:
         u = session.run(None, user_feeds)[0][0]
         return a * (vectors[ids] @ u) + b
 
-    broadcast = {k: torch.as_tensor(v).expand(n, *v.shape[1:]) for k, v in user_feeds.items()}
-    inputs = {**{k: torch.as_tensor(v) for k, v in item_feeds.items()}, **broadcast}
-    diff = _check_parity(float(np.max(np.abs(score(ort_session(paths["user_tower"], 1)) - model(inputs).numpy()))),
-                         "two-tower scoring path")
+    got = score(ort_session(paths["user_tower"], 1))
+    diff = _check_parity(float(np.max(np.abs(got - _torch_score(model, encoder, rows)))), "two-tower scoring path")
 
     def make_call(threads: int) -> Callable[[], object]:
         session = ort_session(paths["user_tower"], threads)
         return lambda: score(session)
 
     return LatencyResult(n, _time_all(make_call, repeats, warmup), {p.name: _sha256(p) for p in paths.values()},
-                         diff, f"one ONNX Runtime call of user_tower.onnx on 1 row, then {n} precomputed item "
+                         diff, f"one ONNX Runtime call of user_tower.onnx on 1 raw row, then {n} precomputed item "
                                "vectors gathered and scored a*(V@u)+b in numpy")

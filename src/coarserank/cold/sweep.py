@@ -288,10 +288,10 @@ def _exposure_sets(data: SweepData) -> CandidateSets:
                          "each test group's own test exposures")
 
 
-def _latency_rows(data: SweepData, n: int) -> dict[str, np.ndarray]:
-    test = data.splits["test"]
-    idx = np.arange(n) % len(test)
-    return {k: np.ascontiguousarray(v[idx]) for k, v in test.fields(data.schema).items()}
+def _latency_rows(data: SweepData, n: int) -> pl.DataFrame:
+    """``n`` raw test rows (repeated when the split has fewer): one request's candidates."""
+    test = data.test_rows
+    return test[np.arange(n) % test.height]
 
 
 def _measure_point(data: SweepData, model: nn.Module, family: str, fields: list[str], sets: CandidateSets,
@@ -309,8 +309,8 @@ def _measure_point(data: SweepData, model: nn.Module, family: str, fields: list[
         recall = None
     rows = _latency_rows(data, cfg.cold.candidates)
     timer = cold_latency if family == "cold" else two_tower_latency
-    lat = timer(model, rows, out_dir, opset=cfg.serving.opset, repeats=cfg.cold.latency_repeats,  # type: ignore[arg-type]
-                warmup=cfg.cold.latency_warmup)
+    lat = timer(model, data.encoder, rows, out_dir, opset=cfg.serving.opset,  # type: ignore[operator]
+                repeats=cfg.cold.latency_repeats, warmup=cfg.cold.latency_warmup)
     primary = lat.timings["threads_1"]
     cost = point_cost(model, out_dir, cfg.cold.candidates)
     return {"auc": auc(y, p), "gauc": gauc(y, p, groups).value, "recall_10_in_100": recall,
@@ -401,7 +401,8 @@ def run_sweep(data: SweepData, models: Mapping[str, nn.Module], family: str, ks:
     start = time.perf_counter()
     importance = _importance(data, models, family, say)
     ranking = Importance.from_json(importance["methods"][rank_by]).ranking()
-    fingerprint = _fingerprint(data, family, {"what": "point", "candidates": sets.description})
+    fingerprint = _fingerprint(data, family, {"what": "point", "candidates": sets.description,
+                                              "timed_graph": "raw inputs, as shipped"})
     plan, reused = _plan(data, family, resolved, ranking, fingerprint)
     points = _points(data, family, plan, reused, sets, {"rank_by": rank_by, "fingerprint": fingerprint}, say)
     if not main:

@@ -15,7 +15,20 @@ from coarserank.config import DataConfig, SyntheticConfig
 from coarserank.data.tables import RawTables
 from coarserank.errors import ConfigError, DataError
 
-__all__ = ["SOURCES", "load_source", "read_table", "read_movielens_100k", "read_tables"]
+__all__ = ["SOURCES", "DERIVED_COLUMNS", "load_source", "read_table", "read_movielens_100k", "read_tables"]
+
+DERIVED_COLUMNS: dict[str, dict[str, str]] = {
+    "movielens-100k": {
+        "zip_prefix": "the first 3 characters of u.user's zip code, as a string (e.g. '55105' -> '551')",
+        "genres": "the names of u.item's genre flags that are 1, in u.genre's order, joined by '|' "
+                  "(e.g. 'Action|Comedy'; '' when none)",
+        "year": "the last 4 characters of u.item's release date as an integer (e.g. '01-Jan-1995' -> 1995); "
+                "missing when the date is empty",
+    },
+}
+"""Columns a built-in source derives from its raw files, by source and column: what a serving client
+must compute the same way (``distill describe``, ``docs/serving.md``). Kept beside the code that
+derives them."""
 
 
 def read_table(path: Path, fmt: str = "auto", separator: str = ",") -> pl.DataFrame:

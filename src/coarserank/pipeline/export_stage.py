@@ -11,7 +11,14 @@ Writes into the run directory (each file hashed into ``manifest.json``):
   (``serving.index_kind``), tuned to ``serving.recall_target`` and measured on user vectors;
 - ``index_queries.npy``: those user vectors (``serving.index_queries`` users, latest row each), so
   ``distill index`` can rebuild and re-measure without the training data;
-- ``serving.json``: what a ranker needs besides the files: ``a``, ``b``, ``dim``, ``model_hash``.
+- ``serving.json``: what a ranker needs besides the files: ``a``, ``b``, ``dim``, ``model_hash``,
+  ``run_id`` and the history crosses' statistics (prior, training base rate).
+
+Every artifact carries the same **run id** (:attr:`coarserank.artifacts.Manifest.run_id`: ONNX
+metadata ``run_id``, the KV file's header, the Faiss sidecar, ``serving.json``), a hash of what the
+run was made from (resolved configuration, data fingerprint, teacher and student checkpoints) that
+no single file's hash equals, so a client can check that the pieces it loaded belong together; a
+resumed run gets the same id.
 
 Checks, recorded under ``checks.export`` in ``manifest.json`` and enforced against
 ``serving.parity_tolerance`` (score units; a float16 store adds ``|a| * 2**-11``):
@@ -56,6 +63,7 @@ from coarserank.serving.catalogue import (
 )
 from coarserank.serving.faiss_index import ItemIndex, evaluate
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
+from coarserank.serving.onnx_contract import history_contract
 from coarserank.serving.onnx_export import export_item_tower, export_teacher, export_user_tower, onnx_parity
 from coarserank.serving.onnx_inputs import feeds_from_frame
 from coarserank.serving.ranker import (
@@ -149,15 +157,18 @@ def _faiss_vs_kv(index: ItemIndex, store: FileKVStore, users: np.ndarray) -> flo
     return float(np.max(np.abs(ip[valid] - kv_ip))) if kv_ip.size else 0.0
 
 
-def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: DeepFM, student_hash: str,
-                teacher_hash: str) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
-    """Export the three graphs; return their parity on up to :data:`PARITY_ROWS` test rows, those
-    rows and their positions in the test split."""
-    opset = data.cfg.serving.opset
+def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: DeepFM, hashes: Mapping[str, str],
+                run_id: str) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
+    """Export the three graphs (tagged with ``run_id``); return their parity on up to
+    :data:`PARITY_ROWS` test rows, those rows and their positions in the test split."""
+    opset, tagged = data.cfg.serving.opset, {"run_id": run_id}
     path = {k: out_dir / v for k, v in FILES.items()}
-    export_user_tower(student, data.encoder, path["user_tower"], run_hash=student_hash, opset=opset)
-    export_item_tower(student, data.encoder, path["item_tower"], run_hash=student_hash, opset=opset)
-    export_teacher(teacher, data.encoder, path["teacher"], run_hash=teacher_hash, opset=opset)
+    export_user_tower(student, data.encoder, path["user_tower"], run_hash=hashes["student"], opset=opset,
+                      metadata=tagged)
+    export_item_tower(student, data.encoder, path["item_tower"], run_hash=hashes["student"], opset=opset,
+                      metadata=tagged)
+    export_teacher(teacher, data.encoder, path["teacher"], run_hash=hashes["teacher"], opset=opset, metadata=tagged,
+                   history_base_rate=base_rate(data.frame))
     rows = _sample(data.test.with_row_index("_pos"), PARITY_ROWS, data.cfg.run.seed)
     positions = rows["_pos"].to_numpy()
     rows = rows.drop("_pos")
@@ -168,24 +179,26 @@ def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: DeepFM
 
 
 def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher: DeepFM, *, student_hash: str,
-                  teacher_hash: str, progress: Progress = _quiet) -> ExportResult:
+                  teacher_hash: str, run_id: str = "", progress: Progress = _quiet) -> ExportResult:
     """Write every serving file of ``student`` and ``teacher`` into ``out_dir`` and check them.
 
     ``data.test_logits["student"]`` are the PyTorch student's test logits the score path is held
-    to; ``student_hash`` (the checkpoint's sha256) keys the KV store and the bundle. The checks are
-    measured, not enforced: call :meth:`ExportResult.enforce`.
+    to; ``student_hash`` (the checkpoint's sha256) keys the KV store and the bundle; ``run_id``
+    tags every artifact (none when empty). The checks are measured, not enforced: call
+    :meth:`ExportResult.enforce`.
     """
     out = Path(out_dir)
     cfg, serving = data.cfg, data.cfg.serving
     path = {k: out / v for k, v in FILES.items()}
-    progress("export: ONNX graphs (user tower, item tower, teacher)")
-    parity, rows, positions = _onnx_files(out, data, student, teacher, student_hash, teacher_hash)
+    progress(f"export: ONNX graphs (user tower, item tower, teacher){f', run id {run_id}' if run_id else ''}")
+    parity, rows, positions = _onnx_files(out, data, student, teacher,
+                                          {"student": student_hash, "teacher": teacher_hash}, run_id)
     catalogue = build_catalogue(data.frame, cfg.data)
     write_catalogue(path["catalogue"], catalogue)
     ids = catalogue_ids(catalogue, cfg.data)
     progress(f"export: encoding {ids.size:,} items through item_tower.onnx into items.kv ({serving.kv_dtype})")
     vectors = encode_items(onnx_session(path["item_tower"]), data.encoder, catalogue)
-    write_kv_file(path["kv"], ids, vectors, student_hash, serving.kv_dtype)
+    write_kv_file(path["kv"], ids, vectors, student_hash, serving.kv_dtype, run_id=run_id)
     with FileKVStore(path["kv"], expected_model_hash=student_hash) as store:
         stored = store.get_strict(ids)
         user_session = onnx_session(path["user_tower"])
@@ -195,7 +208,7 @@ def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher
         index = ItemIndex.build(ids, stored, serving.index_kind, seed=cfg.run.seed, progress=progress)
         facts = evaluate(index, ids, stored, queries, target=serving.recall_target)
         progress(f"export: {index.kind} index over {index.count:,} items, recall@100 {facts['recall@100']:.3f}")
-        sidecar = index.save(path["index"], facts)[1]
+        sidecar = index.save(path["index"], {**facts, **({"run_id": run_id} if run_id else {})})[1]
         u = _vectors(user_session, feeds_from_frame(data.encoder, rows, "user"))
         v = store.get_strict(rows[cfg.data.item_col].cast(pl.Int64).to_numpy())
         checks: dict[str, Any] = {"onnx_vs_torch": parity, "faiss_vs_kv": _faiss_vs_kv(index, store, u)}
@@ -205,8 +218,11 @@ def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher
     limit = serving.parity_tolerance + (abs(a) * 2.0 ** -11 if serving.kv_dtype == "float16" else 0.0)
     checks.update(tolerance=limit, rows=int(rows.height), index_kind=index.kind,
                   index_recall_at_100=facts["recall@100"])
+    rate = base_rate(data.frame)
     bundle = ServingBundle(student_hash, int(stored.shape[1]), int(ids.size), serving.kv_dtype, a, b,
-                           {**FILES, "index_sidecar": sidecar.name})
+                           {**FILES, "index_sidecar": sidecar.name}, run_id=run_id or None, history_base_rate=rate,
+                           history_crosses=history_contract(data.encoder, [h.name for h in cfg.data.history_crosses],
+                                                            rate))
     written = (*path.values(), sidecar, bundle.write(out / SERVING_FILE))
     return ExportResult(written, checks, bundle, data.encoder, {"items": int(ids.size), "index": index.kind,
                                                                 "recall_at_100": facts["recall@100"]})
@@ -220,7 +236,8 @@ def run_stage(ctx: RunContext, models: Mapping[str, torch.nn.Module]) -> None:
     assert isinstance(student, TwoTower) and isinstance(teacher, DeepFM)
     result = export_models(run.path, RunData.from_context(ctx), student, teacher,
                            student_hash=str(run.manifest.file_hash("student.pt")),
-                           teacher_hash=str(run.manifest.file_hash("teacher.pt")), progress=ctx.progress)
+                           teacher_hash=str(run.manifest.file_hash("teacher.pt")), run_id=run.manifest.run_id,
+                           progress=ctx.progress)
     run.set_check("export", result.checks)
     run.record("export", *result.files)
     result.enforce()
@@ -242,7 +259,8 @@ def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
         facts = evaluate(index, ids, vectors, queries, target=cfg.serving.recall_target)
         check = _faiss_vs_kv(index, store, queries)
     run = RunDir.open(view.path, require=("export",))
-    written = index.save(run.file(bundle.file("index")), facts)
+    tagged = {"run_id": bundle.run_id} if bundle.run_id else {}
+    written = index.save(run.file(bundle.file("index")), {**facts, **tagged})
     run.record("export", *written)
     checks = run.manifest.check("export")
     checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])

@@ -2,9 +2,10 @@
 
 The byte layout is specified in ``docs/kv-format.md``; in short, a 128-byte little-endian header
 (magic ``b"CRKV"``, format version, dtype code, count, dim, offsets, CRC32 of the payload, model hash,
-CRC32 of the header), the ids as strictly ascending int64 at byte 128, zero padding to a multiple of
-64, then the row-major matrix (float32 or float16). The matrix offset is a multiple of 64, so a
-memory map gives aligned rows.
+CRC32 of the header; version 2 adds a 64-byte block with the run id, :mod:`.kv_header`), the ids as
+strictly ascending int64 at byte 128 (192 in version 2), zero padding to a multiple of 64, then the
+row-major matrix (float32 or float16). The matrix offset is a multiple of 64, so a memory map gives
+aligned rows.
 
 Publishing is atomic: the file is written to a temporary file in the same directory, fsynced,
 renamed over the target with :func:`os.replace` and the directory is fsynced. A reader that already
@@ -12,7 +13,7 @@ has the old file mapped keeps reading the old contents; a failed write leaves th
 
 Examples
 --------
->>> write_kv_file("items.kv", ids, vectors, model_hash="3f2a...")   # doctest: +SKIP
+>>> write_kv_file("items.kv", ids, vectors, model_hash="3f2a...", run_id="9c1e...")   # doctest: +SKIP
 >>> with FileKVStore("items.kv", expected_dim=32) as store:           # doctest: +SKIP
 ...     vecs = store.get_strict(candidate_ids)
 """
@@ -20,7 +21,6 @@ Examples
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 import zlib
 from pathlib import Path
@@ -29,8 +29,19 @@ from typing import BinaryIO, Final, Literal, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from coarserank.errors import ArtifactError, ConfigError, DataError, ServingError
+from coarserank.errors import ArtifactError, ConfigError, ServingError
 from coarserank.serving.kv import KVResult, KVStore, as_query_ids, validate_items, widen_float16
+from coarserank.serving.kv_header import (
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    MAGIC,
+    encode_model_hash,
+    encode_run_id,
+    header_size,
+    layout,
+    pack_header,
+    parse_header,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,36 +51,12 @@ __all__ = [
     "write_kv_file",
 ]
 
-MAGIC: Final[bytes] = b"CRKV"
-FORMAT_VERSION: Final[int] = 1
-HEADER_SIZE: Final[int] = 128
-ALIGNMENT: Final[int] = 64
-MODEL_HASH_FIELD: Final[int] = 64
-
-# magic, version, dtype code, count, dim, flags, ids offset, vectors offset, file size,
-# data crc32, model-hash length, model hash, reserved, (header crc32 follows at byte 124)
-_HEADER: Final[struct.Struct] = struct.Struct("<4sHHQIIQQQII64sI")
-_HEADER_CRC: Final[struct.Struct] = struct.Struct("<I")
-assert _HEADER.size + _HEADER_CRC.size == HEADER_SIZE
-
-_DTYPE_CODES: Final[dict[str, int]] = {"float32": 1, "float16": 2}
-_CODE_DTYPES: Final[dict[int, str]] = {code: name for name, code in _DTYPE_CODES.items()}
 _NUMPY_DTYPES: Final[dict[str, np.dtype]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _WRITE_CHUNK_ROWS: Final[int] = 65_536
 _CRC_CHUNK_BYTES: Final[int] = 64 << 20
 _INDEX_LOAD: Final[float] = 0.25
 _MAX_PROBE_ROUNDS: Final[int] = 4
 _HASH_MULTIPLIER: Final[np.uint64] = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _align(n: int) -> int:
-    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
-
-
-def _layout(count: int, dim: int, itemsize: int) -> tuple[int, int, int]:
-    """Return ``(ids_offset, vectors_offset, file_size)`` for a file of this shape."""
-    vectors_offset = _align(HEADER_SIZE + 8 * count)
-    return HEADER_SIZE, vectors_offset, vectors_offset + count * dim * itemsize
 
 
 def _crc32(buffer: npt.NDArray[np.uint8], crc: int = 0) -> int:
@@ -85,11 +72,12 @@ def _write_payload(
     order: npt.NDArray[np.intp],
     vectors: npt.NDArray[np.floating],
     storage: np.dtype,
+    ids_offset: int,
     vectors_offset: int,
 ) -> int:
     """Write ids, padding and matrix after the header; return the CRC32 of those bytes."""
     id_bytes = sorted_ids.astype("<i8", copy=False).tobytes()
-    padding = b"\x00" * (vectors_offset - HEADER_SIZE - len(id_bytes))
+    padding = b"\x00" * (vectors_offset - ids_offset - len(id_bytes))
     f.write(id_bytes)
     f.write(padding)
     crc = zlib.crc32(padding, zlib.crc32(id_bytes))
@@ -99,18 +87,6 @@ def _write_payload(
         f.write(chunk)
         crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def _encode_model_hash(model_hash: str) -> bytes:
-    if not isinstance(model_hash, str):
-        raise DataError(f"model_hash must be a string, got {type(model_hash).__name__}")
-    encoded = model_hash.encode("utf-8")
-    if not encoded or len(encoded) > MODEL_HASH_FIELD or b"\x00" in encoded:
-        raise DataError(
-            f"model_hash must be 1 to {MODEL_HASH_FIELD} bytes of UTF-8 without NUL "
-            f"(a sha256 hex digest fits), got {len(encoded)} bytes"
-        )
-    return encoded
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -221,8 +197,10 @@ def write_kv_file(
     vectors: npt.ArrayLike,
     model_hash: str,
     dtype: str = "float32",
+    *,
+    run_id: str = "",
 ) -> Path:
-    """Write item vectors to a KV file, atomically.
+    """Write item vectors to a KV file, atomically (format version 2 with a run id, else 1).
 
     Parameters
     ----------
@@ -237,6 +215,9 @@ def write_kv_file(
         Identifies the model that produced the vectors; 1 to 64 bytes of UTF-8.
     dtype : {"float32", "float16"}
         Storage dtype. float16 halves the file; vectors are read back as float32.
+    run_id : str
+        The run the file belongs to (0 to 56 bytes of UTF-8; ``docs/serving.md``); empty writes a
+        version-1 file.
 
     Returns
     -------
@@ -246,16 +227,16 @@ def write_kv_file(
     Raises
     ------
     DataError
-        Invalid ids, vectors, dtype or model hash (nothing is written).
+        Invalid ids, vectors, dtype, model hash or run id (nothing is written).
     ArtifactError
         The file could not be written; the previous file, if any, is left intact.
     """
     target = Path(path)
     sorted_ids, order, vec_arr = validate_items(ids, vectors, dtype)
-    hash_bytes = _encode_model_hash(model_hash)
+    hash_bytes, run_bytes = encode_model_hash(model_hash), encode_run_id(run_id)
     storage = _NUMPY_DTYPES[dtype]
     count, dim = int(vec_arr.shape[0]), int(vec_arr.shape[1])
-    ids_offset, vectors_offset, file_size = _layout(count, dim, storage.itemsize)
+    ids_offset, vectors_offset, _ = layout(count, dim, storage.itemsize, 2 if run_bytes else 1)
     directory = target.parent
     if not directory.is_dir():
         raise ArtifactError(f"cannot write KV file {target}: directory {directory} does not exist")
@@ -265,25 +246,10 @@ def write_kv_file(
         with os.fdopen(fd, "wb") as f:
             if os.name == "posix":  # mkstemp creates 0600: keep the old file's mode, else rw-r--r--
                 os.fchmod(f.fileno(), target.stat().st_mode & 0o777 if target.exists() else 0o644)
-            f.write(b"\x00" * HEADER_SIZE)
-            data_crc = _write_payload(f, sorted_ids, order, vec_arr, storage, vectors_offset)
-            header = _HEADER.pack(
-                MAGIC,
-                FORMAT_VERSION,
-                _DTYPE_CODES[dtype],
-                count,
-                dim,
-                0,
-                ids_offset,
-                vectors_offset,
-                file_size,
-                data_crc,
-                len(hash_bytes),
-                hash_bytes.ljust(MODEL_HASH_FIELD, b"\x00"),
-                0,
-            )
+            f.write(b"\x00" * ids_offset)
+            data_crc = _write_payload(f, sorted_ids, order, vec_arr, storage, ids_offset, vectors_offset)
             f.seek(0)
-            f.write(header + _HEADER_CRC.pack(zlib.crc32(header)))
+            f.write(pack_header(dtype, count, dim, data_crc, hash_bytes, run_bytes))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, target)
@@ -343,46 +309,10 @@ class FileKVStore(KVStore):
         if index not in ("hash", "bisect"):
             raise ConfigError(f"FileKVStore index must be 'hash' or 'bisect', got {index!r}")
         self._path = Path(path)
-        header = self._read_header()
-        (
-            magic,
-            version,
-            dtype_code,
-            count,
-            dim,
-            _flags,
-            ids_offset,
-            vectors_offset,
-            file_size,
-            data_crc,
-            hash_len,
-            hash_field,
-            _reserved,
-        ) = _HEADER.unpack_from(header)
-        if magic != MAGIC:
-            self._fail(f"wrong magic {magic!r}, expected {MAGIC!r}: not a coarserank KV file")
-        if version != FORMAT_VERSION:
-            self._fail(f"unsupported format version {version}, this reader knows version {FORMAT_VERSION}")
-        (stored_header_crc,) = _HEADER_CRC.unpack_from(header, _HEADER.size)
-        actual_header_crc = zlib.crc32(header[: _HEADER.size])
-        if stored_header_crc != actual_header_crc:
-            self._fail(
-                f"header checksum mismatch (stored {stored_header_crc:#010x}, computed "
-                f"{actual_header_crc:#010x}): the header is corrupt"
-            )
-        if dtype_code not in _CODE_DTYPES:
-            self._fail(f"unknown dtype code {dtype_code}, expected one of {_CODE_DTYPES}")
-        self._dtype = _CODE_DTYPES[dtype_code]
-        storage = _NUMPY_DTYPES[self._dtype]
-        if count < 1 or dim < 1 or hash_len < 1 or hash_len > MODEL_HASH_FIELD:
-            self._fail(f"invalid header: count={count}, dim={dim}, model hash length={hash_len}")
-        expected_layout = _layout(count, dim, storage.itemsize)
-        if (ids_offset, vectors_offset, file_size) != expected_layout:
-            self._fail(
-                "inconsistent header offsets (ids, vectors, size) = "
-                f"{(ids_offset, vectors_offset, file_size)}, expected {expected_layout} "
-                f"for count={count}, dim={dim}, dtype={self._dtype}"
-            )
+        h = parse_header(self._read_header(), self._fail)
+        self._dtype, self._version, self._run_id = h.dtype, h.version, h.run_id
+        storage = _NUMPY_DTYPES[h.dtype]
+        count, dim, ids_offset, vectors_offset, file_size = h.count, h.dim, h.ids_offset, h.vectors_offset, h.file_size
         actual_size = self._path.stat().st_size
         if actual_size < file_size:
             self._fail(f"truncated: {actual_size} bytes on disk, the header says {file_size}")
@@ -390,12 +320,12 @@ class FileKVStore(KVStore):
             self._fail(f"{actual_size - file_size} unexpected trailing bytes after the declared {file_size}")
         if expected_dim is not None and dim != expected_dim:
             self._fail(f"dimension mismatch: the file holds dim {dim}, expected {expected_dim}")
-        self._model_hash: str = hash_field[:hash_len].decode("utf-8", errors="replace")
+        self._model_hash: str = h.model_hash
         if expected_model_hash is not None and self._model_hash != expected_model_hash:
             self._fail(
                 f"model hash mismatch: the file has {self._model_hash!r}, expected {expected_model_hash!r}"
             )
-        self._count, self._dim, self._data_crc = int(count), int(dim), int(data_crc)
+        self._count, self._dim, self._data_crc = count, dim, h.data_crc
         self._closed = False
         mm = np.memmap(self._path, dtype=np.uint8, mode="r")
         raw = mm.view(np.ndarray)  # plain ndarray views are cheaper to index; they keep the map alive
@@ -419,14 +349,11 @@ class FileKVStore(KVStore):
     def _read_header(self) -> bytes:
         try:
             with open(self._path, "rb") as f:
-                header = f.read(HEADER_SIZE)
+                return f.read(header_size(FORMAT_VERSION))
         except FileNotFoundError as exc:
             raise ArtifactError(f"KV file {self._path} does not exist") from exc
         except OSError as exc:
             raise ArtifactError(f"cannot read KV file {self._path}: {exc}") from exc
-        if len(header) < HEADER_SIZE:
-            self._fail(f"truncated: {len(header)} bytes, a KV file has at least a {HEADER_SIZE}-byte header")
-        return header
 
     def verify(self) -> None:
         """Check the payload CRC32 and that ids are strictly ascending.
@@ -471,6 +398,16 @@ class FileKVStore(KVStore):
     def dtype(self) -> str:
         """Storage dtype, ``"float32"`` or ``"float16"``."""
         return self._dtype
+
+    @property
+    def run_id(self) -> str:
+        """The run the file belongs to (``""`` for a version-1 file, which has none)."""
+        return self._run_id
+
+    @property
+    def format_version(self) -> int:
+        """The file's format version (1 or 2)."""
+        return self._version
 
     def ids(self) -> npt.NDArray[np.int64]:
         """Return all stored ids, sorted ascending (a read-only view of the map)."""

@@ -7,7 +7,7 @@ Key layout under a namespace ``ns`` (default ``coarserank:items``; see ``docs/kv
     {ns}:versions          list of completed versions, oldest first
     {ns}:v{v}:{id}         one item vector: dim little-endian float32 or float16 values
     {ns}:v{v}:ids          all ids of version v, sorted, as little-endian int64 bytes
-    {ns}:v{v}:meta         hash: dim, dtype, count, model_hash, format_version
+    {ns}:v{v}:meta         hash: dim, dtype, count, model_hash, format_version (, run_id)
 
 Publishing writes every item key and the id list of a fresh version, then the meta hash (which marks
 the version complete), then sets ``current`` in a MULTI/EXEC together with the ``versions`` list.
@@ -220,6 +220,11 @@ class RedisKVStore(KVStore):
         return self._current_meta()["model_hash"]
 
     @property
+    def run_id(self) -> str:
+        """The run the current version belongs to (``""`` when it was published without one)."""
+        return self._current_meta().get("run_id", "")
+
+    @property
     def dtype(self) -> str:
         """Storage dtype of :attr:`version`."""
         return self._current_meta()["dtype"]
@@ -303,6 +308,7 @@ class RedisKVStore(KVStore):
         *,
         keep_previous: int = 1,
         chunk_size: int = 5_000,
+        run_id: str = "",
     ) -> int:
         """Write a new version and make it current once it is complete.
 
@@ -319,6 +325,8 @@ class RedisKVStore(KVStore):
             older ones are deleted after the switch.
         chunk_size : int
             Items per pipelined MSET round trip.
+        run_id : str
+            The run the vectors belong to (stored in the version's meta hash when given).
 
         Returns
         -------
@@ -351,6 +359,7 @@ class RedisKVStore(KVStore):
                 "count": count,
                 "model_hash": model_hash,
                 "format_version": REDIS_FORMAT_VERSION,
+                **({"run_id": run_id} if run_id else {}),
             }
             with self._errors(f"completing version {version}"):
                 self._client.hset(self._vkey(version, "meta"), mapping=meta)  # type: ignore[arg-type]

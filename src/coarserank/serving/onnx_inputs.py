@@ -10,6 +10,9 @@ vocabularies. The conventions (also in ``docs/serving.md``):
 - categorical with boundaries: ``float32 [N]`` raw number, bucketed in the graph; NaN is missing.
 - multi-valued: ``string [N, max_len]``: the caller splits on the feature's separator, strips
   whitespace, drops blank pieces, keeps the first ``max_len`` and pads with ``""``.
+- sequence (a user's behaviour history of the item-side feature ``of``): like multi-valued, in the
+  dtype of ``of``'s vocabulary: ``string [N, max_len]`` padded with ``""``, or ``int64 [N, max_len]``
+  padded with :data:`MISSING_INT64` (a piece that is not an integer: :data:`UNPARSED_INT64`, -> OOV).
 - numeric, and the teacher's history crosses: ``float32 [N]`` raw value; NaN is missing (-> 0
   after normalisation).
 
@@ -36,15 +39,18 @@ __all__ = [
     "InputSpec",
     "MISSING_INT64",
     "MISSING_STRING",
+    "UNPARSED_INT64",
     "model_fields",
     "input_specs",
     "feeds_from_frame",
     "feeds_from_records",
 ]
 
-ModelKind = Literal["user", "item", "teacher"]
-InputKind = Literal["categorical", "bucketed", "multi", "numeric", "history"]
+ModelKind = Literal["user", "item", "teacher", "cold"]
+InputKind = Literal["categorical", "bucketed", "multi", "sequence", "numeric", "history"]
 MISSING_INT64 = int(np.iinfo(np.int64).min)
+UNPARSED_INT64 = MISSING_INT64 + 1
+"""A piece of an int64 sequence that is not an integer: never in a vocabulary, so OOV like the encoder."""
 MISSING_STRING = ""
 _NUMPY = {"int64": np.int64, "string": object, "float32": np.float32}
 
@@ -62,15 +68,16 @@ class InputSpec:
 
 
 def model_fields(encoder: Encoder, model: ModelKind) -> list[str]:
-    """Schema fields a model reads: user and context (user tower), item (item tower), all (teacher)."""
+    """Schema fields a model reads by default: user and context (user tower), item (item tower), all
+    (teacher, COLD scorer; a COLD model over selected fields passes them explicitly)."""
     schema = encoder.schema_
     if model == "user":
         return schema.select(STUDENT_USER_SIDES).names
     if model == "item":
         return schema.select(STUDENT_ITEM_SIDES).names
-    if model == "teacher":
+    if model in ("teacher", "cold"):
         return schema.names
-    raise ServingError(f"unknown model kind {model!r}; expected 'user', 'item' or 'teacher'")
+    raise ServingError(f"unknown model kind {model!r}; expected 'user', 'item', 'teacher' or 'cold'")
 
 
 def _spec(encoder: Encoder, f: FeatureConfig) -> InputSpec:
@@ -79,6 +86,14 @@ def _spec(encoder: Encoder, f: FeatureConfig) -> InputSpec:
         mean, std = encoder.stats_[f.name]
         return InputSpec(f.name, "float32", ("N",), f"numeric column {col!r}, normalised in the graph as "
                          f"(x - {mean:.6g}) / {std:.6g}; NaN = missing -> 0", "numeric")
+    if f.kind == "sequence":
+        of = encoder.vocabs_[f.of]
+        dtype: Literal["int64", "string"] = "int64" if of.dtype == "int64" else "string"
+        pad = "INT64_MIN" if dtype == "int64" else '""'
+        return InputSpec(f.name, dtype, ("N", f.max_len),
+                         f"behaviour sequence {col!r} of {f.of!r} values, most recent first: split on {f.sep!r}, "
+                         f"strip whitespace, drop blanks, keep the first {f.max_len}, pad with {pad} "
+                         f"({len(of.values)} known {f.of!r} values; unseen -> OOV)", "sequence")
     vocab = encoder.vocabs_[f.name]
     known = f"{len(vocab.values)} known values"
     if f.kind == "multi":
@@ -128,16 +143,22 @@ def _features(encoder: Encoder) -> dict[str, FeatureConfig]:
     return {f.name: f for f in encoder.cfg.features}
 
 
-def _multi_matrix(frame: pl.DataFrame, col: str, f: FeatureConfig) -> np.ndarray:
-    """``[N, max_len]`` object array of the first non-blank, stripped values; ``""`` pads."""
+def _multi_matrix(frame: pl.DataFrame, col: str, f: FeatureConfig, dtype: str = "string") -> np.ndarray:
+    """``[N, max_len]`` array of the first non-blank, stripped values: strings padded with ``""``, or
+    (``dtype`` int64, sequences of integer ids) integers padded with ``MISSING_INT64``."""
     long = (frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("i"),
                          pl.col(col).cast(pl.Utf8).str.split(f.sep).alias("v"))
             .explode("v").with_columns(pl.col("v").str.strip_chars())
             .filter(pl.col("v").is_not_null() & (pl.col("v") != ""))
             .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("i").alias("p"))
             .filter(pl.col("p") < f.max_len))
-    out = np.full((len(frame), f.max_len), MISSING_STRING, dtype=object)
-    out[long["i"].to_numpy(), long["p"].to_numpy()] = long["v"].to_numpy()
+    if dtype == "int64":
+        out = np.full((len(frame), f.max_len), MISSING_INT64, dtype=np.int64)
+        values = long["v"].cast(pl.Int64, strict=False).fill_null(UNPARSED_INT64).to_numpy()
+    else:
+        out = np.full((len(frame), f.max_len), MISSING_STRING, dtype=object)
+        values = long["v"].to_numpy()
+    out[long["i"].to_numpy(), long["p"].to_numpy()] = values
     return out
 
 
@@ -163,8 +184,8 @@ def _feed(encoder: Encoder, frame: pl.DataFrame, spec: InputSpec) -> np.ndarray:
     if spec.kind == "bucketed":
         x = _float_column(frame, col, f.name).to_numpy()  # null -> NaN: missing -> OOV, like the encoder
         return x.astype(np.float32)
-    if spec.kind == "multi":
-        return _multi_matrix(frame, col, f)
+    if spec.kind in ("multi", "sequence"):
+        return _multi_matrix(frame, col, f, spec.dtype)
     try:
         raw = raw_categorical(frame, f)
     except SchemaError as exc:  # fractional numbers where ids are expected: a bad request
@@ -217,7 +238,7 @@ def _record_column(records: list[dict[str, Any]], spec: InputSpec, column: str) 
     except TypeError:
         where = next(i for i, r in enumerate(records) if not isinstance(r, dict))
         raise ServingError(f"record {where} is {type(records[where]).__name__}, expected an object") from None
-    dtype = "string" if spec.kind == "multi" else spec.dtype
+    dtype = "string" if spec.kind in ("multi", "sequence") else spec.dtype
     ok, what, pl_dtype = _CHECKS[dtype]
     bad = next((i for i, v in enumerate(values) if v is not None and not ok(v)), None)
     if bad is not None:

@@ -6,6 +6,8 @@ that ONNX Runtime's default CPU build runs (``ai.onnx`` and ``ai.onnx.ml`` Label
 
 - categorical / multi: ``LabelEncoder`` over the sorted vocabulary, default OOV; ``""`` in a
   multi-valued slot is padding.
+- sequence: ``LabelEncoder`` over the vocabulary of the feature ``of``; ``""`` (string) or
+  ``INT64_MIN`` (int64) in a slot is padding.
 - bucketed: ``ReduceSum(Cast(x >= boundaries))``, NaN -> OOV.
 - numeric, history and match crosses: ``(x - mean) / std`` in double precision, NaN -> 0.
 - product cross: pair code ``code_a * size_b + code_b`` -> ``LabelEncoder`` over the encoder's
@@ -100,11 +102,17 @@ def _bucket(g: GraphBuilder, f: FeatureConfig, x: str) -> str:
 
 
 def _codes(g: GraphBuilder, encoder: Encoder, f: FeatureConfig, x: str) -> str:
-    """Vocabulary codes of a categorical ([N]) or multi-valued ([N, max_len]) raw input."""
-    vocab = encoder.vocabs_[f.name]
+    """Vocabulary codes of a categorical ([N]), multi-valued or sequence ([N, max_len]) raw input."""
+    vocab = encoder.vocabs_[f.of if f.kind == "sequence" else f.name]
     keys, ids = list(vocab.values), list(range(FIRST_ID, vocab.size))
     if f.kind == "multi":
         return _label_encoder(g, x, keys + [MISSING_STRING], ids + [PAD], OOV, strings=True)
+    if f.kind == "sequence":
+        strings = vocab.dtype != "int64"
+        pad = MISSING_STRING if strings else MISSING_INT64
+        known = [(k, i) for k, i in zip(keys, ids) if k != pad]  # blank pieces are dropped, never looked up
+        return _label_encoder(g, x, [k for k, _ in known] + [pad], [i for _, i in known] + [PAD], OOV,
+                              strings=strings)
     if f.boundaries:
         if keys != list(range(len(f.boundaries) + 1)):
             raise ArtifactError(f"feature {f.name!r}: a bucketed vocabulary must be 0..{len(f.boundaries)}")
@@ -158,9 +166,9 @@ def _match(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfig,
 
 def _product(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfig, fb: FeatureConfig,
              ca: str, cb: str) -> str:
-    if fa.kind == "categorical" and fb.kind == "multi":
+    if fa.kind == "categorical" and fb.kind in ("multi", "sequence"):
         ca = g.op("Unsqueeze", ca, g.axes(1))
-    if fb.kind == "categorical" and fa.kind == "multi":
+    if fb.kind == "categorical" and fa.kind in ("multi", "sequence"):
         cb = g.op("Unsqueeze", cb, g.axes(1))
     pairs = g.op("Add", g.op("Mul", ca, g.const(np.int64(encoder.vocabs_[fb.name].size))), cb)
     padding = g.op("Or", g.op("Equal", ca, g.const(np.int64(PAD))), g.op("Equal", cb, g.const(np.int64(PAD))))
@@ -175,7 +183,7 @@ def _product(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfi
 def encode_inputs(g: GraphBuilder, encoder: Encoder, fields: Sequence[str]) -> dict[str, str]:
     """Add the nodes that encode the raw graph inputs (named after their features) into ``fields``.
 
-    Returns ``{field name: tensor name}``: int64 codes for categorical and multi fields, float32
+    Returns ``{field name: tensor name}``: int64 codes for categorical, multi and sequence fields, float32
     for numeric ones, exactly what ``encoder.transform(frame, fields)`` returns for the same rows.
     """
     features = {f.name: f for f in encoder.cfg.features}

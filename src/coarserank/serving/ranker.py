@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +39,7 @@ from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
 from coarserank.serving.kv import KVStore, as_query_ids, open_store
-from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, input_specs
+from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, UNPARSED_INT64, input_specs
 from coarserank.serving.timing import machine, measure
 
 __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
@@ -106,11 +107,18 @@ def read_candidates(path: Path | str, text: str | None = None) -> np.ndarray:
 
 
 def top_positions(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` largest scores, best first: a partial sort, then a sort of ``n``."""
+    """Positions of the ``n`` largest scores, best first: a partial sort, then a sort of ``n``.
+
+    Ties keep candidate order: of equal scores the earlier position comes first, and where equal
+    scores straddle the cut the earlier positions are kept (``docs/serving.md``).
+    """
     if n >= scores.size:
         return np.argsort(-scores, kind="stable")
-    part = np.argpartition(-scores, n - 1)[:n]
-    return part[np.argsort(-scores[part], kind="stable")]
+    kth = scores[np.argpartition(-scores, n - 1)[n - 1]]  # the n-th largest score
+    above = np.flatnonzero(scores > kth)
+    chosen = np.concatenate([above, np.flatnonzero(scores == kth)[: n - above.size]])
+    chosen.sort()
+    return chosen[np.argsort(-scores[chosen], kind="stable")]
 
 
 def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
@@ -201,6 +209,8 @@ class UserFeeds:
                             f"got {type(value).__name__} {value!r}")
 
     def _one(self, spec: _Input, v: Any) -> np.ndarray:
+        if spec.kind == "sequence":
+            return self._sequence(spec, v)
         number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
         if spec.dtype == "int64":
             if v is None:
@@ -225,6 +235,30 @@ class UserFeeds:
         pieces = [p for p in (x.strip() for x in (v or "").split(spec.sep)) if p][:spec.max_len]
         out[0, :len(pieces)] = pieces
         return out
+
+    def _sequence(self, spec: _Input, v: Any) -> np.ndarray:
+        """A behaviour sequence: its joined string split like a multi-valued input; integer pieces
+        parsed as polars parses them (ASCII digits, optional sign, within int64), others unparsed."""
+        if v is not None and not isinstance(v, str):
+            raise self._wrong(spec, f"a string of values joined by {spec.sep!r}", v)
+        pieces = [p for p in (x.strip() for x in (v or "").split(spec.sep)) if p][:spec.max_len]
+        if spec.dtype != "int64":
+            out = np.full((1, spec.max_len), MISSING_STRING, dtype=object)
+            out[0, :len(pieces)] = pieces
+            return out
+        out = np.full((1, spec.max_len), MISSING_INT64, dtype=np.int64)
+        out[0, :len(pieces)] = [_as_int64(p) for p in pieces]
+        return out
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _as_int64(piece: str) -> int:
+    if _INTEGER.fullmatch(piece) is None:
+        return UNPARSED_INT64
+    value = int(piece)
+    return value if MISSING_INT64 <= value <= -(MISSING_INT64 + 1) else UNPARSED_INT64
 
 
 class CoarseRanker:

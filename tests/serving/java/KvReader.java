@@ -19,12 +19,13 @@ import java.util.zip.CRC32;
 
 public final class KvReader {
     static final int HEADER_SIZE = 128;
-    static final int FORMAT_VERSION = 1;
+    static final int MAX_FORMAT_VERSION = 2;
 
     final int dim;
     final int count;
     final String dtype;
     final String modelHash;
+    final String runId;  // "" in a version-1 file
     final long[] ids;
     private final ByteBuffer vectors;
 
@@ -40,8 +41,19 @@ public final class KvReader {
         buf.get(0, magic);
         if (!Arrays.equals(magic, "CRKV".getBytes(StandardCharsets.US_ASCII))) throw fail(path, "wrong magic");
         int version = Short.toUnsignedInt(buf.getShort(4));
-        if (version != FORMAT_VERSION) throw fail(path, "unsupported format version " + version);
+        if (version < 1 || version > MAX_FORMAT_VERSION) throw fail(path, "unsupported format version " + version);
         if (crc(buf, 0, 124) != Integer.toUnsignedLong(buf.getInt(124))) throw fail(path, "header checksum mismatch");
+        if (version >= 2) {  // the run-id block: length, 56 bytes of UTF-8, CRC32 of bytes [128, 188)
+            if (buf.capacity() < 192) throw fail(path, "truncated: a version-2 header has 192 bytes");
+            if (crc(buf, 128, 188) != Integer.toUnsignedLong(buf.getInt(188))) {
+                throw fail(path, "run-id block checksum mismatch");
+            }
+            byte[] run = new byte[Math.min(buf.getInt(128), 56)];
+            buf.get(132, run);
+            runId = new String(run, StandardCharsets.UTF_8);
+        } else {
+            runId = "";
+        }
         int dtypeCode = Short.toUnsignedInt(buf.getShort(6));
         if (dtypeCode != 1 && dtypeCode != 2) throw fail(path, "unknown dtype code " + dtypeCode);
         dtype = dtypeCode == 1 ? "float32" : "float16";
@@ -112,7 +124,7 @@ public final class KvReader {
         }
         StringBuilder out = new StringBuilder();
         out.append("dim=").append(kv.dim).append(" count=").append(kv.count).append(" dtype=").append(kv.dtype)
-            .append(" model_hash=").append(kv.modelHash).append('\n');
+            .append(" model_hash=").append(kv.modelHash).append(" run_id=").append(kv.runId).append('\n');
         long[] wanted = args.length > 1
             ? Arrays.stream(args, 1, args.length).mapToLong(Long::parseLong).toArray() : kv.ids;
         for (long id : wanted) {

@@ -3,7 +3,7 @@
 //
 //   const { readKv } = require('./kv_reader.js');
 //   const kv = readKv('runs/demo/items.kv');          // { verify: false } skips the payload CRC
-//   kv.dim, kv.count, kv.modelHash, kv.dtype;          // header fields
+//   kv.dim, kv.count, kv.modelHash, kv.dtype, kv.runId; // header fields (runId '' in version 1)
 //   kv.ids;                                            // BigInt64Array, sorted ascending
 //   kv.vectors;                                        // Float32Array [count * dim], row i = ids[i]
 //   kv.get(42n);                                       // Float32Array [dim] view, or null if absent
@@ -13,7 +13,7 @@ const os = require('os');
 const zlib = require('zlib');
 
 const MAGIC = 'CRKV';
-const FORMAT_VERSION = 1;
+const FORMAT_VERSIONS = [1, 2];
 const HEADER_SIZE = 128;
 const DTYPES = { 1: 'float32', 2: 'float16' };
 const LITTLE_ENDIAN_HOST = os.endianness() === 'LE';
@@ -54,8 +54,16 @@ function readKv(path, options = {}) {
   const magic = buf.toString('latin1', 0, 4);
   if (magic !== MAGIC) fail(`wrong magic ${JSON.stringify(magic)}, expected "${MAGIC}"`);
   const version = dv.getUint16(4, true);
-  if (version !== FORMAT_VERSION) fail(`unsupported format version ${version}, this reader knows ${FORMAT_VERSION}`);
+  if (!FORMAT_VERSIONS.includes(version)) {
+    fail(`unsupported format version ${version}, this reader knows ${FORMAT_VERSIONS.join(', ')}`);
+  }
   if (crc32(buf.subarray(0, 124)) !== dv.getUint32(124, true)) fail('header checksum mismatch');
+  let runId = '';
+  if (version >= 2) { // the run-id block: length, 56 bytes of UTF-8, CRC32 of bytes [128, 188)
+    if (buf.length < 192) fail(`truncated: ${buf.length} bytes, a version-2 KV file has a 192-byte header`);
+    if (crc32(buf.subarray(128, 188)) !== dv.getUint32(188, true)) fail('run-id block checksum mismatch');
+    runId = buf.toString('utf8', 132, 132 + Math.min(dv.getUint32(128, true), 56));
+  }
   const dtype = DTYPES[dv.getUint16(6, true)];
   if (dtype === undefined) fail(`unknown dtype code ${dv.getUint16(6, true)}`);
   const count = Number(dv.getBigUint64(8, true));
@@ -102,7 +110,7 @@ function readKv(path, options = {}) {
     return null;
   }
 
-  return { dim, count, dtype, modelHash, ids, vectors, get };
+  return { dim, count, dtype, modelHash, runId, ids, vectors, get };
 }
 
 module.exports = { readKv, halfToFloat };

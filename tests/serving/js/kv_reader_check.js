@@ -4,7 +4,7 @@
 //   node kv_reader_check.js <items.kv> <golden.json>
 //   node kv_reader_check.js <items.kv> --expect-error <substring>
 //
-// golden.json: {dim, count, dtype, model_hash, ids: [decimal strings, sorted],
+// golden.json: {dim, count, dtype, model_hash, run_id, ids: [decimal strings, sorted],
 //               vectors: [[float32 values as numbers], ...] in id order, missing: [decimal strings]}
 // Prints "OK ..." and exits 0 when everything matches bit for bit; otherwise exits 1.
 
@@ -37,6 +37,7 @@ check(kv.dim === golden.dim, `dim ${kv.dim} != ${golden.dim}`);
 check(kv.count === golden.count, `count ${kv.count} != ${golden.count}`);
 check(kv.dtype === golden.dtype, `dtype ${kv.dtype} != ${golden.dtype}`);
 check(kv.modelHash === golden.model_hash, `model hash ${kv.modelHash} != ${golden.model_hash}`);
+check(kv.runId === (golden.run_id || ''), `run id ${kv.runId} != ${golden.run_id}`);
 check(kv.ids instanceof BigInt64Array && kv.vectors instanceof Float32Array, 'wrong array types');
 for (let i = 0; i < golden.count; i++) {
   const id = BigInt(golden.ids[i]);
