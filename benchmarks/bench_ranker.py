@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 from coarserank.artifacts import Run
 from coarserank.pipeline.export_stage import bench_requests
