@@ -232,7 +232,7 @@ def test_manifest_records_verifies_and_round_trips(tmp_path: Path) -> None:
     m.finish("data", rows=3)
     again = Manifest(json.loads(m.dumps()))
     assert again.stage_status("data") == "done" and again.stage_facts("data")["rows"] == 3
-    assert again.run_id == m.run_id and len(m.run_id) == 32
+    assert again.run_id == m.run_id and len(m.run_id) == 32 and again.config_hash == "c0ffee"
     assert again.verified(tmp_path, "a.txt") == tmp_path / "a.txt" and again.intact(tmp_path, "data")
 
 
@@ -241,14 +241,14 @@ def test_manifest_of_another_format_is_refused_with_the_fix() -> None:
         Manifest({"format": 2, "stages": {}, "files": {}})
 
 
-def test_manifest_written_before_run_ids_and_inputs_still_reads(finished: Path) -> None:
+def test_manifest_written_before_stages_noted_their_inputs_still_reads(finished: Path) -> None:
     body = json.loads((finished / "manifest.json").read_text())
-    body.pop("run_id")
     for entry in body["stages"].values():
         entry.pop("inputs", None)
         entry.pop("finished", None)
     old = Manifest(body)
-    assert old.stale_stage("report") is None and len(old.run_id) == 32
+    assert old.stale_stage("report") is None
+    assert old.run_id == json.loads((finished / "serving.json").read_text())["run_id"]
 
 
 def test_serving_bundle_names_a_missing_key(tmp_path: Path, finished: Path) -> None:
