@@ -46,3 +46,22 @@ TINY = [
 def tiny_overrides() -> list[str]:
     """Overrides that make a full run take a few seconds."""
     return list(TINY)
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):
+    """``read_only(directory)``: every write under ``directory`` fails as on a read-only mount (EROFS),
+    which root's tests cannot get from file modes."""
+    import errno
+    import os
+
+    real_open = os.open
+    frozen: list[str] = []
+
+    def guarded(path, flags, *args):
+        if any(str(path).startswith(d) for d in frozen) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", guarded)
+    return lambda directory: frozen.append(str(directory))

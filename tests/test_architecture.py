@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coarserank"
-BASE = {"errors", "config", "atomic", "checksums", "version"}
+BASE = {"errors", "config", "config_rules", "threads", "atomic", "checksums", "version"}
 """Modules every part may import (``version``: ``import coarserank`` / ``from coarserank import __version__``)."""
 
 # part -> coarserank parts it may import (besides itself and BASE); "facade" is ``import coarserank``'s API
@@ -50,7 +50,7 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
 
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
-OVERSIZED_MODULES = {"config.py": "issue 12 item 6 (config constraints) splits validation out"}
+OVERSIZED_MODULES: dict[str, str] = {}  # module: the work that splits it
 LONG_FUNCTIONS: dict[tuple[str, str], str] = {}  # (module, function): the work that shortens it
 
 

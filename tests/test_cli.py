@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -69,6 +71,24 @@ def test_different_run_in_the_same_directory_is_refused(tiny_run):
     assert (out / "student.pt").is_file()  # nothing lost
 
 
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(distill, ["run", "--rows", "4000", "--out", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 1
+    assert "not a coarserank run" in result.output and "--overwrite" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_data_fails_its_checks(tiny_run, tmp_path):
+    out, _ = tiny_run
+    before = (out / "manifest.json").read_text()
+    result = CliRunner().invoke(distill, ["run", "--dataset", "movielens-100k", "--data-dir", str(tmp_path / "none"),
+                                          "--out", str(out), "--overwrite"])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert (out / "manifest.json").read_text() == before and (out / "student.pt").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
 def test_unknown_config_key_is_a_one_line_error(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[teacher]\nepoch = 3\n")
@@ -104,3 +124,38 @@ def test_changing_a_report_setting_reruns_only_the_report(tiny_run, tiny_overrid
     assert after["files"]["teacher.pt"] == before["files"]["teacher.pt"]
     assert after["stages"]["report"]["section_hash"] != before["stages"]["report"]["section_hash"]
     assert "sampled = 50" in (out / "config.toml").read_text()
+
+
+def test_run_prints_data_warnings_as_one_line_each(tiny_run):
+    _, result = tiny_run
+    warned = [line for line in result.output.splitlines() if line.startswith("warning: data.")]
+    assert warned and all("folded into the out-of-vocabulary bucket" in w or "have no value" in w
+                          or "more than max_len" in w for w in warned)
+    assert "DataWarning" not in result.output and "warnings.warn" not in result.output
+
+
+def test_resume_with_a_changed_checkpoint_says_what_it_rebuilds_and_rebuilds_downstream(tiny_run, tiny_overrides,
+                                                                                      tmp_path):
+    out = Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
+    with (out / "student.pt").open("ab") as fh:
+        fh.write(b"\0")
+    result = CliRunner().invoke(distill, ["run", "--rows", "4000", "--seed", "3", "--out", str(out),
+                                          *_sets(tiny_overrides)])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: run {out}: student.pt does not match its sha256 in manifest.json (modified or corrupt); "
+            "rebuilding stage 'student', then what depends on it: metrics, export, report") in result.output
+    assert "teacher: epoch" not in result.output and "student: epoch 1" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads((out / "serving.json").read_text())["model_hash"] == manifest["files"]["student.pt"]
+    assert all(stage["status"] == "done" for stage in manifest["stages"].values())
+
+
+def test_report_on_a_changed_checkpoint_is_a_one_line_error_not_a_retrain(tiny_run, tmp_path):
+    out = Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
+    (out / "teacher.pt").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(distill, ["report", "--run", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: run {out}: teacher.pt does not match its sha256 in manifest.json (modified or "
+        f"corrupt); `distill run --config {out / 'config.toml'} --out {out}` rebuilds stage 'teacher' and what "
+        "depends on it"]

@@ -151,7 +151,15 @@ def test_a_runs_scores_parquet_recomputes_its_numbers(tiny_run: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "cmp" / "report.json").read_text())
     saved = json.loads((tiny_run / "report" / "report.json").read_text())
-    for key in ("kendall_tau", "recall@10_in_100", "ndcg@10"):
+    for key in ("kendall_tau", "recall@10_in_50", "ndcg@10"):
         assert again["consistency"]["student"][key] == pytest.approx(saved["consistency"]["student"][key])
     for key in ("auc", "gauc", "logloss"):
         assert again["label_metrics"]["student"][key] == pytest.approx(saved["label_metrics"]["student"][key])
+
+
+@pytest.mark.slow
+def test_report_of_a_run_prints_its_timing_line_once_and_says_whose_labels(tiny_run: Path) -> None:
+    result = CliRunner().invoke(distill, ["report", "--run", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert sum(line.startswith("report: ") and "report.html" in line for line in result.output.splitlines()) == 1
+    assert "metrics.json scores every test row" in result.output

@@ -93,11 +93,24 @@ def test_recall_explains_invalid_user_json(run_dir: Path) -> None:
     assert code == 1 and "the user is not valid JSON" in err
 
 
-def test_index_rebuilds_and_reports_recall_and_qps(run_dir: Path, tmp_path: Path) -> None:
+def test_index_rebuilds_and_prints_a_table_of_recall_and_qps(run_dir: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
     code, out, _ = _invoke("index", "--run", str(copy), "--kind", "ivf")
     assert code == 0
-    assert out.startswith("ivf index over 100 items") and "recall@100" in out and "queries/s" in out
+    head, row = out.splitlines()
+    assert head.split() == ["index", "items", "recall@10", "recall@100", "queries/s", "exact", "q/s", "speedup",
+                            "search"]
+    assert row.split()[:2] == ["ivf", "100"] and row.split()[-1].startswith("nprobe=")
+    assert "{" not in out
+
+
+def test_index_on_a_read_only_run_directory_is_a_one_line_error(run_dir: Path, tmp_path: Path, read_only) -> None:
+    copy = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    read_only(copy)
+    result = CliRunner().invoke(distill, ["index", "--run", str(copy)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: run directory {copy} is not writable (Read-only file system); this command writes into it"]
 
 
 def test_index_rejects_an_unknown_kind(run_dir: Path) -> None:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from coarserank.config_rules import CONSTRAINTS
 from coarserank.config import RunConfig, _build, config_hash, dump_config, load_config
 from coarserank.errors import ConfigError
 
@@ -77,7 +81,7 @@ def test_cross_of_undeclared_feature_is_rejected(tmp_path):
 
 
 def test_alpha_outside_unit_interval_is_rejected():
-    with pytest.raises(ConfigError, match=r"distill\.alpha must lie in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"distill\.alpha must be a number in \[0, 1\], got 1\.5"):
         load_config(overrides=["distill.alpha=1.5"])
 
 
@@ -140,3 +144,64 @@ def test_precision_accepts_only_fp32_and_bf16():
     assert load_config(overrides=["run.precision=\"bf16\""]).run.precision == "bf16"
     with pytest.raises(ConfigError, match="run.precision must be one of"):
         load_config(overrides=["run.precision=\"fp16\""])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("student.dim=0", r"student\.dim must be an integer >= 1, got 0"),
+    ("teacher.embed_dim=0", r"teacher\.embed_dim must be an integer >= 1, got 0"),
+    ("report.sampled=0", r"report\.sampled must be an integer >= 1, got 0"),
+    ("distill.temperature=nan", r"distill\.temperature must be a number > 0, got nan"),
+    ("distill.temperature=inf", r"distill\.temperature must be a number > 0, got inf"),
+    ("teacher.lr=nan", r"teacher\.lr must be a number > 0, got nan"),
+    ("teacher.dropout=1.5", r"teacher\.dropout must be a number in \[0, 1\), got 1\.5"),
+    ("run.threads=-1", r"run\.threads must be an integer >= 0, got -1"),
+    ("teacher.patience=-1", r"teacher\.patience must be an integer >= 1, got -1"),
+    ("serving.recall_target=2", r"serving\.recall_target must be a number in \(0, 1\], got 2\.0"),
+    ("data.valid_frac=0", r"data\.valid_frac must be a number in \(0, 1\), got 0\.0"),
+    ("report.ks=[50, 10]", r"report\.ks must be a non-empty, strictly increasing array with every value an "
+                           r"integer >= 1, got \[50, 10\]"),
+    ("student.hidden=[64, 0]", r"student\.hidden must be an array with every value an integer >= 1, got \[64, 0\]"),
+])
+def test_out_of_range_values_fail_at_load_naming_key_rule_and_override(override, message):
+    with pytest.raises(ConfigError, match=rf"^{message} \(set by --set {re.escape(override)}\)$"):
+        load_config(overrides=[override])
+
+
+def test_an_out_of_range_value_names_the_file_that_set_it(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[teacher]\ndropout = 1.5\n")
+    with pytest.raises(ConfigError, match=rf"teacher\.dropout .* \(set by {re.escape(str(path))}\)"):
+        load_config(path)
+
+
+def _with_item_feature(tmp_path, item: str):
+    """A config file declaring a user id and the item feature ``item`` (TOML lines)."""
+    path = tmp_path / "mine.toml"
+    path.write_text('[[data.features]]\nname = "u"\nside = "user"\nkind = "categorical"\n'
+                    f'[[data.features]]\nside = "item"\n{item}\n')
+    return path
+
+
+def test_a_feature_entry_out_of_range_is_named_by_position_and_name(tmp_path):
+    path = _with_item_feature(tmp_path, 'name = "tags"\nkind = "multi"\nmax_len = 0')
+    with pytest.raises(ConfigError, match=r"data\.features\[1\] \('tags'\)\.max_len must be an integer >= 1, got 0"):
+        load_config(path)
+
+
+def test_boundaries_on_a_numeric_feature_are_rejected(tmp_path):
+    path = _with_item_feature(tmp_path, 'name = "price"\nkind = "numeric"\nboundaries = [1.0, 2.0]')
+    with pytest.raises(ConfigError, match=r"'price': boundaries .* need kind = \"categorical\"; this feature is 'numeric'"):
+        load_config(path)
+
+
+def test_every_constrained_key_exists_in_its_section():
+    cfg = load_config()
+    for section, table in CONSTRAINTS.items():
+        parent, _, array = section.partition(".")
+        body = getattr(getattr(cfg, parent), array)[0] if array else getattr(cfg, parent)
+        assert set(table) <= {f.name for f in dataclasses.fields(body)}, section
+
+
+def test_the_shipped_defaults_and_presets_satisfy_every_constraint(ml100k_dir):
+    load_config()
+    load_config(preset="movielens-100k", overrides=[f'data.path="{ml100k_dir}"'])

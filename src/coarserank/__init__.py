@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "parse_user": "coarserank.serving.ranker",
     "read_candidates": "coarserank.serving.ranker",
     "describe_run": "coarserank.serving.describe",
+    "publish_run": "coarserank.serving.run_files",
     "format_description": "coarserank.serving.describe",
     # errors
     "CoarseRankError": "coarserank.errors",
@@ -86,6 +87,7 @@ __all__ = [
     "load_config",
     "parse_user",
     "prepare_data",
+    "publish_run",
     "read_candidates",
     "run",
     "score_split",
@@ -105,6 +107,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from coarserank.pipeline.run_data import RunData
     from coarserank.serving.describe import describe_run, format_description
     from coarserank.serving.ranker import CoarseRanker, RankResult, parse_user, read_candidates
+    from coarserank.serving.run_files import publish_run
 
 
 def __getattr__(name: str) -> Any:

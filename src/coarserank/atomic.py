@@ -1,18 +1,22 @@
 """Atomic file writes: write a temporary file beside the target, fsync, rename over it.
 
 A reader sees either the old file or the complete new one, never a half-written file, and a
-failure while writing leaves what was there before untouched.
+failure while writing leaves what was there before untouched. :func:`file_lock` holds an advisory
+``flock`` on a lock file: exclusive for writers, shared for readers that load several files which
+must belong together (an index and the manifest that vouches for it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "file_lock", "LockBusy"]
 
 
 @contextlib.contextmanager
@@ -66,3 +70,55 @@ def atomic_write_with(path: Path | str, writer: Callable[[Path], None], suffix: 
 
 
 __all__.append("atomic_write_with")
+
+
+class LockBusy(OSError):
+    """Another process holds the lock (raised by :func:`file_lock` when it may not wait)."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str, *, exclusive: bool = True, wait: bool = False,
+              required: bool = True) -> Iterator[bool]:
+    """Hold an advisory ``flock`` on ``path`` (created if missing) for the block.
+
+    Yields ``True`` while locked. A lock that is not ``required`` (a reader's) yields ``False``
+    when the file can neither be created nor opened (a read-only directory: nobody can publish
+    there either). Raises :class:`LockBusy` when another process holds a conflicting lock and
+    ``wait`` is false, and ``OSError`` (``PermissionError``) when a required lock file cannot be
+    created. The lock is taken again if the file was replaced (a renamed directory) meanwhile.
+    """
+    target = Path(path)
+    while True:
+        fd = _open_lock_file(target, required)
+        if fd is None:
+            yield False
+            return
+        try:
+            flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, flags)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise LockBusy(exc.errno, f"{target} is locked by another process") from None
+                raise
+            try:
+                same = os.stat(target).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield True
+                return
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _open_lock_file(target: Path, required: bool) -> int | None:
+    try:
+        return os.open(target, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if required or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            raise
+    try:
+        return os.open(target, os.O_RDONLY)
+    except OSError:
+        return None

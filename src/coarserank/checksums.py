@@ -12,9 +12,11 @@ from typing import Any
 
 from coarserank.errors import ArtifactError
 
-__all__ = ["MANIFEST", "sha256_file", "verified_file"]
+__all__ = ["MANIFEST", "WRITER_LOCK", "PUBLISH_LOCK", "sha256_file", "verified_file"]
 
 MANIFEST = "manifest.json"
+WRITER_LOCK = ".coarserank.lock"  # held exclusively by the one process writing a run directory
+PUBLISH_LOCK = ".coarserank.publish"  # exclusive while files + manifest change, shared while a reader loads
 
 
 def sha256_file(path: Path) -> str:

@@ -15,41 +15,40 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from coarserank.config_rules import check_keys as _check_keys
+from coarserank.config_rules import coerce_tree as _build
 from coarserank.errors import ConfigError
 
 __all__ = [
-    "FeatureConfig",
-    "CrossConfig",
-    "HistoryCrossConfig",
-    "DataConfig",
-    "SyntheticConfig",
-    "ModelTrainingConfig",
-    "TeacherConfig",
-    "StudentConfig",
-    "DistillConfig",
-    "GbdtConfig",
-    "ServingConfig",
-    "ReportConfig",
     "ColdConfig",
-    "RunSection",
+    "CrossConfig",
+    "DataConfig",
+    "DistillConfig",
+    "FeatureConfig",
+    "GbdtConfig",
+    "HistoryCrossConfig",
+    "ModelTrainingConfig",
+    "ReportConfig",
     "RunConfig",
-    "load_config",
+    "RunSection",
+    "ServingConfig",
+    "StudentConfig",
+    "SyntheticConfig",
+    "TeacherConfig",
+    "config_hash",
     "config_to_dict",
     "dump_config",
-    "config_hash",
-    "section_hash",
+    "load_config",
     "preset_path",
+    "section_hash",
 ]
 
 Side = Literal["user", "item", "context"]
@@ -361,192 +360,23 @@ def load_config(
     for item in overrides:
         layers.append((f"--set {item}", _parse_override(item)))
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for origin, layer in layers:
         _check_keys(RunConfig, layer, origin, prefix="")
         merged = _merge(merged, layer)
+        origins.update({f"{section}.{key}": origin for section, body in layer.items() if isinstance(body, dict)
+                        for key in body})
     cfg = _build(RunConfig, merged, origin="the resolved configuration", prefix="")
-    validate(cfg)
+    validate(cfg, {k: v for k, v in origins.items() if v != "default.toml"})
     return cfg
 
 
-def _check_keys(cls: type, raw: dict[str, Any], origin: str, prefix: str) -> None:
-    """Reject unknown keys early, so the error names the layer (file or override) that holds them."""
-    hints = typing.get_type_hints(cls)
-    for key, value in raw.items():
-        where = f"{prefix}{key}"
-        if key not in hints:
-            near = difflib.get_close_matches(key, list(hints), n=1)
-            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(hints)}"
-            raise ConfigError(f"{origin}: unknown key {where!r}{hint}")
-        inner = _dataclass_of(hints[key])
-        if inner is not None:
-            items = value if isinstance(value, list) else [value]
-            for i, sub in enumerate(items):
-                if isinstance(sub, dict):
-                    label = f"{where}[{i}]." if isinstance(value, list) else f"{where}."
-                    _check_keys(inner, sub, origin, label)
+def validate(cfg: RunConfig, origins: dict[str, str] | None = None) -> None:
+    """Check every key against its section's constraints table and the cross-field rules
+    (:mod:`coarserank.config_rules`); ``origins`` names the layer that set each ``section.key``."""
+    from coarserank.config_rules import validate as check
 
-
-def _dataclass_of(tp: Any) -> type | None:
-    if dataclasses.is_dataclass(tp):
-        return tp  # type: ignore[return-value]
-    if typing.get_origin(tp) is tuple:
-        args = typing.get_args(tp)
-        if args and dataclasses.is_dataclass(args[0]):
-            return args[0]  # type: ignore[return-value]
-    return None
-
-
-def _build(cls: type, raw: Any, origin: str, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{origin}: {prefix.rstrip('.') or 'config'} must be a table, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
-    for name in required:
-        if name not in raw:
-            raise ConfigError(f"{origin}: {prefix}{name} is required")
-    for key, value in raw.items():
-        kwargs[key] = _coerce(hints[key], value, origin, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
-    origin_tp = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, origin, f"{where}.")  # type: ignore[arg-type]
-    if origin_tp is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-        return value
-    if origin_tp is tuple:
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{origin}: {where} must be an array, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(item_tp, v, origin, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin_tp in (types.UnionType, typing.Union):
-        for arg in typing.get_args(tp):
-            if arg is type(None) and value is None:
-                return None
-        return _coerce(next(a for a in typing.get_args(tp) if a is not type(None)), value, origin, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{origin}: {where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{origin}: {where} must be an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{origin}: {where} must be a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{origin}: {where} must be a string, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"{origin}: {where}: unsupported type {tp}")  # pragma: no cover
-
-
-def _check_sequence(f: FeatureConfig, by_name: dict[str, FeatureConfig], d: DataConfig) -> None:
-    """A sequence is user-side, reads an item-side categorical feature and needs time order."""
-    where = f"data.features {f.name!r}"
-    if f.kind != "sequence":
-        if f.of:
-            raise ConfigError(f"{where}: 'of' applies only to kind = \"sequence\" features")
-        return
-    if f.side != "user":
-        raise ConfigError(f"{where}: a sequence is the user's history, so side must be \"user\", got {f.side!r}")
-    of = by_name.get(f.of)
-    if of is None or of.side != "item" or of.kind != "categorical" or of.boundaries:
-        items = [g.name for g in by_name.values() if g.side == "item" and g.kind == "categorical" and not g.boundaries]
-        raise ConfigError(f"{where}: of = {f.of!r} must name an item-side categorical feature without "
-                          f"boundaries; candidates: {', '.join(items) or 'none declared'}")
-    if not f.column and not d.timestamp_col:
-        raise ConfigError(f"{where}: sequences need time order, but data.timestamp_col is empty; set the "
-                          "timestamp column (or give a ready-made sequence column)")
-    if not f.column and d.streaming:
-        raise ConfigError(f"{where}: a streaming run cannot build sequences from the whole log; give a "
-                          "ready-made column (values joined by sep, most recent first) with 'column'")
-
-
-def _check_entire_space(t: DistillConfig, d: DataConfig) -> None:
-    """Sampled-item settings that no data can make right."""
-    for key in ("sampled", "sampled_weight", "rank_weight"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"distill.{key} must be >= 0, got {getattr(t, key)}")
-    if t.rank_top < 1:
-        raise ConfigError(f"distill.rank_top must be >= 1, got {t.rank_top}")
-    if t.sampled and d.streaming:
-        raise ConfigError("distill.sampled > 0 scores sampled items against in-memory training rows; a streaming "
-                          "run (data.streaming = true) needs distill.sampled = 0")
-
-
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    d = cfg.data
-    names = [f.name for f in d.features] + [c.name for c in d.crosses] + [h.name for h in d.history_crosses]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"data: feature names must be unique; repeated: {', '.join(dupes)}")
-    by_name = {f.name: f for f in d.features}
-    for f in d.features:
-        if f.kind != "numeric" and f.boundaries and f.kind != "categorical":
-            raise ConfigError(f"data.features {f.name!r}: boundaries only apply to categorical features")
-        if f.min_count < 1 or f.max_len < 1:
-            raise ConfigError(f"data.features {f.name!r}: min_count and max_len must be >= 1")
-        if list(f.boundaries) != sorted(f.boundaries):
-            raise ConfigError(f"data.features {f.name!r}: boundaries must be increasing")
-    for f in d.features:
-        _check_sequence(f, by_name, d)
-    for c in d.crosses:
-        for part in (c.a, c.b):
-            if part not in by_name:
-                raise ConfigError(f"data.crosses {c.name!r}: {part!r} is not a declared feature; "
-                                  f"declared: {', '.join(by_name)}")
-            if by_name[part].kind in ("numeric", "sequence"):
-                raise ConfigError(f"data.crosses {c.name!r}: {part!r} is {by_name[part].kind}; crosses need "
-                                  "categorical or multi features")
-        if c.op == "product" and by_name[c.a].kind == "multi" and by_name[c.b].kind == "multi":
-            raise ConfigError(f"data.crosses {c.name!r}: at most one side of a product cross may be multi-valued")
-        if c.op == "match" and "multi" in (by_name[c.a].kind, by_name[c.b].kind):
-            raise ConfigError(f"data.crosses {c.name!r}: a match cross needs two single-valued features")
-    for h in d.history_crosses:
-        for part in (h.key, h.over):
-            if part not in by_name:
-                raise ConfigError(f"data.history_crosses {h.name!r}: {part!r} is not a declared feature")
-            if by_name[part].kind == "sequence":
-                raise ConfigError(f"data.history_crosses {h.name!r}: {part!r} is a sequence; history crosses "
-                                  "need categorical or multi features")
-    sides = {f.side for f in d.features}
-    if d.features and not {"user", "item"} <= sides:
-        raise ConfigError("data.features: the student needs at least one user-side and one item-side feature")
-    if not 0 <= d.valid_frac < 1 or not 0 <= d.test_frac < 1 or d.valid_frac + d.test_frac >= 1:
-        raise ConfigError(f"data: valid_frac + test_frac must lie in [0, 1), got {d.valid_frac} + {d.test_frac}")
-    if d.shuffle_partitions < 1 or d.sample_rows < 1:
-        raise ConfigError("data.shuffle_partitions and data.sample_rows must be >= 1")
-    if d.streaming:
-        if d.source != "table":
-            raise ConfigError(f"data.streaming reads a table source's parquet partitions; data.source is {d.source!r} "
-                              "(write the log as parquet partitions and use source = \"table\")")
-        if d.split != "global_time":
-            raise ConfigError("data.streaming needs data.split = \"global_time\": a per-user split needs every "
-                              "user's whole history in memory")
-        if d.history_crosses:
-            raise ConfigError("data.streaming does not compute data.history_crosses (they need the whole log in "
-                              "time order); precompute them as numeric columns of the log instead")
-    if not 0.0 <= cfg.distill.alpha <= 1.0:
-        raise ConfigError(f"distill.alpha must lie in [0, 1], got {cfg.distill.alpha}")
-    if cfg.distill.temperature <= 0:
-        raise ConfigError(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
-    _check_entire_space(cfg.distill, d)
-    if cfg.synthetic.rows < 100:
-        raise ConfigError(f"synthetic.rows must be >= 100, got {cfg.synthetic.rows}")
-    for section in (cfg.teacher, cfg.student):
-        if section.batch_size < 1 or section.epochs < 1 or section.lr <= 0:
-            raise ConfigError(f"{type(section).__name__}: batch_size, epochs must be >= 1 and lr > 0")
+    check(cfg, origins)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ __all__ = [
     "DataError",
     "ArtifactError",
     "ServingError",
+    "CoarseRankWarning",
+    "DataWarning",
+    "ArtifactWarning",
 ]
 
 
@@ -38,3 +41,16 @@ class ArtifactError(CoarseRankError):
 
 class ServingError(CoarseRankError):
     """A serving-time failure: unreachable store, missing ids, malformed request."""
+
+
+class CoarseRankWarning(UserWarning):
+    """Base class of the warnings coarserank issues on purpose; the CLI prints each on one line."""
+
+
+class DataWarning(CoarseRankWarning):
+    """Values silently changed by encoding: lists cut at ``max_len``, rare values folded into OOV,
+    missing numbers; each message says how many rows and what happens to them."""
+
+
+class ArtifactWarning(CoarseRankWarning):
+    """A run-directory file that will be rebuilt (it no longer matches its checksum), and why."""

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from coarserank.cold import sweep as sweep_module
+from coarserank.cold.pareto import choose_under_budget, pareto_flags
 from coarserank.cold.sweep import parse_ks, run_sweep, select_top_k, write_chosen_config
 from coarserank.config import load_config
 from coarserank.data.schema import Field, Schema
@@ -59,9 +60,18 @@ def test_points_use_the_top_k_of_the_se_ranking(swept):
     assert sorted(body["points"][0]["features"]) == sorted(top2)
 
 
-def test_without_a_budget_the_highest_gauc_point_is_chosen(swept):
+def test_without_a_budget_the_highest_validation_gauc_point_is_chosen(swept):
     body = swept[0].body
-    assert body["chosen"] == max(range(2), key=lambda i: (body["points"][i]["gauc"], -i))
+    valid = [p["valid_gauc"] for p in body["points"]]
+    assert body["chosen"] == choose_under_budget(valid, [p["p99_ms"] for p in body["points"]], None)
+    assert [p["pareto"] for p in body["points"]] == pareto_flags(valid, [p["p99_ms"] for p in body["points"]])
+
+
+def test_each_point_reports_the_validation_gauc_of_its_kept_epoch_beside_test(swept):
+    for point in swept[0].body["points"]:
+        assert point["valid_gauc"] == point["train"]["best_valid_gauc"]
+        assert 0.0 < point["gauc"] < 1.0 and point["gauc"] != point["valid_gauc"]
+    assert "never the test split" in swept[0].body["quality_axis"]
 
 
 def test_progress_names_every_point(swept):

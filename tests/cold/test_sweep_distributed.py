@@ -79,7 +79,7 @@ def test_only_rank_0_reports(sweeps):
     _, _, _, proc = sweeps
     assert proc.stdout.count("p99 ms") == 1  # the table, printed once
     assert proc.stderr.count("sweep [1/2] cold-k2: training on") == 1  # progress, from rank 0 only
-    assert proc.stderr.count("sweep [2/2] cold-k16: gauc") == 1
+    assert proc.stderr.count("sweep [2/2] cold-k16: valid gauc") == 1
 
 
 def test_the_run_itself_is_left_untouched(sweeps):

@@ -9,7 +9,7 @@ import pytest
 from coarserank.config import CrossConfig, DataConfig, FeatureConfig
 from coarserank.data.encode import Encoder
 from coarserank.data.schema import FIRST_ID, OOV, PAD
-from coarserank.errors import ArtifactError, SchemaError
+from coarserank.errors import ArtifactError, DataWarning, SchemaError
 
 FEATURES = (
     FeatureConfig("user_id", "user", "categorical"),
@@ -116,3 +116,71 @@ def test_transform_before_fit_is_an_error():
 def test_nan_in_a_bucketed_column_is_missing():
     frame = TRAIN.with_columns(pl.Series("age", [float("nan"), 20.0, 50.0, None]))
     assert _enc().transform(frame)["age"].tolist() == [OOV, FIRST_ID + 1, FIRST_ID + 2, OOV]
+
+
+def _fit_warnings(cfg: DataConfig, train: pl.DataFrame) -> list[str]:
+    with pytest.warns(DataWarning) as record:
+        Encoder(cfg).fit(train)
+    return [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+
+
+def _about(messages: list[str], where: str) -> list[str]:
+    return [m for m in messages if m.startswith(where)]
+
+
+def test_lists_cut_at_max_len_are_counted_in_a_warning():
+    longest = max(len([v for v in s.split("|") if v]) for s in TRAIN["tags"].to_list())
+    over = sum(len([v for v in s.split("|") if v]) > 3 for s in TRAIN["tags"].to_list())
+    message, = _about(_fit_warnings(DataConfig(features=FEATURES, crosses=CROSSES), TRAIN), "data.features 'tags'")
+    assert message == (f"data.features 'tags': {over} of 4 train rows hold more than max_len = 3 values (up to "
+                       f"{longest}); the values after the first 3 are dropped (raise max_len to keep them)")
+
+
+def test_missing_values_of_a_bucketed_feature_are_counted_with_where_they_go():
+    train = TRAIN.with_columns(pl.Series("age", [18.0, float("nan"), 45.0, None]))
+    message, = _about(_fit_warnings(DataConfig(features=FEATURES, crosses=CROSSES), train), "data.features 'age'")
+    assert message.startswith("data.features 'age': 2 of 4 train rows have no value (null or NaN); they take the "
+                              "out-of-vocabulary bucket (id 1)")
+
+
+def test_missing_numbers_are_counted_with_what_they_become():
+    message, = _about(_fit_warnings(DataConfig(features=FEATURES, crosses=CROSSES), TRAIN), "data.features 'price'")
+    assert message == ("data.features 'price': 1 of 4 train rows have no value (null or NaN); they are encoded as "
+                       "the train mean (0 after normalisation)")
+
+
+def test_an_all_missing_numeric_feature_is_warned():
+    train = TRAIN.with_columns(pl.Series("price", [float("nan")] * 4))
+    message, = _about(_fit_warnings(DataConfig(features=FEATURES, crosses=CROSSES), train), "data.features 'price'")
+    assert "every train row (4) has no value" in message and "carries no information" in message
+
+
+def test_values_folded_into_oov_by_min_count_are_counted():
+    counts = TRAIN["city"].value_counts()
+    rare = counts.filter(pl.col("count") < 2)
+    message, = _about(_fit_warnings(DataConfig(features=FEATURES, crosses=CROSSES), TRAIN), "data.features 'city'")
+    assert message.startswith(f"data.features 'city': {rare.height} distinct values seen fewer than min_count = 2 "
+                              f"times in train ({rare['count'].sum()} occurrences) are folded into the "
+                              "out-of-vocabulary bucket")
+
+
+def test_cross_pairs_folded_by_min_count_are_counted():
+    pairs = {}
+    for city, tags in zip(TRAIN["city"], TRAIN["tags"]):
+        for tag in [t for t in tags.split("|") if t][:3]:
+            if TRAIN["city"].to_list().count(city) >= 2:  # only cities in the vocabulary keep their own code
+                pairs[(city, tag)] = pairs.get((city, tag), 0) + 1
+            else:
+                pairs[("OOV", tag)] = pairs.get(("OOV", tag), 0) + 1
+    rare = [n for n in pairs.values() if n < 2]
+    cfg = DataConfig(features=FEATURES, crosses=(CrossConfig("city_x_tags", "city", "tags", min_count=2),))
+    message, = _about(_fit_warnings(cfg, TRAIN), "data.crosses 'city_x_tags'")
+    assert message.startswith(f"data.crosses 'city_x_tags': {len(rare)} distinct value pairs seen fewer than "
+                              f"min_count = 2 times in train ({sum(rare)} occurrences)")
+
+
+def test_nothing_lost_means_no_warning(recwarn):
+    train = TRAIN.with_columns(pl.Series("tags", ["a", "b", "", "c|a"]), pl.Series("age", [18, 25, 45, 50]),
+                               pl.Series("price", [1.0, 2.0, 3.0, 4.0]), pl.Series("city", ["x", "x", "y", "y"]))
+    Encoder(DataConfig(features=FEATURES, crosses=CROSSES)).fit(train)
+    assert not [w for w in recwarn if issubclass(w.category, DataWarning)]

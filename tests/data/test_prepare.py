@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from coarserank.config import DataConfig, FeatureConfig, HistoryCrossConfig
-from coarserank.data.prepare import prepare
+from coarserank.data.prepare import check_label_mix, prepare
 from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
@@ -44,7 +44,7 @@ def test_label_with_nulls_is_rejected():
     raw = _log()
     exposures = raw.exposures.with_columns(pl.when(pl.col("ts") == 3).then(None).otherwise(pl.col("label"))
                                            .alias("label"))
-    with pytest.raises(DataError, match=r"label column 'label' has 1 null value"):
+    with pytest.raises(DataError, match=r"label column 'label' has 1 missing \(null or NaN\) value"):
         prepare(dataclasses.replace(raw, exposures=exposures), _cfg())
 
 
@@ -149,3 +149,40 @@ def test_unlabelled_query_rows_get_the_history_value_at_their_time():
     out = add_history_cross(queries, dataclasses.replace(HIST, prior=0.0), "user_id", "genres", "|", 0.3, history)
     rates = dict(zip(out["_row"].to_list(), out["user_genre_rate"].to_list()))
     assert rates == {10: 1.0, 11: pytest.approx((0.5 + 1.0) / 2), 12: 0.3}
+
+
+def _with_item_ids(raw: RawTables, ids: pl.Series) -> RawTables:
+    lookup = dict(zip(range(8), ids.to_list()))
+    exposures = raw.exposures.with_columns(pl.col("item_id").replace_strict(lookup, return_dtype=ids.dtype))
+    return RawTables(exposures, None, raw.items.with_columns(ids.alias("item_id")))
+
+
+def test_string_item_ids_are_refused_before_training():
+    raw = _with_item_ids(_log(), pl.Series([f"sku-{i}" for i in range(8)]))
+    with pytest.raises(DataError, match=r"item id column 'item_id' must hold integer ids .* such as "
+                                        r"\['sku-\d', 'sku-\d', 'sku-\d'\]; map the item ids to integers"):
+        prepare(raw, _cfg())
+
+
+def test_integral_float_and_numeric_string_item_ids_are_accepted():
+    for ids in (pl.Series([float(i) for i in range(8)]), pl.Series([str(i) for i in range(8)])):
+        frame = prepare(_with_item_ids(_log(), ids), _cfg())
+        assert frame.height == 100
+
+
+def test_a_split_without_positive_labels_is_named():
+    raw = _log(n_users=5, per_user=20)
+    exposures = raw.exposures.with_columns(pl.lit(0).alias("label"))
+    with pytest.raises(DataError, match=r"^the train split has no positive label among its \d+ rows"):
+        check_label_mix(prepare(dataclasses.replace(raw, exposures=exposures), _cfg()), _cfg())
+
+
+def test_a_split_whose_groups_all_hold_one_label_is_named():
+    raw = _log(n_users=5, per_user=20)
+    late = pl.col("ts") >= 90  # the valid and test rows: positive for odd users, negative for even ones
+    exposures = raw.exposures.with_columns(pl.when(late).then(pl.col("user_id") % 2).otherwise(pl.col("label"))
+                                           .alias("label"))
+    cfg = _cfg(split="global_time", valid_frac=0.05, test_frac=0.05)
+    with pytest.raises(DataError, match=r"^the (valid|test) split has no group \(by 'user_id'\) with both a positive "
+                                        r"and a negative label"):
+        check_label_mix(prepare(dataclasses.replace(raw, exposures=exposures), cfg), cfg)

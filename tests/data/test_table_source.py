@@ -64,3 +64,52 @@ def test_missing_label_column_lists_existing_columns(shop):
     cfg = dataclasses.replace(_cfg(shop), label_col="click")
     with pytest.raises(SchemaError, match=r"'click' not found; columns that exist: .*clicked"):
         prepare(read_tables(cfg), cfg)
+
+
+def _with_labels(shop: Path, out: Path, labels: list[float | None] | None, fmt: str = "parquet") -> Path:
+    """A copy of the shop whose exposure log has ``labels`` (cycled) in its ``clicked`` column, as
+    pandas writes a float column."""
+    out.mkdir(exist_ok=True)
+    for name in ("users.csv", "items.parquet"):
+        (out / name).write_bytes((shop / name).read_bytes())
+    log = pl.read_parquet(shop / "exposures.parquet")
+    if labels is not None:
+        column = pl.Series("clicked", (labels * (log.height // len(labels) + 1))[:log.height], dtype=pl.Float64)
+    else:
+        column = log["clicked"].cast(pl.Float64)
+    log = log.with_columns(column)
+    log.write_parquet(out / "exposures.parquet") if fmt == "parquet" else log.write_csv(out / "exposures.csv")
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_integral_float_labels_read_like_integer_labels(shop, tmp_path, fmt):
+    floats = _with_labels(shop, tmp_path / "floats", None, fmt)
+    cfg = dataclasses.replace(_cfg(shop), path=str(floats), exposures=f"exposures.{fmt}")
+    assert read_tables(cfg).exposures["clicked"].dtype == pl.Float64
+    got = prepare(read_tables(cfg), cfg)
+    want = prepare(read_tables(_cfg(shop)), _cfg(shop))
+    assert got["_label"].dtype == pl.Int8
+    assert got["_label"].to_list() == want["_label"].to_list()
+
+
+def test_nan_labels_are_a_one_line_error_with_their_count(shop, tmp_path):
+    data = _with_labels(shop, tmp_path / "nan", [0.0, 1.0, float("nan")])
+    cfg = dataclasses.replace(_cfg(shop), path=str(data))
+    with pytest.raises(DataError, match=r"label column 'clicked' has 1000 missing \(null or NaN\) value\(s\), "
+                                        r"first at row 2; every exposure needs a label$"):
+        prepare(read_tables(cfg), cfg)
+
+
+def test_fractional_labels_are_named(shop, tmp_path):
+    data = _with_labels(shop, tmp_path / "frac", [0.0, 1.0, 0.5])
+    cfg = dataclasses.replace(_cfg(shop), path=str(data))
+    with pytest.raises(DataError, match=r"must hold only 0 and 1; found values such as \[0\.5\]"):
+        prepare(read_tables(cfg), cfg)
+
+
+def test_nan_ratings_are_named_instead_of_counting_as_positive(shop, tmp_path):
+    data = _with_labels(shop, tmp_path / "ratings", [4.0, float("nan"), 2.0, 5.0])
+    cfg = dataclasses.replace(_cfg(shop), path=str(data), label_col="", rating_col="clicked", label_threshold=4.0)
+    with pytest.raises(DataError, match=r"rating column 'clicked' has 750 missing \(null or NaN\) value\(s\)"):
+        prepare(read_tables(cfg), cfg)

@@ -10,13 +10,13 @@ from coarserank.pipeline.run import run
 
 
 @pytest.mark.parametrize("override, message", [
-    ("distill.sampled=-1", "distill.sampled must be >= 0"),
+    ("distill.sampled=-1", "distill.sampled must be an integer >= 0"),
     ('distill.sampler="hardest"', "distill.sampler must be one of 'uniform', 'popularity', 'in_batch'"),
     ('distill.sampled_loss="pairwise"', "distill.sampled_loss must be one of"),
     ('teacher.family="transformer"', "teacher.family must be one of 'deepfm', 'dcn'"),
-    ("distill.alpha=1.5", "distill.alpha must lie in"),
-    ("distill.temperature=0", "distill.temperature must be > 0"),
-    ("distill.rank_top=0", "distill.rank_top must be >= 1"),
+    ("distill.alpha=1.5", r"distill.alpha must be a number in \[0, 1\]"),
+    ("distill.temperature=0", "distill.temperature must be a number > 0"),
+    ("distill.rank_top=0", "distill.rank_top must be an integer >= 1"),
 ])
 def test_bad_distillation_setting_is_named(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -198,7 +198,7 @@ def test_report_json_can_be_recomputed_from_scores_parquet(tiny: Path, scores: p
     assert saved["label_metrics"]["student"]["auc"] == pytest.approx(expected)
     assert saved["counts"]["candidates"] == scores.height
     assert set(saved["consistency"]) == {"student", "student_hard"}
-    assert "recall@10_in_100" in saved["consistency"]["student"]
+    assert "recall@10_in_50" in saved["consistency"]["student"]
     assert set(saved["oracle_consistency"]) == {"teacher", "student", "student_hard"}
 
 

@@ -283,3 +283,17 @@ def test_the_report_modules_never_import_torch() -> None:
     code = ("import sys, coarserank.ranking_eval.report, coarserank.ranking_eval.report_html; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_recall_whose_cutoff_covers_every_set_is_left_out(scores: pl.DataFrame) -> None:
+    report = build_report(scores, spec())
+    by_size = report["by_size"]["50"]["all"]["student"]
+    assert "recall@10_in_10" in by_size and "recall@10_in_50" not in by_size and "recall@10_in_100" not in by_size
+    largest = scores.group_by("group").len()["len"].max()
+    assert largest > 100 and "recall@10_in_100" in report["consistency"]["student"]
+
+
+def test_segment_values_are_listed_in_their_natural_order(scores: pl.DataFrame) -> None:
+    report = build_report(scores, spec())
+    assert list(report["segments"]["user_activity"]["values"]) == ["light", "medium", "heavy"]
+    assert list(report["segments"]["item_popularity"]["values"]) == ["head", "torso", "tail"]

@@ -141,6 +141,17 @@ def test_user_feature_of_wrong_type_names_feature_and_type(ranker, feature, valu
         ranker.rank({**USER, feature: value}, np.arange(5))
 
 
+def test_a_user_id_beyond_int64_is_named_not_an_overflow(ranker) -> None:
+    with pytest.raises(ServingError, match=r"feature 'user_id' is 1180591620717411303424, beyond the int64 range"):
+        ranker.rank({**USER, "user_id": 2**70}, np.arange(5))
+
+
+def test_a_number_beyond_float32_is_named_without_a_numpy_warning(ranker, recwarn) -> None:
+    with pytest.raises(ServingError, match=r"feature 'age' is 1e\+39, beyond the float32 range"):
+        ranker.rank({**USER, "age": 1e39}, np.arange(5))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_null_features_are_missing_values_not_errors(ranker) -> None:
     assert ranker.rank({k: None for k in USER}, np.arange(5), 3).ids.size == 3
 

@@ -5,9 +5,10 @@ sha256 of every file they wrote (``files``), the numerical checks of the exports
 what identifies the run (``run_id``, ``config_hash``, ``data_fingerprint``). Every other module
 reads and changes it through :class:`Manifest`; nobody else touches the dictionary.
 
-On disk it is format 1, as written since the first release; a stage's ``finished`` time and its
-``inputs`` (when each stage it read had finished) were added later and are optional when reading.
-The run id is derived, not stored (:attr:`Manifest.run_id`).
+On disk it is format 1, as written since the first release; a stage's ``finished`` time was added
+later and is optional when reading. The run id is derived, not stored (:attr:`Manifest.run_id`). A
+stage whose files changed is marked ``stale``, with every stage downstream of it
+(:data:`STAGE_INPUTS`), so that a resumed run rebuilds them (:meth:`Manifest.invalidate_changed`).
 """
 
 from __future__ import annotations
@@ -23,25 +24,36 @@ from typing import Any, Mapping
 from coarserank.checksums import MANIFEST, sha256_file, verified_file
 from coarserank.errors import ArtifactError
 
-__all__ = ["FORMAT", "MANIFEST", "DEPENDS_ON", "Manifest", "rebuild_command", "sha256_file"]
+__all__ = ["FORMAT", "MANIFEST", "STAGE_INPUTS", "Manifest", "downstream", "rebuild_command", "sha256_file"]
 
 FORMAT = 1
-DEPENDS_ON: dict[str, tuple[str, ...]] = {
-    "teacher": ("data",),
-    "logits": ("data", "teacher"),
-    "student": ("data", "logits"),
-    "student_hard": ("data",),
-    "gbdt": ("data",),
-    "metrics": ("data", "logits", "student", "student_hard", "gbdt"),
-    "export": ("data", "teacher", "student"),
-    "report": ("data", "teacher", "logits", "student", "student_hard"),
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": (), "teacher": ("data",), "logits": ("teacher",), "student": ("logits",), "student_hard": ("data",),
+    "gbdt": ("data",), "metrics": ("teacher", "logits", "student", "student_hard", "gbdt"),
+    "export": ("data", "teacher", "student"), "report": ("metrics", "export"),
 }
-"""The stages whose outputs each stage of ``distill run`` reads."""
+"""stage -> the stages whose outputs it reads; a stage whose files changed is rebuilt with all
+stages downstream of it."""
+
+
+def downstream(stage: str) -> list[str]:
+    """Every stage that reads ``stage``'s outputs, directly or not, in :data:`STAGE_INPUTS` order."""
+    reached = {stage}
+    for s, inputs in STAGE_INPUTS.items():  # the table lists each stage after its inputs
+        if reached & set(inputs):
+            reached.add(s)
+    return [s for s in STAGE_INPUTS if s in reached and s != stage]
 
 
 def rebuild_command(path: Path | str, *, overwrite: bool = False) -> str:
     """The command that rebuilds what run ``path`` misses (``overwrite``: all of it, from scratch)."""
     return f"`distill run --config {Path(path) / 'config.toml'} --out {path}{' --overwrite' if overwrite else ''}`"
+
+
+def rebuild_message(path: Path | str, rel: str, problem: str, stage: str | None) -> str:
+    """One line for a reader: which file of run ``path`` is wrong and the command that rebuilds it."""
+    what = f"rebuilds stage {stage!r} and what depends on it" if stage else "rebuilds it"
+    return f"run {path}: {rel} {problem}; {rebuild_command(path)} {what}"
 
 
 def _versions() -> dict[str, str]:
@@ -154,13 +166,10 @@ class Manifest:
         self._body["stages"][stage] = {"status": "running", "started": time.time(), "outputs": []}
 
     def finish(self, stage: str, **facts: Any) -> None:
-        """Mark ``stage`` done with ``facts``, noting which outputs of the stages it reads it was
-        built from (:meth:`stale_stage`)."""
+        """Mark ``stage`` done with ``facts`` (and when it finished)."""
         entry = self._body["stages"][stage]
         now = time.time()
         entry.update(status="done", seconds=round(now - entry.pop("started", now), 3), finished=now, **facts)
-        entry["inputs"] = {dep: self.finished_at(dep) for dep in DEPENDS_ON.get(stage, ())
-                           if self.finished_at(dep) is not None}
 
     def fail(self, stage: str, error: str) -> None:
         entry = self._body["stages"].setdefault(stage, {"outputs": []})
@@ -210,22 +219,36 @@ class Manifest:
     def set_check(self, name: str, value: Any) -> None:
         self._body["checks"][name] = copy.deepcopy(value)
 
-    # -- staleness -----------------------------------------------------------------------------
-    def finished_at(self, stage: str) -> float | None:
-        """When ``stage`` last finished (``time.time()`` of the process that ran it), if recorded."""
-        value = self._body["stages"].get(stage, {}).get("finished")
-        return float(value) if isinstance(value, (int, float)) else None
+    # -- changed files and stale stages -------------------------------------------------------
+    def file_problem(self, run_path: Path | str, rel: str) -> str | None:
+        """What is wrong with ``run_path/rel`` (missing, modified), or None when it is as recorded."""
+        p = Path(run_path) / rel
+        expected = self.file_hash(rel)
+        if expected is None:
+            return f"is not listed in {MANIFEST}"
+        if not p.is_file():
+            return "is missing"
+        if sha256_file(p) != expected:
+            return f"does not match its sha256 in {MANIFEST} (modified or corrupt)"
+        return None
 
-    def stale_stage(self, stage: str) -> str | None:
-        """A stage that ``stage`` reads (:data:`DEPENDS_ON`) and that was redone since ``stage``
-        finished (a retrained teacher leaves older logits stale), or None. Stages written before
-        the manifest noted their inputs are never stale.
+    def changed_file(self, run_path: Path | str, stage: str) -> str | None:
+        """The first output of ``stage`` that is missing or no longer matches its recorded hash."""
+        return next((rel for rel in self.outputs(stage) if self.file_problem(run_path, rel) is not None), None)
 
-        "Redone" compares when the stage finished, not its files' hashes: every process of a
-        distributed run keeps the manifest in memory but only rank 0 hashes files, and all of them
-        must reach the same decision."""
-        built_from = self._body["stages"].get(stage, {}).get("inputs")
-        if not isinstance(built_from, dict):
-            return None
-        return next((dep for dep, when in built_from.items()
-                     if isinstance(when, (int, float)) and self.finished_at(dep) != when), None)
+    def invalidate_changed(self, run_path: Path | str) -> list[str]:
+        """Mark every finished stage whose files changed, and every stage downstream of it
+        (:data:`STAGE_INPUTS`), ``stale`` so that a resumed run rebuilds them; one message per
+        changed stage says which file, why, and what is rebuilt."""
+        stages = self._body["stages"]
+        changed = {s: rel for s in STAGE_INPUTS if stages.get(s, {}).get("status") == "done"
+                   for rel in [self.changed_file(run_path, s)] if rel is not None}
+        messages = []
+        for stage, rel in changed.items():
+            later = [s for s in downstream(stage) if stages.get(s, {}).get("status") == "done"]
+            for s in (stage, *later):
+                stages[s]["status"] = "stale"
+            what = self.file_problem(run_path, rel)
+            then = f", then what depends on it: {', '.join(later)}" if later else ""
+            messages.append(f"run {run_path}: {rel} {what}; rebuilding stage {stage!r}{then}")
+        return messages

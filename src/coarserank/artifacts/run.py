@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -33,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from coarserank.artifacts.bundle import SERVING_FILE, ServingBundle
-from coarserank.artifacts.manifest import Manifest, rebuild_command
+from coarserank.artifacts.manifest import Manifest, rebuild_command, rebuild_message
 from coarserank.atomic import atomic_write_with
 from coarserank.config import RunConfig, load_config
 from coarserank.data.encode import Encoder
@@ -46,16 +45,43 @@ from coarserank.errors import ArtifactError, CoarseRankError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Run", "MODEL_FILES", "prepared_file", "logits_file", "write_prepared"]
+__all__ = ["Run", "MODEL_FILES", "load_checkpoint", "prepared_file", "logits_file", "write_prepared"]
 
 MODEL_FILES: dict[str, str] = {"teacher": "teacher.pt", "student": "student.pt", "student_hard": "student_hard.pt"}
 _MODEL_STAGES = {"teacher": "teacher", "student": "student", "student_hard": "student_hard"}
 _OTHER = "other"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+def _load_reason(exc: BaseException) -> str:
+    """torch.load's failure in a few words, without its advice to load untrusted code."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        return text[text.index(marker):].splitlines()[0].strip()[:200]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
+    return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, label: str, redo: str) -> torch.nn.Module:
+    """Load the state dict at ``path`` into ``module``: tensors only (``weights_only``), never code.
+    A file that is not such a state dict, or one of another model, is one :class:`ArtifactError`
+    line naming ``label`` and what rebuilds it (``redo``)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ArtifactError(f"{label} is not a checkpoint of tensors coarserank can load ({_load_reason(exc)}); "
+                            f"{redo}") from None
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{label} holds a {type(state).__name__}, not a state dict; {redo}")
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        reason = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
+        raise ArtifactError(f"{label} holds the weights of another model ({reason}); {redo}") from None
+    return module
 
 
 def prepared_file(part: str) -> str:
@@ -105,11 +131,14 @@ class Run:
         """
         root = Path(path)
         manifest = Manifest.read(root)
-        hint = f"rebuild it with {rebuild_command(root)}"
         if manifest.stage_status("config") != "done":
             raise ArtifactError(f"run {root}: stage 'config' is {manifest.stage_status('config') or 'missing'}; "
                                 "start the run again with `distill run`")
-        config = load_config(manifest.verified(root, "config.toml", hint))
+        problem = manifest.file_problem(root, "config.toml")
+        if problem is not None:
+            raise ArtifactError(f"run {root}: config.toml {problem}; start the run again from your own config with "
+                                f"`distill run --config FILE --out {root} --overwrite`")
+        config = load_config(root / "config.toml")
         run = cls(root, manifest, config)
         for stage in require:
             run.require(stage)
@@ -127,22 +156,22 @@ class Run:
         return self.manifest.stage_status(stage) == "done"
 
     def require(self, stage: str) -> None:
-        """Raise unless ``stage`` is done and not older than a stage it reads."""
+        """Raise unless ``stage`` is done (not failed, running, missing, or stale because a stage it
+        reads changed)."""
         status = self.manifest.stage_status(stage)
         if status != "done":
-            raise ArtifactError(f"run {self.path}: stage {stage!r} is {status or 'missing'}; finish the run with "
-                                f"{self.rebuild}")
-        older = self.manifest.stale_stage(stage)
-        if older is not None:
-            raise ArtifactError(f"run {self.path}: stage {stage!r} is stale (stage {older!r}, which it reads, was "
-                                f"redone after it); rebuild it with {self.rebuild}")
+            raise ArtifactError(f"run {self.path}: stage {stage!r} is {status or 'missing'}; "
+                                f"{self.rebuild} rebuilds it")
 
     def verified(self, rel: str) -> Path:
-        """``dir/rel`` after checking that its stage is done and current and its sha256 matches."""
+        """``dir/rel`` after checking that its stage is done and its sha256 matches the manifest."""
         stage = self.manifest.stage_of(rel)
         if stage is not None:
             self.require(stage)
-        return self.manifest.verified(self.path, rel, f"rebuild it with {self.rebuild}")
+        problem = self.manifest.file_problem(self.path, rel)
+        if problem is not None:
+            raise ArtifactError(rebuild_message(self.path, rel, problem, stage))
+        return self.path / rel
 
     def json(self, rel: str) -> Any:
         return json.loads(self.verified(rel).read_text())
@@ -198,7 +227,7 @@ class Run:
             return aligned(body["logit"].to_numpy(), body["row"].to_numpy(), rows, where)
         parts = sorted(p for p in self.manifest.outputs("logits") if p.startswith(f"logits/{split}/"))
         if not parts:
-            raise ArtifactError(f"{where} is not listed in its manifest; rebuild it with {self.rebuild}")
+            raise ArtifactError(f"{where} is not listed in its manifest; {self.rebuild} rebuilds it")
         body = pl.concat([pl.read_parquet(self.verified(p), columns=["row", "logit"]) for p in parts])
         picked = pl.DataFrame({"row": rows}).join(body, on="row", how="left")
         if picked["logit"].null_count():
@@ -222,8 +251,8 @@ class Run:
         cfg = self.config
         if cfg.data.streaming:
             raise ArtifactError(f"run {self.path} was written before runs stored their prepared rows "
-                                f"({prepared_file('test')}); rebuild it with "
-                                f"{rebuild_command(self.path, overwrite=True)}")
+                                f"({prepared_file('test')}); {rebuild_command(self.path, overwrite=True)} "
+                                "rebuilds it")
         try:
             frame = prepare(load_source(cfg.data, cfg.synthetic, cfg.run.seed), cfg.data)
         except CoarseRankError as exc:
@@ -238,29 +267,17 @@ class Run:
             digest.update(frames[s]["_label"].to_numpy().tobytes())
         if digest.hexdigest() != self.manifest.data_fingerprint:
             raise ArtifactError(f"run {self.path}: its source data changed since the run (data fingerprint "
-                                f"differs); rebuild it with {rebuild_command(self.path, overwrite=True)}")
+                                f"differs); {rebuild_command(self.path, overwrite=True)} rebuilds it")
         return frames
 
     # -- models and results --------------------------------------------------------------------
     def model(self, name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The trained ``teacher``, ``student`` or ``student_hard``, in eval mode on ``device``."""
-        import torch
-
         if name not in MODEL_FILES:
             raise ArtifactError(f"unknown model {name!r}; a run holds {', '.join(MODEL_FILES)}")
         self.require(_MODEL_STAGES[name])
-        path = self.verified(MODEL_FILES[name])
-        module = self._build(name)
-        try:  # weights only: a checkpoint that holds code is refused, never run
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, EOFError) as exc:
-            raise ArtifactError(f"run {self.path}: {MODEL_FILES[name]} is not a plain state dict of weights "
-                                f"({_first_line(exc)}); rebuild it with {self.rebuild}") from None
-        try:
-            module.load_state_dict(state)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise ArtifactError(f"run {self.path}: {MODEL_FILES[name]} does not fit the model its config builds "
-                                f"({_first_line(exc)}); rebuild it with {self.rebuild}") from None
+        module = load_checkpoint(self.verified(MODEL_FILES[name]), self._build(name),
+                                 f"run {self.path}: {MODEL_FILES[name]}", f"{self.rebuild} rebuilds it")
         return module.to(device).eval()
 
     def _build(self, name: str) -> torch.nn.Module:
@@ -287,5 +304,5 @@ class Run:
         bundle = ServingBundle.read(self.verified(SERVING_FILE))
         if bundle.model_hash != self.manifest.file_hash(MODEL_FILES["student"]):
             raise ArtifactError(f"run {self.path}: {SERVING_FILE} serves another student than student.pt (stale "
-                                f"export); rebuild it with {self.rebuild}")
+                                f"export); {self.rebuild} rebuilds it")
         return bundle

@@ -6,22 +6,45 @@ and a non-zero exit; ``distill --traceback ...`` shows the full traceback instea
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import click
 
 from coarserank import __version__
-from coarserank.errors import CoarseRankError
+from coarserank.errors import CoarseRankError, CoarseRankWarning
 
 __all__ = ["COMMANDS", "distill", "main"]
 
 
 COMMANDS = {"run": "run_cmd", "report": "report_cmd", "rank": "serve_cmds", "bench": "serve_cmds",
-            "index": "serve_cmds", "recall": "serve_cmds", "sweep": "sweep_cmd", "describe": "describe_cmd"}
+            "index": "serve_cmds", "recall": "serve_cmds", "publish": "serve_cmds", "sweep": "sweep_cmd",
+            "describe": "describe_cmd"}
 """Command -> the module of ``coarserank.cli`` that defines it, imported when the command is used
 (so ``distill report`` does not load LightGBM, ONNX or Faiss)."""
+
+# Before torch and LightGBM load their OpenMP runtimes: threads that finish a parallel region early
+# sleep instead of spinning, which loses most on a shared or quota-limited machine (docs/config.md,
+# run.threads). A value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def _one_line(exc: BaseException) -> str | None:
+    """The one-line message of an error meant for the user, or None for a bug (a traceback)."""
+    if isinstance(exc, CoarseRankError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        where = Path(exc.filename).parent if exc.filename else "the output directory"
+        return f"cannot write into {where} ({exc.strerror}); this command writes there"
+    return None
 
 
 class _Group(click.Group):
@@ -36,10 +59,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CoarseRankError as exc:
-            if ctx.obj and ctx.obj.get("traceback"):
+        except (CoarseRankError, OSError) as exc:
+            message = _one_line(exc)
+            if message is None or (ctx.obj and ctx.obj.get("traceback")):
                 raise
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,6 +79,20 @@ def distill(ctx: click.Context, traceback: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["traceback"] = traceback
+    warnings.simplefilter("always", CoarseRankWarning)
+    warnings.showwarning = _show_warning
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """coarserank's own warnings as one line each on stderr (``warning: ...``); others as Python shows them."""
+    if issubclass(category, CoarseRankWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def main(argv: list[str] | None = None) -> None:

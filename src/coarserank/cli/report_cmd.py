@@ -9,6 +9,7 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.report_stage import report_compare, report_run
+from coarserank.pipeline.rundir import RunDir
 
 __all__ = ["format_summary", "report_command"]
 
@@ -17,8 +18,11 @@ def format_summary(report: dict[str, Any]) -> str:
     """The short table printed after a report: label metrics and Recall@10-in-100 per scorer."""
     setup, counts = report["setup"], report["counts"]
     lines = [f"{counts['groups']:,} candidate sets, {counts['candidates']:,} candidates "
-             f"({counts['labelled']:,} labelled); reference {setup['reference']}",
-             f"{'model':<14} {'auc':>7} {'gauc':>7} {'logloss':>8} {'r@10in100':>10} {'kendall':>8}"]
+             f"({counts['labelled']:,} labelled); reference {setup['reference']}"]
+    if setup.get("mode") == "run":
+        lines.append(f"auc, gauc, logloss: the {counts['labelled']:,} labelled test exposures of these "
+                     f"{counts['groups']:,} users (metrics.json scores every test row, hence other figures)")
+    lines.append(f"{'model':<14} {'auc':>7} {'gauc':>7} {'logloss':>8} {'r@10in100':>10} {'kendall':>8}")
 
     def cell(x: float | None, width: int) -> str:
         return f"{x:>{width}.4f}" if isinstance(x, float) else f"{'-':>{width}}"
@@ -69,7 +73,8 @@ def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: s
     if run_dir is not None:
         if out is not None or labels is not None:
             raise click.UsageError("--out and --labels apply to --scores; a run's report goes to DIR/report")
-        result = report_run(run_dir, progress=echo, force=force)
+        with RunDir.writer(run_dir):  # one writer at a time; a read-only directory fails here, in one line
+            result = report_run(run_dir, progress=echo, force=force)
     else:
         if force:
             raise click.UsageError("--force applies to --run: --scores always builds its report")
@@ -80,5 +85,6 @@ def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: s
         result = report_compare(list(score_files), out, labels=labels, n_boot=bootstrap, seed=seed,
                                 progress=echo)
     click.echo(format_summary(result.report))
-    state = "" if result.rebuilt else ", current: not rebuilt"
-    click.echo(f"report: {result.html}  ({result.seconds:.1f}s{state})")
+    if quiet or run_dir is None:  # otherwise the report's own progress line already said where and how long
+        state = "" if result.rebuilt else ", current: not rebuilt"
+        click.echo(f"report: {result.html}  ({result.seconds:.1f}s{state})")

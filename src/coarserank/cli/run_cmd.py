@@ -39,7 +39,9 @@ def format_metrics(metrics: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory to write. Default: runs/<source>-seed<seed>.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Training device (run.device).")
-@click.option("--overwrite", is_flag=True, help="Replace an output directory that holds a different run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an output directory that holds another coarserank run (its manifest.json says so), "
+                   "once the new run's data has passed its checks. A directory of other files is never replaced.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set distill.alpha=0.7 (repeatable; applied last).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,

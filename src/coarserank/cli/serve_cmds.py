@@ -10,9 +10,12 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.export_stage import bench_run, rebuild_index
-from coarserank import CoarseRanker, parse_user, read_candidates
+from coarserank import CoarseRanker, parse_user, publish_run, read_candidates
+from coarserank.pipeline.rundir import RunDir
+from coarserank.threads import resolve_threads
 
-__all__ = ["rank_command", "bench_command", "index_command", "recall_command", "format_bench"]
+__all__ = ["rank_command", "bench_command", "index_command", "recall_command", "publish_command", "format_bench",
+           "format_index"]
 
 _RUN = click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="A finished run directory (written by `distill run`).")
@@ -20,6 +23,11 @@ _USER = click.option("--user", "user_text", required=True, metavar="JSON",
                      help='The user and context features as a JSON object, e.g. '
                           '\'{"user_id": 12, "gender": "F", ...}\' (null = missing), '
                           'or @FILE to read it from a file.')
+
+
+_NAMESPACE = click.option("--namespace", default=None, metavar="PREFIX",
+                          help="Key prefix in a Redis store. Default: coarserank:items.")
+SCORE_KIND = "logit"
 
 
 def _user(text: str) -> dict:
@@ -64,19 +72,39 @@ def format_bench(result: dict) -> str:
               type=click.Path(dir_okay=False, path_type=Path),
               help="Text file of candidate item ids, one integer per line ('-' = stdin).")
 @click.option("--top-n", type=click.IntRange(min=1), default=100, show_default=True, help="How many to keep.")
-@click.option("--store", help="Read item vectors from this KV store (a path or a redis:// URL) "
-                              "instead of the run's items.kv.")
-def rank_command(run_dir: Path, user_text: str, candidates_path: Path, top_n: int, store: str | None) -> None:
+@click.option("--store", help="Read item vectors from this KV store (a path, or a redis:// or rediss:// URL "
+                              "whose password is never printed) instead of the run's items.kv.")
+@_NAMESPACE
+def rank_command(run_dir: Path, user_text: str, candidates_path: Path, top_n: int, store: str | None,
+                 namespace: str | None) -> None:
     """Coarse-rank candidates for one user with the exported student: ONNX user tower, item vectors
-    from the KV store, one matrix-vector product, top-n. Prints JSON {ids, scores, dropped}; ids the
-    store does not know are dropped and counted."""
+    from the KV store, one matrix-vector product, top-n. Prints JSON {ids, scores, score_kind,
+    dropped, candidates}: scores are the student's logits (a * <u, v> + b; sigmoid gives a
+    probability); ids the store does not know are dropped and counted."""
     user = _user(user_text)
     if str(candidates_path) == "-":
         ids = read_candidates("-", sys.stdin.read())
     else:
         ids = read_candidates(candidates_path)
-    result = CoarseRanker.from_run(run_dir, store=store).rank(user, ids, top_n)
-    click.echo(json.dumps({**result.to_json(), "candidates": int(ids.size)}))
+    result = CoarseRanker.from_run(run_dir, store=store, namespace=namespace).rank(user, ids, top_n)
+    click.echo(json.dumps({**result.to_json(), "score_kind": SCORE_KIND, "candidates": int(ids.size)}))
+
+
+@distill.command("publish")
+@_RUN
+@click.option("--store", required=True, metavar="URL",
+              help="Redis store to publish to: redis://[[user]:password@]host[:port][/db], rediss://... (TLS; "
+                   "redis-py query options such as ?ssl_ca_certs=PATH) or unix://PATH. The password is never "
+                   "printed.")
+@_NAMESPACE
+@click.option("--keep-previous", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Earlier versions kept for readers pinned to them; older ones are deleted.")
+def publish_command(run_dir: Path, store: str, namespace: str | None, keep_previous: int) -> None:
+    """Publish a finished run's item vectors (its items.kv, verified) to a Redis KV store as a new
+    version, made current once complete (layout in docs/kv-format.md)."""
+    done = publish_run(run_dir, store, namespace=namespace, keep_previous=keep_previous)
+    click.echo(f"published {done.items:,} item vectors (dim {done.dim}, {done.dtype}) of model "
+               f"{done.model_hash[:12]} as version {done.version} to {done.store} namespace {done.namespace!r}")
 
 
 @distill.command("bench")
@@ -89,11 +117,13 @@ def rank_command(run_dir: Path, user_text: str, candidates_path: Path, top_n: in
               help="Timed calls per figure.")
 @click.option("--users", type=click.IntRange(min=1), default=20, show_default=True,
               help="Requests (users of the test split) cycled through.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="ONNX Runtime intra-op threads per session.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="ONNX Runtime intra-op threads per session; 0 = auto, the run.threads policy (the CPUs this "
+                   "process may use: affinity mask, cgroup quota, idle CPUs).")
 def bench_command(run_dir: Path, sizes: str, json_path: Path | None, repeats: int, users: int,
                   threads: int) -> None:
     """Latency p50/p99 of the student path against teacher.onnx on the same candidates."""
+    threads = resolve_threads(threads)
     result = bench_run(run_dir, _sizes(sizes), users=users, repeats=repeats, threads=threads,
                        progress=lambda m: click.echo(m, err=True))
     if json_path is not None:
@@ -108,11 +138,19 @@ def bench_command(run_dir: Path, sizes: str, json_path: Path | None, repeats: in
 def index_command(run_dir: Path, kind: str) -> None:
     """Rebuild the run's Faiss index (items.faiss) over its KV item vectors; report recall@10/@100
     against exact search and queries per second."""
-    facts = rebuild_index(run_dir, kind, progress=lambda m: click.echo(m, err=True))
-    tuned = {k: facts[k] for k in ("efSearch", "nprobe") if k in facts}
-    click.echo(f"{facts['kind']} index over {facts['items']:,} items {tuned or ''}".rstrip())
-    click.echo(f"recall@10 {facts['recall@10']:.4f}  recall@100 {facts['recall@100']:.4f}  "
-               f"{facts['qps']:,.0f} queries/s (exact {facts['exact_qps']:,.0f}, {facts['speedup']:.1f}x)")
+    with RunDir.writer(run_dir, require=("export",)):
+        facts = rebuild_index(run_dir, kind, progress=lambda m: click.echo(m, err=True))
+    click.echo(format_index(facts))
+
+
+def format_index(facts: dict) -> str:
+    """The table printed by ``distill index``."""
+    tuned = " ".join(f"{k}={facts[k]}" for k in ("efSearch", "nprobe") if k in facts) or "-"
+    head = f"{'index':<6} {'items':>10} {'recall@10':>9} {'recall@100':>10} {'queries/s':>10} {'exact q/s':>10} " \
+           f"{'speedup':>7}  search"
+    row = (f"{facts['kind']:<6} {facts['items']:>10,} {facts['recall@10']:>9.4f} {facts['recall@100']:>10.4f} "
+           f"{facts['qps']:>10,.0f} {facts['exact_qps']:>10,.0f} {facts['speedup']:>6.1f}x  {tuned}")
+    return head + "\n" + row
 
 
 @distill.command("recall")
@@ -121,7 +159,8 @@ def index_command(run_dir: Path, kind: str) -> None:
 @click.option("--k", type=click.IntRange(min=1), default=100, show_default=True,
               help="How many items to return.")
 def recall_command(run_dir: Path, user_text: str, k: int) -> None:
-    """Recall the top-k catalogue items for one user from the Faiss index. Prints JSON {ids, scores}."""
+    """Recall the top-k catalogue items for one user from the Faiss index. Prints JSON {ids, scores,
+    score_kind}: scores are the student's logits (a * <u, v> + b)."""
     result = CoarseRanker.from_run(run_dir).recall(_user(user_text), k)
     body = result.to_json()
-    click.echo(json.dumps({"ids": body["ids"], "scores": body["scores"]}))
+    click.echo(json.dumps({"ids": body["ids"], "scores": body["scores"], "score_kind": SCORE_KIND}))

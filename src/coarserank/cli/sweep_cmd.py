@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.launch import current, join, relaunch, shutdown, sweep_relaunch_args
+from coarserank.pipeline.rundir import RunDir
 from coarserank.pipeline.sweep_stage import SWEEP_DEVICE, parse_ks, sweep_run
 
 __all__ = ["sweep_command", "format_sweep"]
@@ -18,13 +20,15 @@ __all__ = ["sweep_command", "format_sweep"]
 
 def format_sweep(body: dict[str, Any]) -> str:
     """The table printed after a sweep: one line per point, then each importance ranking."""
-    lines = [f"{'#':>2} {'k':>3} {'gauc':>7} {'auc':>7} {'r@10in100':>9} {'p50 ms':>8} {'p99 ms':>8} "
-             f"{'params':>9} {'macs/cand':>10}  frontier"]
+    lines = [f"{'':>6} {'valid':>7} {'test':>7} {'test':>7}",
+             f"{'#':>2} {'k':>3} {'gauc':>7} {'gauc':>7} {'auc':>7} {'r@10in100':>9} {'p50 ms':>8} {'p99 ms':>8} "
+             f"{'params':>9} {'macs/cand':>10}  frontier (valid gauc vs p99)"]
     for i, p in enumerate(body["points"]):
         recall = f"{p['recall_10_in_100']:>9.4f}" if p["recall_10_in_100"] is not None else f"{'-':>9}"
         mark = ("pareto" if p["pareto"] else "dominated") + ("  <- chosen" if i == body["chosen"] else "")
-        lines.append(f"{i:>2} {p['k']:>3} {p['gauc']:>7.4f} {p['auc']:>7.4f} {recall} {p['p50_ms']:>8.3f} "
-                     f"{p['p99_ms']:>8.3f} {p['params']:>9,} {p['macs_per_candidate']:>10,.0f}  {mark}")
+        lines.append(f"{i:>2} {p['k']:>3} {p['valid_gauc']:>7.4f} {p['gauc']:>7.4f} {p['auc']:>7.4f} {recall} "
+                     f"{p['p50_ms']:>8.3f} {p['p99_ms']:>8.3f} {p['params']:>9,} {p['macs_per_candidate']:>10,.0f}  "
+                     f"{mark}")
     imp = body["importance"]
     for method, m in imp["methods"].items():
         lines.append(f"importance {method:<11} {' > '.join(m['ranking'])}")
@@ -68,8 +72,9 @@ def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: 
         raise SystemExit(relaunch(nproc, sweep_relaunch_args(sys.argv[1:])))
     info = join(os.environ, SWEEP_DEVICE)
     try:
-        _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
-               quiet or not info.is_main)
+        with RunDir.writer(run_dir) if info.is_main else contextlib.nullcontext():  # rank 0 alone writes
+            _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
+                   quiet or not info.is_main)
     finally:
         shutdown()
 

@@ -170,7 +170,7 @@ def gbdt_importance(schema: Schema, train: dict[str, np.ndarray], y_train: np.nd
         LightGBM seed and thread count (0 = LightGBM's default).
     """
     xt, names, cats = gbdt_matrix(schema, train, cfg.multi_hot_top)
-    xv, _, _ = gbdt_matrix(schema, valid, cfg.multi_hot_top)
+    xv, _, _ = gbdt_matrix(schema, valid, cfg.multi_hot_top, names=names)
     params: dict[str, Any] = {"objective": "binary", "metric": "auc", "num_leaves": cfg.num_leaves,
                               "learning_rate": cfg.learning_rate, "seed": seed, "verbosity": -1,
                               "num_threads": threads, "deterministic": True, "force_row_wise": True,

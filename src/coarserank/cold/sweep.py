@@ -12,11 +12,13 @@ format is documented in ``docs/sweep.md``):
    crosses included; ``two_tower``: user, context and item fields, with at least one field per tower:
    if the top-k lacks a tower's side, its lowest-ranked pick is swapped for that side's best field).
    The family's model is trained on them with :func:`coarserank.distill.train.fit` and the run's
-   distillation loss, then measured: test AUC and GAUC, Recall@10-in-100 against the teacher on the
-   candidate sets, ONNX Runtime latency (:mod:`coarserank.cold.latency`) and cost
-   (:mod:`coarserank.cold.cost`). Saved to ``sweep/points/<family>-k<k>.json`` (+ its ONNX files).
-3. Pareto flags of GAUC against p99 latency (1 intra-op thread), the choice under the budget
-   (:mod:`coarserank.cold.pareto`), ``sweep/sweep.json`` and ``sweep/frontier.png``.
+   distillation loss, then measured: validation GAUC (of its best epoch, the weights kept), test AUC
+   and GAUC, Recall@10-in-100 against the teacher on the candidate sets, ONNX Runtime latency
+   (:mod:`coarserank.cold.latency`) and cost (:mod:`coarserank.cold.cost`). Saved to ``sweep/points/<family>-k<k>.json`` (+ its ONNX files).
+3. Pareto flags of validation GAUC against p99 latency (1 intra-op thread), the choice under the
+   budget (:mod:`coarserank.cold.pareto`), ``sweep/sweep.json`` and ``sweep/frontier.png``. The
+   choice never looks at the test split: test GAUC is reported beside it, as the unbiased estimate
+   of the chosen point.
 
 A point or importance file is reused when its ``fingerprint`` (run, teacher, data, every setting
 that changes it) and its features match, so an interrupted sweep resumes where it stopped.
@@ -69,6 +71,7 @@ from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
 from coarserank.errors import ArtifactError, ConfigError, DataError
 from coarserank.ranking_eval import auc, gauc, recall_k_in_n
 from coarserank.student import build_student
+from coarserank.threads import apply_threads, explain_threads
 
 __all__ = ["FAMILIES", "CandidateSets", "SweepData", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields",
            "select_top_k",
@@ -270,7 +273,7 @@ def _importance(data: SweepData, models: Mapping[str, nn.Module], family: str,
     progress("sweep: importance 2/3: LightGBM gain")
     train, valid = data.splits["train"], data.splits["valid"]
     gb = gbdt_importance(schema, train.fields(schema), train.label, valid.fields(schema), valid.label, cfg.gbdt,
-                         seed=cfg.run.seed, threads=cfg.run.threads or 1)  # 1: OpenMP spins on a busy machine
+                         seed=cfg.run.seed, threads=torch.get_num_threads())  # the run's thread policy
     progress(f"sweep: importance 3/3: permutation importance of {which}")
     perm = permutation_importance(swept, _table(data, "valid", schema.names), fields,
                                   repeats=cfg.cold.permutation_repeats, seed=cfg.run.seed, device=data.device)
@@ -326,17 +329,20 @@ def _plot(points: list[dict[str, Any]], chosen: int | None, budget: float | None
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     front = sorted((p for p in points if p["pareto"]), key=lambda p: p["p99_ms"])
-    ax.plot([p["p99_ms"] for p in front], [p["gauc"] for p in front], "-", color="#1f77b4", lw=1, label="Pareto frontier")
+    ax.plot([p["p99_ms"] for p in front], [p["valid_gauc"] for p in front], "-", color="#1f77b4", lw=1,
+            label="Pareto frontier")
     for i, p in enumerate(points):
         style = {"color": "#1f77b4"} if p["pareto"] else {"facecolors": "none", "edgecolors": "#888888"}
-        ax.scatter([p["p99_ms"]], [p["gauc"]], s=36, zorder=3, **style)
-        ax.annotate(f"k={p['k']}", (p["p99_ms"], p["gauc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.scatter([p["p99_ms"]], [p["valid_gauc"]], s=36, zorder=3, **style)
+        ax.annotate(f"k={p['k']} (test {p['gauc']:.3f})", (p["p99_ms"], p["valid_gauc"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
         if i == chosen:
-            ax.scatter([p["p99_ms"]], [p["gauc"]], marker="*", s=220, color="#d62728", zorder=4, label="chosen")
+            ax.scatter([p["p99_ms"]], [p["valid_gauc"]], marker="*", s=220, color="#d62728", zorder=4,
+                       label="chosen")
     if budget is not None:
         ax.axvline(budget, color="#d62728", ls="--", lw=1, label=f"budget {budget:g} ms")
     ax.set_xlabel("p99 latency per request, ms (ONNX Runtime, 1 thread)")
-    ax.set_ylabel("test GAUC")
+    ax.set_ylabel("validation GAUC (chosen on it; test GAUC in labels)")
     ax.set_title(f"{points[0]['family']} sweep: GAUC vs p99 latency (hollow = dominated)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -392,8 +398,9 @@ def run_sweep(data: SweepData, models: Mapping[str, nn.Module], family: str, ks:
     if rank_by not in ("se", "gbdt", "permutation"):
         raise ConfigError(f"rank_by must be one of se, gbdt, permutation, got {rank_by!r}")
     budget = check_budget(budget_ms)
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+    threads, why = explain_threads(cfg.run.threads, processes=current().world)
+    apply_threads(threads)
+    say(f"sweep: {why}")
     resolved = resolve_ks(ks, data.schema, family)
     sets = candidates or _exposure_sets(data)
     if sets.teacher is None:
@@ -425,8 +432,9 @@ def _points(data: SweepData, family: str, plan: list[tuple[int, list[str], bool]
         if not train_it:
             if main:
                 done = reused[k]
-                say(f"sweep [{i}/{len(plan)}] {name}: done before, reusing (gauc {done['gauc']:.4f}, "
-                    f"p99 {done['p99_ms']:.3f} ms)")
+                done.setdefault("valid_gauc", done["train"]["best_valid_gauc"])  # points of earlier versions
+                say(f"sweep [{i}/{len(plan)}] {name}: done before, reusing (valid gauc {done['valid_gauc']:.4f}, "
+                    f"test gauc {done['gauc']:.4f}, p99 {done['p99_ms']:.3f} ms)")
                 points.append(done)
             continue
         say(f"sweep [{i}/{len(plan)}] {name}: training on {', '.join(features)}")
@@ -435,10 +443,12 @@ def _points(data: SweepData, family: str, plan: list[tuple[int, list[str], bool]
         if not main:  # on to the next fit; rank 0 measures (alone on the machine) and writes
             continue
         point = {"k": k, "family": family, "features": features, "rank_by": extra["rank_by"],
+                 "valid_gauc": train["best_valid_gauc"],
                  **_measure_point(data, model, family, features, sets, path.parent / name), "train": train,
                  "seconds": round(time.perf_counter() - t0, 3), "fingerprint": extra["fingerprint"]}
         atomic_write_text(path, json.dumps(point, indent=2))
-        say(f"sweep [{i}/{len(plan)}] {name}: gauc {point['gauc']:.4f} p99 {point['p99_ms']:.3f} ms "
+        say(f"sweep [{i}/{len(plan)}] {name}: valid gauc {point['valid_gauc']:.4f} test gauc {point['gauc']:.4f} "
+            f"p99 {point['p99_ms']:.3f} ms "
             f"({point['seconds']:.0f}s)")
         points.append(point)
     return points
@@ -464,17 +474,20 @@ def _finish(data: SweepData, head: dict[str, Any], points: list[dict[str, Any]],
             candidates: str, start: float) -> SweepResult:
     """Pareto flags, the choice under the budget, the plot and ``sweep.json`` (rank 0)."""
     budget = head["budget_ms"]
-    flags = pareto_flags([p["gauc"] for p in points], [p["p99_ms"] for p in points])
+    flags = pareto_flags([p["valid_gauc"] for p in points], [p["p99_ms"] for p in points])
     points = [{**{k: v for k, v in p.items() if k != "fingerprint"}, "pareto": f} for p, f in zip(points, flags)]
     error: str | None = None
     try:
-        chosen: int | None = choose_under_budget([p["gauc"] for p in points], [p["p99_ms"] for p in points], budget)
+        chosen: int | None = choose_under_budget([p["valid_gauc"] for p in points], [p["p99_ms"] for p in points],
+                                                 budget)
     except ConfigError as exc:
         chosen, error = None, str(exc)
     plot = _plot(points, chosen, budget, data.out_dir / "frontier.png")
     body = {**head, "chosen": chosen, "budget_note": error,
             "latency_axis": "p99_ms: ONNX Runtime with 1 intra-op thread, one request of "
                             f"{data.cfg.cold.candidates} candidates", "candidates": candidates,
+            "quality_axis": "valid_gauc: validation GAUC of each point's kept (best) epoch; the Pareto frontier "
+                            "and the choice use it, never the test split, whose gauc and auc are reported beside",
             "recall": f"Recall@{RECALL_K}-in-{RECALL_N} against the teacher, mean over candidate sets with "
                       f">= {RECALL_N} rows; null when none has",
             "importance": {k: v for k, v in importance.items() if k != "fingerprint"}, "points": points,

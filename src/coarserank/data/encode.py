@@ -15,11 +15,16 @@ Encoding rules (the ONNX graphs in ``serving`` repeat them exactly):
   stays padding).
 - match cross: 1.0 where the two raw values are equal, else 0.0, then normalised like a number.
 - history cross: the column ``prepare`` computed, normalised like a number.
+
+What these rules change without a word on the train rows (lists cut at ``max_len``, rare values and
+pairs folded into OOV by ``min_count``, missing numbers) is counted by :meth:`Encoder.fit` and issued
+as :class:`~coarserank.errors.DataWarning` messages with counts (also kept in ``Encoder.warnings_``).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,7 +35,7 @@ import polars as pl
 from coarserank.config import CrossConfig, DataConfig, FeatureConfig
 from coarserank.data.prepare import feature_column
 from coarserank.data.schema import FIRST_ID, OOV, PAD, Field, Schema
-from coarserank.errors import ArtifactError, SchemaError
+from coarserank.errors import ArtifactError, DataWarning, SchemaError
 
 __all__ = ["Vocab", "Encoder", "raw_categorical"]
 
@@ -80,13 +85,19 @@ def raw_categorical(frame: pl.DataFrame, f: FeatureConfig) -> pl.Series:
     return s.cast(pl.Utf8)
 
 
-def _multi_long(frame: pl.DataFrame, f: FeatureConfig) -> pl.DataFrame:
-    """(row, pos, value) for the first ``max_len`` non-blank values of a multi-valued column."""
+def _split_lists(frame: pl.DataFrame, f: FeatureConfig) -> pl.Series:
+    """Every non-blank value of a multi-valued column, per row (before the ``max_len`` cut)."""
     col = feature_column(f.name, f.column)
-    lists = frame.select(pl.col(col).cast(pl.Utf8).str.split(f.sep)
-                         .list.eval(pl.element().str.strip_chars())
-                         .list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
-                         .list.head(f.max_len).alias("v"))["v"]
+    return frame.select(pl.col(col).cast(pl.Utf8).str.split(f.sep)
+                        .list.eval(pl.element().str.strip_chars())
+                        .list.eval(pl.element().filter(pl.element().is_not_null() & (pl.element() != "")))
+                        .alias("v"))["v"]
+
+
+def _multi_long(frame: pl.DataFrame, f: FeatureConfig, lists: pl.Series | None = None) -> pl.DataFrame:
+    """(row, pos, value) for the first ``max_len`` non-blank values of a multi-valued column
+    (``lists``: its :func:`_split_lists`, when already split)."""
+    lists = (_split_lists(frame, f) if lists is None else lists).list.head(f.max_len)
     lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
     starts = np.cumsum(lengths) - lengths
     rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
@@ -118,6 +129,13 @@ class _Counts:
         merged = batch if self.table is None or self.table.height == 0 else pl.concat([self.table, batch])
         self.table = merged.group_by("v").agg(pl.col("n").sum())
 
+    def rare(self, min_count: int) -> tuple[int, int]:
+        """(distinct values, occurrences) seen fewer than ``min_count`` times."""
+        if self.table is None:
+            return 0, 0
+        rare = self.table.filter(pl.col("n") < min_count)
+        return rare.height, int(rare["n"].sum())
+
     def vocab(self, min_count: int) -> Vocab:
         table = self.table if self.table is not None else pl.DataFrame({"v": pl.Series([], dtype=pl.Utf8), "n": []})
         kept = table.filter(pl.col("n") >= min_count)["v"].sort()
@@ -138,6 +156,11 @@ class _CodeCounts:
 
     def kept(self, min_count: int) -> np.ndarray:
         return self.codes[self.counts >= min_count]
+
+    def rare(self, min_count: int) -> tuple[int, int]:
+        """(distinct pair codes, occurrences) seen fewer than ``min_count`` times."""
+        low = self.counts < min_count
+        return int(low.sum()), int(self.counts[low].sum())
 
 
 class _Moments:
@@ -164,6 +187,59 @@ class _Moments:
             return 0.0, 1.0
         std = float(np.sqrt(self.m2 / self.n))
         return self.mean, (std if std > 1e-12 else 1.0)
+
+
+class _Losses:
+    """What encoding the train rows changes without a word, counted batch by batch, and the
+    :class:`~coarserank.errors.DataWarning` messages that say it with counts."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.cut: dict[str, tuple[int, int]] = {}  # multi feature -> (rows over max_len, longest list)
+        self.missing: dict[str, int] = {}  # numeric or bucketed feature -> rows with null or NaN
+
+    def lists(self, f: FeatureConfig, lists: pl.Series) -> None:
+        lengths = lists.list.len().fill_null(0)
+        rows, longest = self.cut.get(f.name, (0, 0))
+        self.cut[f.name] = (rows + int((lengths > f.max_len).sum()), max(longest, int(lengths.max() or 0)))
+
+    def numbers(self, f: FeatureConfig, frame: pl.DataFrame) -> None:
+        s = frame[feature_column(f.name, f.column)]
+        nan = int(s.is_nan().sum()) if s.dtype.is_float() else 0
+        self.missing[f.name] = self.missing.get(f.name, 0) + s.null_count() + nan
+
+    def messages(self, cfg: DataConfig, counts: dict[str, _Counts], pairs: dict[str, _CodeCounts]) -> list[str]:
+        out, n = [], f"{self.rows:,}"
+        for f in cfg.features:
+            cut, longest = self.cut.get(f.name, (0, 0))
+            if cut:
+                out.append(f"data.features {f.name!r}: {cut:,} of {n} train rows hold more than max_len = "
+                           f"{f.max_len} values (up to {longest}); the values after the first {f.max_len} are "
+                           "dropped (raise max_len to keep them)")
+            missing = self.missing.get(f.name, 0)
+            if missing and missing == self.rows and f.kind == "numeric":
+                out.append(f"data.features {f.name!r}: every train row ({n}) has no value (null or NaN); the "
+                           "feature is constant and carries no information")
+            elif missing:
+                goes = ("they take the out-of-vocabulary bucket (id 1), as unseen values do" if f.boundaries
+                        else "they are encoded as the train mean (0 after normalisation)")
+                out.append(f"data.features {f.name!r}: {missing:,} of {n} train rows have no value (null or NaN); "
+                           f"{goes}")
+            if f.name in counts and f.min_count > 1:
+                out += _folded(f"data.features {f.name!r}", "values", counts[f.name].rare(f.min_count), f.min_count)
+        for c in cfg.crosses:
+            if c.name in pairs and c.min_count > 1:
+                out += _folded(f"data.crosses {c.name!r}", "value pairs", pairs[c.name].rare(c.min_count),
+                               c.min_count)
+        return out
+
+
+def _folded(where: str, what: str, rare: tuple[int, int], min_count: int) -> list[str]:
+    values, rows = rare
+    if not values:
+        return []
+    return [f"{where}: {values:,} distinct {what} seen fewer than min_count = {min_count} times in train "
+            f"({rows:,} occurrences) are folded into the out-of-vocabulary bucket (id 1)"]
 
 
 def _lookup(values: pl.Series, vocab: Vocab) -> np.ndarray:
@@ -210,15 +286,22 @@ class Encoder:
         self._dense_cross = {}
         counts: dict[str, _Counts] = {}
         moments: dict[str, _Moments] = {}
+        losses = _Losses()
         for f in self.cfg.features:
             if f.kind in ("categorical", "multi") and not f.boundaries:
                 counts[f.name] = _Counts()
         for frame in batches():
+            losses.rows += frame.height
             for f in self.cfg.features:
-                if f.name in counts:
-                    counts[f.name].add(raw_categorical(frame, f) if f.kind == "categorical"
-                                       else _multi_long(frame, f)["v"])
-                elif f.kind == "numeric":
+                if f.kind == "multi":
+                    lists = _split_lists(frame, f)
+                    losses.lists(f, lists)
+                    counts[f.name].add(_multi_long(frame, f, lists)["v"])
+                elif f.name in counts:
+                    counts[f.name].add(raw_categorical(frame, f))
+                elif f.kind == "numeric" or f.boundaries:
+                    losses.numbers(f, frame)
+                if f.kind == "numeric":
                     moments.setdefault(f.name, _Moments()).add(
                         _numbers(frame, feature_column(f.name, f.column), f.name))
             for c in self.cfg.crosses:
@@ -238,8 +321,8 @@ class Encoder:
             self.stats_.setdefault(name, (0.0, 1.0))
         self.cross_values_: dict[str, np.ndarray] = {}
         products = [c for c in self.cfg.crosses if c.op == "product"]
+        pair_counts = {c.name: _CodeCounts() for c in products}
         if products:
-            pair_counts = {c.name: _CodeCounts() for c in products}
             for frame in batches():
                 codes = {n: self._encode_feature(frame, self._feature(n)) for n in {x for c in products for x in (c.a, c.b)}}
                 for c in products:
@@ -247,6 +330,9 @@ class Encoder:
                     pair_counts[c.name].add(pairs[~pad])
             self.cross_values_ = {c.name: pair_counts[c.name].kept(c.min_count) for c in products}
         self.schema_ = self._schema()
+        self.warnings_ = losses.messages(self.cfg, counts, pair_counts)
+        for message in self.warnings_:
+            warnings.warn(message, DataWarning, stacklevel=2)
         return self
 
     def _feature(self, name: str) -> FeatureConfig:

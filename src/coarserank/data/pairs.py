@@ -112,10 +112,9 @@ class PairEncoder:
 
     def row_context(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
         """Hidden per-row columns the pairs of ``frame``'s rows need (``_time``, ``_item``, raw codes)."""
-        ids = frame[self.cfg.item_col]
-        lookup = pl.DataFrame({"id": self.item_ids_, "at": np.arange(self.n_items, dtype=np.int64)})
-        at = (pl.DataFrame({"id": ids.cast(self.item_ids_.dtype, strict=False)})
-              .join(lookup, on="id", how="left", maintain_order="left")["at"].fill_null(NONE).to_numpy())
+        ids = frame[self.cfg.item_col].cast(self.item_ids_.dtype, strict=False)
+        at = ids.replace_strict(self.item_ids_, pl.Series(np.arange(self.n_items, dtype=np.int64)), default=NONE,
+                                return_dtype=pl.Int64).fill_null(NONE).to_numpy()
         out = {ROW_TIME: frame["_time"].to_numpy().astype(np.int64), ROW_ITEM: at.astype(np.int64)}
         for name, (c, dictionary, _) in self.matches_.items():
             row_op = c.b if self._item_side(c.a) else c.a

@@ -17,8 +17,21 @@ from coarserank.data.sequences import add_sequences
 from coarserank.data.tables import RawTables
 from coarserank.errors import DataError, SchemaError
 
-__all__ = ["SPLITS", "prepare", "annotate", "feature_column", "split_per_user", "time_cutoffs", "split_by_time",
-           "check_splits", "add_history_cross", "add_history_crosses", "history_stats", "base_rate"]
+__all__ = [
+    "SPLITS",
+    "add_history_cross",
+    "add_history_crosses",
+    "annotate",
+    "base_rate",
+    "check_label_mix",
+    "check_splits",
+    "feature_column",
+    "history_stats",
+    "prepare",
+    "split_by_time",
+    "split_per_user",
+    "time_cutoffs",
+]
 
 SPLITS = ("train", "valid", "test")
 
@@ -51,24 +64,34 @@ def _join(raw: RawTables, cfg: DataConfig, row_offset: int, where: str) -> pl.Da
 
 
 def _label(frame: pl.DataFrame, cfg: DataConfig, where: str) -> pl.Series:
+    """0/1 labels: a 0/1 column (integers, booleans or integral floats such as pandas writes) or a
+    numeric rating column thresholded at ``label_threshold``; nulls and NaN are errors naming rows."""
     col = cfg.rating_col or cfg.label_col
     _require(frame, [col], f"{where} (label)")
     series = frame[col]
-    nulls = series.null_count()
-    if nulls:
-        raise DataError(f"{where}: label column {col!r} has {nulls} null value(s); every exposure needs a label")
+    what = "rating" if cfg.rating_col else "label"
+    missing = series.is_null()
+    if series.dtype.is_float():
+        missing = missing | series.is_nan().fill_null(False)
+    if missing.any():
+        rows = missing.arg_true()
+        raise DataError(f"{where}: {what} column {col!r} has {rows.len()} missing (null or NaN) value(s), first at "
+                        f"row {int(rows[0])}; every exposure needs a {what}")
     if cfg.rating_col:
         if not series.dtype.is_numeric():
-            raise DataError(f"rating column {col!r} must be numeric, got {series.dtype}")
-        return (series >= cfg.label_threshold).cast(pl.Int8)
+            raise DataError(f"{where}: rating column {col!r} must be numeric, got {series.dtype}")
+        return (series.cast(pl.Float64) >= cfg.label_threshold).cast(pl.Int8)
     if series.dtype == pl.Boolean:
         return series.cast(pl.Int8)
-    bad = series.filter(~series.is_in([0, 1])).unique().head(5).to_list() if series.dtype.is_numeric() else None
-    if bad is None or bad:
-        shown = bad if bad is not None else series.unique().head(5).to_list()
-        raise DataError(f"{where}: label column {col!r} must hold only 0 and 1; found values such as {shown} "
+    if series.dtype.is_numeric():
+        x = series.cast(pl.Float64)
+        bad = series.filter((x != 0.0) & (x != 1.0)).unique().sort().head(5).to_list()
+    else:
+        bad = series.unique().sort().head(5).to_list()
+    if bad:
+        raise DataError(f"{where}: label column {col!r} must hold only 0 and 1; found values such as {bad} "
                         "(for ratings set data.rating_col and data.label_threshold)")
-    return series.cast(pl.Int8)
+    return series.cast(pl.Float64).cast(pl.Int8)
 
 
 def split_per_user(frame: pl.DataFrame, valid_frac: float, test_frac: float) -> pl.Series:
@@ -125,6 +148,7 @@ def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = 
         _require(frame, [cfg.group_col], f"{where}: data.group_col")
     if frame[cfg.user_col].null_count():
         raise DataError(f"{where}: user id column {cfg.user_col!r} has null values")
+    _check_item_ids(frame[cfg.item_col], where)
     frame = frame.with_columns(
         _label(frame, cfg, where).alias("_label"),
         pl.col(cfg.user_col).alias("_user"),
@@ -134,6 +158,48 @@ def annotate(raw: RawTables, cfg: DataConfig, row_offset: int = 0, where: str = 
     if raw.oracle_col:
         frame = frame.with_columns(pl.col(raw.oracle_col).cast(pl.Float64).alias("_oracle"))
     return frame
+
+
+def _check_item_ids(ids: pl.Series, where: str) -> None:
+    """Item ids must be int64 numbers: the KV store and the Faiss index key items by them."""
+    if ids.null_count():
+        raise DataError(f"{where}: item id column {ids.name!r} has {ids.null_count()} null value(s)")
+    if ids.dtype.is_integer():
+        return
+    if ids.dtype.is_float():
+        bad = ids.filter(ids.is_nan() | (ids != ids.round()) | (ids.abs() >= 2.0**63))
+    else:
+        as_int = ids.cast(pl.Utf8).str.strip_chars().cast(pl.Int64, strict=False)
+        bad = ids.filter(as_int.is_null())
+    if bad.len():
+        raise DataError(f"{where}: item id column {ids.name!r} must hold integer ids (the KV store and the Faiss "
+                        f"index key items by int64); found {bad.len()} {ids.dtype} value(s) such as "
+                        f"{bad.unique(maintain_order=True).head(3).to_list()}; map the item ids to integers first")
+
+
+def check_label_mix(frame: pl.DataFrame, cfg: DataConfig) -> None:
+    """Every split holds both labels, and valid and test hold at least one group with both (GAUC,
+    early stopping and the metrics need one); the error names the split."""
+    group = cfg.group_col or cfg.user_col
+    per_split = (frame.group_by("_split", "_group")
+                 .agg(pl.col("_label").sum().alias("pos"), pl.len().alias("n"))
+                 .group_by("_split")
+                 .agg(pl.col("pos").sum(), pl.col("n").sum(),
+                      ((pl.col("pos") > 0) & (pl.col("pos") < pl.col("n"))).sum().alias("mixed"),
+                      pl.len().alias("groups")))
+    facts = {row["_split"]: row for row in per_split.iter_rows(named=True)}
+    for split in SPLITS:
+        f = facts.get(split)
+        if f is None:
+            continue  # check_splits names empty splits
+        if f["pos"] in (0, f["n"]):
+            which = "positive" if f["pos"] == 0 else "negative"
+            raise DataError(f"the {split} split has no {which} label among its {f['n']:,} rows; every split needs "
+                            "both (more data, or other data.valid_frac / data.test_frac)")
+        if split != "train" and f["mixed"] == 0:
+            raise DataError(f"the {split} split has no group (by {group!r}) with both a positive and a negative "
+                            f"label among its {f['groups']:,} groups of {f['n']:,} rows; GAUC, early stopping and "
+                            "the metrics need some (more data, or a larger data.valid_frac / data.test_frac)")
 
 
 def time_cutoffs(times: np.ndarray, valid_frac: float, test_frac: float) -> tuple[int, int]:

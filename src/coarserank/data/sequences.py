@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from coarserank.config import DataConfig, FeatureConfig
 from coarserank.errors import SchemaError
@@ -72,9 +71,12 @@ def _sequence_column(frame: pl.DataFrame, history: pl.DataFrame, f: FeatureConfi
     by_time = np.lexsort((e_row, e_time, e_user))
     offsets, flat = history_positions(q_user, frame["_time"].to_numpy(), e_user[by_time], e_time[by_time],
                                       f.max_len)
-    values = events["_v"].to_arrow().take(pa.array(by_time[flat]))
-    lists = pl.Series(f.name, pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
-    return lists.list.join(f.sep).fill_null("").alias(f.name)
+    owner = np.repeat(np.arange(frame.height, dtype=np.int64), np.diff(offsets))
+    long = pl.DataFrame({"q": owner, "v": events["_v"].gather(by_time[flat])})
+    joined = long.group_by("q", maintain_order=True).agg(pl.col("v").str.join(f.sep))  # keeps row order
+    empty = pl.Series(f.name, [""], dtype=pl.Utf8).extend_constant("", frame.height - 1) if frame.height else \
+        pl.Series(f.name, [], dtype=pl.Utf8)
+    return empty.scatter(joined["q"], joined["v"])
 
 
 def add_sequences(frame: pl.DataFrame, cfg: DataConfig, history: pl.DataFrame | None = None) -> pl.DataFrame:

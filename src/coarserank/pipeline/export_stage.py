@@ -260,12 +260,13 @@ def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
         check = _faiss_vs_kv(index, store, queries)
     run = RunDir.open(view.path, require=("export",))
     tagged = {"run_id": bundle.run_id} if bundle.run_id else {}
-    written = index.save(run.file(bundle.file("index")), {**facts, **tagged})
-    run.record("export", *written)
-    checks = run.manifest.check("export")
-    checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])
-    run.update_stage("export", index=index.kind, recall_at_100=facts["recall@100"])
-    run.set_check("export", checks)
+    with run.publishing():  # a reader loads the old index with the old manifest, or the new with the new
+        written = index.save(run.file(bundle.file("index")), {**facts, **tagged})
+        run.record("export", *written)
+        checks = run.manifest.check("export")
+        checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])
+        run.update_stage("export", index=index.kind, recall_at_100=facts["recall@100"])
+        run.set_check("export", checks)
     return {"kind": index.kind, "items": index.count, "build": index.build_params, **facts}
 
 

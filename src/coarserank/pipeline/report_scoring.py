@@ -143,7 +143,8 @@ def build_scores(data: RunData, models: Mapping[str, torch.nn.Module], *, device
     scores, segments = _with_segments(_scores(data, models, sets, oracle, torch.device(device), progress), sets,
                                       data.frame)
     has_oracle = "oracle" in scores.columns
-    notes = []
+    notes = [f"label metrics cover the labelled test exposures of the report's {sets.users.height} users "
+             "(each item once); metrics.json scores every test row, so its figures differ"]
     if sets.repeated:
         notes.append(f"{sets.repeated} repeated test exposure(s) of an item to the same user are left out: "
                      "a candidate set holds each item once (its first exposure)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from coarserank.config import DistillConfig, ModelTrainingConfig, RunConfig, con
 from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
 from coarserank.data.encode import Encoder
 from coarserank.data.partitions import PartitionedLog
-from coarserank.data.prepare import SPLITS, prepare
+from coarserank.data.prepare import SPLITS, check_label_mix, prepare
 from coarserank.data.schema import Schema
 from coarserank.data.sources import load_source
 from coarserank.distill.gbdt import GbdtReference
@@ -33,8 +34,9 @@ from coarserank.distill.tensors import TensorTable
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
 from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
-from coarserank.errors import CoarseRankError
+from coarserank.errors import ArtifactWarning, CoarseRankError
 from coarserank.pipeline.rundir import RunDir
+from coarserank.threads import apply_threads, explain_threads
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
 from coarserank.ranking_eval.metrics import label_metrics
 from coarserank.student import build_student
@@ -104,6 +106,8 @@ def _stage_data(ctx: RunContext) -> None:
     else:
         fingerprint, counts = _load_data(ctx)
         facts = {}
+    check_label_mix(pl.concat([ctx.frames[s].select("_group", "_label").with_columns(pl.lit(s).alias("_split"))
+                               for s in SPLITS]), cfg.data)  # before any model trains
     previous = ctx.run.manifest.data_fingerprint
     if previous and previous != fingerprint:
         raise CoarseRankError(f"run {ctx.run.path}: the data changed since this run started "
@@ -158,6 +162,10 @@ def _fit_facts(result: FitResult) -> dict[str, Any]:
 
 def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, result: FitResult,
                 **facts: Any) -> None:
+    section = ctx.cfg.teacher if stage == "teacher" else ctx.cfg.student
+    if result.stopped_early:
+        ctx.progress(f"{stage}: early stop after epoch {len(result.history)} of {section.epochs}: valid gauc did "
+                     f"not improve for {section.patience} epoch(s); keeping epoch {result.best_epoch}")
     if ctx.run.writable:
         path = atomic_write_with(ctx.run.file(name), lambda tmp: torch.save(model.state_dict(), tmp))
         ctx.run.record(stage, path)
@@ -165,9 +173,7 @@ def _save_model(ctx: RunContext, stage: str, name: str, model: torch.nn.Module, 
 
 
 def _load_model(ctx: RunContext, name: str, model: torch.nn.Module) -> torch.nn.Module:
-    state = torch.load(ctx.run.verified_path(name), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(ctx.device)
+    return ctx.run.load_state(name, model).to(ctx.device)
 
 
 def _settings(ctx: RunContext, section: ModelTrainingConfig, grouped: bool = False) -> FitSettings:
@@ -250,7 +256,7 @@ def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float,
 
 
 def _stage_gbdt(ctx: RunContext) -> None:
-    model = GbdtReference(ctx.schema, ctx.cfg.gbdt, ctx.cfg.run.seed, ctx.cfg.run.threads)
+    model = GbdtReference(ctx.schema, ctx.cfg.gbdt, ctx.cfg.run.seed, torch.get_num_threads())
     if ctx.run.is_done("gbdt"):
         import lightgbm as lgb
 
@@ -259,7 +265,7 @@ def _stage_gbdt(ctx: RunContext) -> None:
         ctx.run.begin("gbdt")
         ctx.progress("gbdt: fitting LightGBM reference")
         model.fit(ctx.encoded["train"], ctx.frames["train"]["_label"].to_numpy(),
-                  ctx.encoded["valid"], ctx.frames["valid"]["_label"].to_numpy())
+                  ctx.encoded["valid"], ctx.frames["valid"]["_label"].to_numpy(), progress=ctx.progress)
         path = atomic_write_with(ctx.run.file("gbdt.txt"), lambda tmp: model.booster_.save_model(str(tmp)), ".txt")
         ctx.run.record("gbdt", path)
         ctx.run.finish("gbdt", best_iteration=model.booster_.best_iteration)
@@ -325,8 +331,8 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     """Run (or resume) the whole pipeline for ``cfg`` into ``run_dir``; ``extra_stages=False``
     stops after the metrics (exports and report are left for a later resume)."""
     start = time.perf_counter()
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+    threads, why = explain_threads(cfg.run.threads, processes=current().world)
+    apply_threads(threads)  # torch, Faiss; LightGBM reads torch.get_num_threads()
     device = resolve_device(cfg.run.device)
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     info: DistInfo = current()
@@ -349,8 +355,11 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
         run_.begin("config")  # the resolved configuration, rewritten when a non-training section changed
         run_.record("config", atomic_write_text(config_file, resolved))
         run_.finish("config", config=config_to_dict(cfg))
+    for message in run_.invalidate_changed():  # say what is rebuilt and why; rebuild what depends on it
+        if info.is_main:
+            warnings.warn(message, ArtifactWarning, stacklevel=2)
     ctx = RunContext(cfg, run_, device, progress)
-    progress(f"run directory {path} (device {device})")
+    progress(f"run directory {path} (device {device}, {why})")
     stage = "data"
     try:
         _stage_data(ctx)
@@ -383,5 +392,7 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
+    finally:
+        run_.close()
     barrier()
     return RunResult(path, metrics, time.perf_counter() - start)

@@ -65,7 +65,8 @@ DEFINITIONS: dict[str, str] = {
                    "mean over groups with >= 2 rows and non-constant scores",
     "spearman": "Pearson correlation of within-group average ranks; same groups as kendall_tau",
     "recall@k_in_n": "share of the reference's top-k that the model keeps in its top-n; unweighted mean over "
-                     "groups with at least n candidates; tied scores ordered by row order",
+                     "groups with at least n candidates; tied scores ordered by row order; left out where n is at "
+                     "least every set's size (it is then 1 by construction)",
     "overlap@k": "|reference top-k & model top-k| / k; unweighted mean over groups with at least k "
                  "candidates",
     "ndcg@k": "NDCG@k of the model's order with the reference's probabilities as linear gains (tied model "
@@ -243,6 +244,9 @@ def _consistency_block(frame: pl.DataFrame, ref: str, col: str,
         table = consistency_table(t, s, g, spec.ks, spec.ns)
     else:
         table = _metrics_without_gains(t, s, g, spec)
+    largest = int(np.bincount(g).max())  # recall@k_in_n with n >= every set's size is 1 by construction
+    table = {name: m for name, m in table.items() if not (name.startswith("recall@") and
+                                                          int(name.rsplit("_in_", 1)[1]) >= largest)}
     out = {**{name: m.value for name, m in table.items()}, **out,
            "groups_used": {name: m.groups_used for name, m in table.items()}}
     return out, table
@@ -311,7 +315,7 @@ def _segments(f: pl.DataFrame, spec: ReportSpec, kinds: dict[str, bool]) -> dict
             continue
         key = pl.col(col).cast(pl.String).str.to_lowercase()
         values: dict[str, Any] = {}
-        for value in sorted(f.select(key.unique().drop_nulls()).to_series().to_list()):
+        for value in sorted(f.select(key.unique().drop_nulls()).to_series().to_list(), key=_segment_order):
             sub = f.filter(key == value)
             values[value] = {"rows": sub.height, "groups": sub["_code"].n_unique(),
                              "labelled": int(sub["label"].is_not_null().sum()),
@@ -319,6 +323,20 @@ def _segments(f: pl.DataFrame, spec: ReportSpec, kinds: dict[str, bool]) -> dict
                              "consistency": _per_model(sub, spec.reference, spec.models, spec)}
         out[col] = {"definition": definition, "values": values}
     return out
+
+
+#: Segment values in their natural order (the run report's activity tertiles and popularity bands);
+#: other values sort as numbers when they are numbers, else alphabetically.
+_VALUE_ORDER = ("light", "medium", "heavy", "head", "torso", "tail", "false", "true")
+
+
+def _segment_order(value: str) -> tuple[int, float, str]:
+    if value in _VALUE_ORDER:
+        return 0, _VALUE_ORDER.index(value), ""
+    try:
+        return 1, float(value), ""
+    except ValueError:
+        return 2, 0.0, value
 
 
 def build_report(scores: pl.DataFrame, spec: ReportSpec) -> dict[str, Any]:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
+from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +41,9 @@ __all__ = [
     "KVResult",
     "KVStore",
     "as_query_ids",
+    "check_redis_db",
     "open_store",
+    "redact_uri",
     "validate_items",
     "widen_float16",
 ]
@@ -105,6 +109,11 @@ class KVStore(abc.ABC):
     @abc.abstractmethod
     def get(self, ids: npt.ArrayLike) -> KVResult:
         """Look up a batch of ids; missing ids are reported in the result, never zero-filled."""
+
+    def pin_model(self, model_hash: str) -> None:  # noqa: B027 - optional hook
+        """Serve only vectors of ``model_hash`` from now on. A file store never changes under its
+        reader; a store that follows newly published versions (Redis) refuses to switch to another
+        model's vectors, keeps serving the last version of this model and logs a warning."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the store (no-op by default)."""
@@ -259,11 +268,36 @@ def validate_items(
     return sorted_ids, order, vec_arr
 
 
+_CREDENTIALS = re.compile(r"(?P<head>(?:^|/|\s))(?P<user>[^\s/@:]*):(?P<secret>[^\s/@]*)@")
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|pass|pw)=)[^&\s]*", re.IGNORECASE)
+_MISTYPED = re.compile(r"^(?P<scheme>rediss|redis|unix)(?::/?(?!/)|//|:(?!/))", re.IGNORECASE)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the password of any ``user:password@`` part and of ``?password=`` replaced by
+    ``***``; the form every store URI takes in a message (mistyped ones such as ``redis//:pw@h``
+    included)."""
+    text = _CREDENTIALS.sub(lambda m: f"{m['head']}{m['user']}:***@" if m["secret"] else m[0], str(text))
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}***", text)
+
+
+def check_redis_db(url: str, parts: dict[str, object]) -> None:
+    """redis-py reads ``redis://host/abc`` as database 0; a path that is not a number is an error
+    (``parts``: redis-py's ``parse_url`` of ``url``)."""
+    if "path" in parts:  # unix://path?db=N
+        return
+    path = urlsplit(url).path.strip("/")
+    if path and not path.isdigit():
+        raise ServingError(f"Redis URL: the path {path!r} is not a database number; expected "
+                           "redis://host[:port]/DB with DB an integer such as 0")
+
+
 def open_store(
     uri_or_path: str | os.PathLike[str],
     *,
     expected_dim: int | None = None,
     verify: bool = True,
+    namespace: str | None = None,
 ) -> KVStore:
     """Open a KV store for reading.
 
@@ -276,6 +310,8 @@ def open_store(
         Fail unless the store holds vectors of this dimension.
     verify : bool
         File stores only: check the data checksum on open (reads the whole file once).
+    namespace : str, optional
+        Redis only: the key prefix (default ``coarserank:items``).
 
     Raises
     ------
@@ -284,17 +320,24 @@ def open_store(
     ServingError
         An unknown URL scheme or an unreachable Redis server.
     """
+    if isinstance(uri_or_path, str) and "://" not in uri_or_path and _MISTYPED.match(uri_or_path):
+        scheme = _MISTYPED.match(uri_or_path)["scheme"].lower()  # type: ignore[index]
+        raise ServingError(f"KV store {redact_uri(uri_or_path)!r} is not a valid URL: a {scheme} URL starts "
+                           f"with {scheme}://, e.g. redis://[[user]:password@]host[:port][/db]")
     if isinstance(uri_or_path, str) and "://" in uri_or_path:
         scheme = uri_or_path.split("://", 1)[0].lower()
         if scheme in ("redis", "rediss", "unix"):
             from coarserank.serving.kv_redis import RedisKVStore
 
-            return RedisKVStore(uri_or_path, expected_dim=expected_dim)
+            return RedisKVStore(uri_or_path, expected_dim=expected_dim,
+                                **({"namespace": namespace} if namespace else {}))
         if scheme != "file":
             raise ServingError(
                 f"unknown KV store scheme {scheme!r}; use a file path, file://, redis:// or rediss://"
             )
         uri_or_path = uri_or_path.split("://", 1)[1]
+    if namespace:
+        raise ServingError("a namespace applies to a Redis store; a KV file holds one catalogue")
     from coarserank.serving.kv_file import FileKVStore
 
     return FileKVStore(uri_or_path, verify=verify, expected_dim=expected_dim)

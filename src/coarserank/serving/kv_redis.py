@@ -15,8 +15,13 @@ Old versions beyond ``keep_previous`` are deleted meta first, so a reader that f
 same MULTI/EXEC as its MGET has read a complete, single version. A failed publish never touches
 ``current``; the partial version is removed on a best-effort basis.
 
-The connection URL may carry a password (``redis://:pw@127.0.0.1:6379/0``) or TLS (``rediss://``);
-neither is stored beyond the client, printed in ``repr`` or included in error messages.
+The connection URL may carry a password (``redis://:pw@127.0.0.1:6379/0``) or TLS (``rediss://``,
+with redis-py's query options such as ``?ssl_ca_certs=/path/ca.pem``); neither is stored beyond the
+client, printed in ``repr`` or included in error messages.
+
+A reader that follows the current version and was told which model it serves (:meth:`pin_model`)
+never switches to a version of another model: it keeps serving the last version of its own model,
+logs a warning once per refused version, and fails only once that version is deleted.
 
 Examples
 --------
@@ -29,6 +34,7 @@ array([5])
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any, Final, Literal, NoReturn, cast
 
@@ -38,7 +44,7 @@ import redis
 from redis.connection import parse_url
 
 from coarserank.errors import DataError, ServingError
-from coarserank.serving.kv import DTYPES, KVResult, KVStore, as_query_ids, validate_items, widen_float16
+from coarserank.serving.kv import DTYPES, KVResult, KVStore, as_query_ids, check_redis_db, validate_items, widen_float16
 
 __all__ = ["REDIS_FORMAT_VERSION", "RedisKVStore"]
 
@@ -48,6 +54,8 @@ REDIS_FORMAT_VERSION: Final[int] = 1
 _STORAGE: Final[dict[str, np.dtype]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _IDS_CHUNK: Final[int] = 1 << 20
 _RESOLVE_ATTEMPTS: Final[int] = 5
+_log = logging.getLogger(__name__)
+_NO_PASSWORD: Final[tuple[str, ...]] = ("NOAUTH", "HELLO must be called", "Authentication required")
 
 
 class RedisKVStore(KVStore):
@@ -95,6 +103,7 @@ class RedisKVStore(KVStore):
                 f"not a valid Redis URL (scheme {scheme!r}); expected "
                 "redis://[[user]:password@]host[:port][/db], rediss://... (TLS) or unix://path"
             ) from None
+        check_redis_db(url, parts)
         self._secret = password or parts.get("password")
         if "path" in parts:
             self._address = f"unix:{parts['path']}"
@@ -112,6 +121,8 @@ class RedisKVStore(KVStore):
         self._client = redis.Redis.from_url(url, **kwargs)
         self._version: int | None = None
         self._meta: dict[str, str] | None = None
+        self._model: str | None = None
+        self._refused: set[int] = set()
         with self._errors("connect"):
             self._client.ping()
         self._pinned = version is not None
@@ -130,7 +141,12 @@ class RedisKVStore(KVStore):
         try:
             yield
         except redis.exceptions.RedisError as exc:
-            problem = self._scrub(f"{type(exc).__name__}: {exc}")
+            text = str(exc)
+            if any(marker in text for marker in _NO_PASSWORD):
+                raise ServingError(
+                    f"Redis KV store at {self._address}: {action} failed: the server requires a password; give "
+                    "it in the URL (redis://:PASSWORD@host:port/db or redis://USER:PASSWORD@...)") from None
+            problem = self._scrub(f"{type(exc).__name__}: {text}")
             raise ServingError(f"Redis KV store at {self._address}: {action} failed ({problem})") from None
 
     def _fail(self, problem: str) -> NoReturn:
@@ -178,6 +194,8 @@ class RedisKVStore(KVStore):
                 f"dtype={meta.get('dtype')!r}; expected format_version {REDIS_FORMAT_VERSION} "
                 f"and one of {DTYPES}"
             )
+        if self._model is not None and meta.get("model_hash") != self._model:
+            return self._refuse(version, meta)
         if self._expected_dim is not None and int(meta["dim"]) != self._expected_dim:
             self._fail(
                 f"dimension mismatch: version {version} holds dim {meta['dim']}, "
@@ -185,6 +203,29 @@ class RedisKVStore(KVStore):
             )
         self._version, self._meta = version, meta
         return version
+
+    def _refuse(self, version: int, meta: dict[str, str]) -> int:
+        """A newly current ``version`` holds another model's vectors: keep the last good version."""
+        assert self._version is not None  # pin_model read a version of the model first
+        if version not in self._refused:
+            self._refused.add(version)
+            _log.warning("Redis KV store at %s, namespace %r: the current version %d holds vectors of model %r, "
+                         "not of model %r which this reader serves; still serving version %d",
+                         self._address, self._ns, version, meta.get("model_hash"), self._model, self._version)
+        return self._version
+
+    def pin_model(self, model_hash: str) -> None:
+        """Serve only versions whose vectors come from ``model_hash`` (see the module docstring);
+        a :class:`ServingError` when the version read now holds another model's vectors."""
+        if self.model_hash != model_hash:
+            self._fail(f"version {self.version} holds vectors of model {self.model_hash!r}, not of model "
+                       f"{model_hash!r}")
+        self._model = model_hash
+
+    @property
+    def refused_versions(self) -> list[int]:
+        """Versions that became current but were refused: they hold another model's vectors."""
+        return sorted(self._refused)
 
     def _current_meta(self) -> dict[str, str]:
         if self._meta is None:
@@ -203,6 +244,11 @@ class RedisKVStore(KVStore):
         self._current_meta()
         assert self._version is not None
         return self._version
+
+    @property
+    def namespace(self) -> str:
+        """Prefix of every key this store reads or writes."""
+        return self._ns
 
     @property
     def dim(self) -> int:
@@ -272,10 +318,14 @@ class RedisKVStore(KVStore):
                 if not meta_exists:
                     self._fail(f"pinned version {version} was deleted; reopen the store on a newer version")
                 break
-            if meta_exists and current is not None and int(current) == version:
+            if meta_exists and current is not None and (int(current) == version or int(current) in self._refused):
                 break
             if current is None:
                 self._fail("nothing is published any more (the current key is gone)")
+            if not meta_exists and int(current) in self._refused:
+                self._fail(f"version {version}, the last of model {self._model!r}, was deleted, and the current "
+                           f"version {int(current)} holds another model's vectors; publish this model's item "
+                           "vectors again or serve the new model")
             version = self._resolve(None)
         else:
             self._fail(f"the current version changed {_RESOLVE_ATTEMPTS} times during one lookup")

@@ -32,14 +32,12 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from coarserank.artifacts.bundle import SERVING_FILE, ServingBundle
-from coarserank.artifacts.manifest import Manifest
-from coarserank.config import load_config
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
-from coarserank.serving.kv import KVStore, as_query_ids, open_store
+from coarserank.serving.kv import KVStore, as_query_ids, open_store, redact_uri
 from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, UNPARSED_INT64, input_specs
+from coarserank.serving.run_files import SERVING_FILE, RunFiles
 from coarserank.serving.timing import machine, measure
 
 __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
@@ -137,34 +135,8 @@ def onnx_session(path: Path | str, *, threads: int = 1) -> Any:
         raise ArtifactError(f"ONNX model {path} cannot be loaded: {str(exc).splitlines()[0]}") from exc
 
 
-class RunFiles:
-    """Files of a finished run, each checked against its sha256 in ``manifest.json`` before use.
-
-    (The same rule as everywhere: :meth:`coarserank.artifacts.Manifest.verified`.)
-    """
-
-    def __init__(self, run_dir: Path | str, *, require: str = "export") -> None:
-        self.path = Path(run_dir)
-        self.manifest = Manifest.read(self.path)
-        status = self.manifest.stage_status(require)
-        if status != "done":
-            raise ArtifactError(f"run {self.path}: stage {require!r} is {status or 'missing'}; the serving "
-                                "artifacts come from it (`distill run` resumes the run)")
-
-    def verified(self, rel: str) -> Path:
-        """``run_dir/rel`` after checking it against the manifest."""
-        return self.manifest.verified(self.path, rel)
-
-    def json(self, rel: str) -> dict[str, Any]:
-        return json.loads(self.verified(rel).read_text())
-
-    def bundle(self) -> ServingBundle:
-        """The run's ``serving.json``, verified and parsed."""
-        return ServingBundle.read(self.verified(SERVING_FILE))
-
-    def encoder(self) -> Encoder:
-        cfg = load_config(self.verified("config.toml"))
-        return Encoder.from_json(cfg.data, self.json("encoder.json"))
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -217,6 +189,9 @@ class UserFeeds:
                 return np.array([MISSING_INT64], dtype=np.int64)
             if not number or (isinstance(v, (float, np.floating)) and not float(v).is_integer()):
                 raise self._wrong(spec, "an int64 id (a JSON integer)", v)
+            if not _INT64_MIN <= int(v) <= _INT64_MAX:
+                raise ServingError(f"feature {spec.name!r} is {v}, beyond the int64 range of ids "
+                                   f"[{_INT64_MIN}, {_INT64_MAX}]")
             return np.array([int(v)], dtype=np.int64)
         if spec.dtype == "float32":
             if v is None:
@@ -224,6 +199,9 @@ class UserFeeds:
             if not number:
                 raise self._wrong(spec, "a number", v)
             x = float(v)
+            if math.isfinite(x) and abs(x) > _FLOAT32_MAX:
+                raise ServingError(f"feature {spec.name!r} is {v!r}, beyond the float32 range of model inputs "
+                                   f"(|x| <= {_FLOAT32_MAX:.4g})")
             if spec.kind == "bucketed" and math.isnan(x):  # as the reference: NaN sorts above every boundary
                 x = math.inf
             return np.array([x], dtype=np.float32)
@@ -293,9 +271,12 @@ class CoarseRanker:
         self._index: ItemIndex | None = None
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, *, store: str | None = None, threads: int = 1) -> CoarseRanker:
+    def from_run(cls, run_dir: Path | str, *, store: str | None = None, namespace: str | None = None,
+                 threads: int = 1) -> CoarseRanker:
         """Load from a finished run: ``serving.json``, ``user_tower.onnx`` and ``items.kv`` (or the KV
-        store at ``store``, a path or ``redis://`` URL), each verified.
+        store at ``store``, a path or ``redis://`` URL, under ``namespace`` for Redis), each verified.
+        The store must hold this run's student's vectors, and a Redis store that later publishes
+        another model's is not followed (the last version of this model keeps serving).
 
         Raises
         ------
@@ -303,15 +284,20 @@ class CoarseRanker:
             A missing, modified or mismatched artifact (the message names it).
         """
         files = RunFiles(run_dir)
-        bundle = files.bundle()
-        encoder = files.encoder()
-        session = onnx_session(files.verified(bundle.file("user_tower")), threads=threads)
-        kv = open_store(store if store is not None else files.verified(bundle.file("kv")), expected_dim=bundle.dim)
-        if kv.model_hash != bundle.model_hash:
-            raise ArtifactError(f"KV store {store or bundle.file('kv')} holds vectors of model "
-                                f"{kv.model_hash!r}, but run {files.path} serves model "
-                                f"{bundle.model_hash!r}; publish this run's "
-                                "item vectors first")
+        with files.reading():
+            bundle = files.bundle()
+            encoder = files.encoder()
+            session = onnx_session(files.verified(bundle.file("user_tower")), threads=threads)
+            kv = open_store(store if store is not None else files.verified(bundle.file("kv")),
+                            expected_dim=bundle.dim, namespace=namespace)
+        found = kv.model_hash
+        if found != bundle.model_hash:
+            shown = redact_uri(store) if store is not None else bundle.file("kv")
+            kv.close()
+            raise ArtifactError(f"KV store {shown} holds vectors of model {found!r}, but run {files.path} "
+                                f"serves model {bundle.model_hash!r}; publish this run's item vectors first "
+                                "(`distill publish --run DIR --store URL`)")
+        kv.pin_model(bundle.model_hash)  # a store that follows new versions never switches to another model's
         return cls(session, UserFeeds(encoder), kv, bundle.a, bundle.b, files)
 
     def user_vector(self, user: dict[str, Any]) -> np.ndarray:
@@ -343,9 +329,10 @@ class CoarseRanker:
         if self._index is None:
             if self.files is None:
                 raise ArtifactError("this ranker was not loaded from a run directory; it has no Faiss index")
-            rel = self.files.bundle().file("index")
-            sidecar = self.files.verified(sidecar_path(rel).as_posix())
-            self._index = ItemIndex.load(self.files.verified(rel), sidecar)
+            with self.files.reading():
+                rel = self.files.bundle().file("index")
+                sidecar = self.files.verified(sidecar_path(rel).as_posix())
+                self._index = ItemIndex.load(self.files.verified(rel), sidecar)
         return self._index
 
     def recall(self, user: dict[str, Any], k: int = 100) -> RankResult:

@@ -101,10 +101,11 @@ def measure(fn: Callable[[], object], *, repeats: int = 200, warmup: int = 20, t
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """CPUs this process may keep busy: its affinity mask capped by its cgroup CPU quota
+    (:class:`coarserank.threads.CpuBudget`)."""
+    from coarserank.threads import cpu_budget
+
+    return cpu_budget(stat=None).usable
 
 
 def cpu_model() -> str:
