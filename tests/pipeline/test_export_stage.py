@@ -104,9 +104,9 @@ def _resume(run_dir: Path, *overrides: str) -> None:
 
 
 def test_export_fails_naming_the_check_when_a_difference_exceeds_the_tolerance(copied: Path) -> None:
-    problem = r"export check failed: .*score_path = .* exceeds the tolerance 0 "
+    problem = r"export check failed: .*score_path = .* exceeds the tolerance 1e-15 "
     with pytest.raises(ArtifactError, match=problem):
-        _resume(copied, "serving.parity_tolerance=0.0")
+        _resume(copied, "serving.parity_tolerance=1e-15")
 
 
 def test_float16_store_is_checked_against_a_widened_tolerance(copied: Path) -> None:

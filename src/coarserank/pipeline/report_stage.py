@@ -98,11 +98,11 @@ def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
 
 
 def _current_report(run: Run) -> ReportOutputs | None:
-    """The run's report when it is current: its stage done, not stale, made with the run's
+    """The run's report when it is current: its stage done (not stale), made with the run's
     ``report`` settings, and its three files as recorded; else None."""
     m = run.manifest
     files = m.outputs("report")
-    if (not run.has("report") or m.stale_stage("report") is not None or not files
+    if (not run.has("report") or not files
             or m.stage_facts("report").get("section_hash") != section_hash(run.config, "report")):
         return None
     try:
@@ -134,8 +134,8 @@ def report_run(run_dir: Path | str, *, progress: Progress = _quiet, device: str 
         raise ConfigError(f"run {run_dir}: report.enabled is false in its config; nothing to report")
     current = None if force else _current_report(run)
     if current is not None:
-        progress(f"report: {current.html.parent} is current (same models, data and settings, files as "
-                 "recorded); --force rebuilds it")
+        progress(f"report: {current.html} is current (same models, data and settings, files as recorded); "
+                 "--force rebuilds it")
         current.seconds = time.perf_counter() - start
         return current
     from coarserank.pipeline.report_scoring import build_run_report
