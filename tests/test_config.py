@@ -117,7 +117,7 @@ def test_unknown_preset_lists_the_shipped_ones():
 
 
 STREAMING = ["data.source=\"table\"", "data.exposures=\"log\"", "data.split=\"global_time\"", "data.streaming=true",
-             "data.history_crosses=[]"]
+             "distill.sampled=0", "data.history_crosses=[]"]
 
 
 def test_the_shipped_streaming_example_loads():

@@ -160,8 +160,8 @@ class ModelTrainingConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     batch_size: int = 2048
-    epochs: int = 8
-    patience: int = 2
+    epochs: int = 20
+    patience: int = 3
 
 
 @dataclass(frozen=True)
@@ -193,10 +193,10 @@ class DistillConfig:
     ``rank_weight`` adds pairwise ranking distillation of the teacher's top ``rank_top`` per list.
     """
 
-    alpha: float = 0.5
+    alpha: float = 0.8
     temperature: float = 2.0
     soft: Literal["pointwise", "listwise"] = "pointwise"
-    sampled: int = 0
+    sampled: int = 4
     sampler: Literal["uniform", "popularity", "in_batch"] = "popularity"
     sampled_loss: Literal["pointwise", "listwise"] = "listwise"
     sampled_weight: float = 1.0

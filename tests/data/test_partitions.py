@@ -15,7 +15,7 @@ from coarserank.data.tables import RawTables
 from coarserank.errors import DataError
 
 STREAM = ["data.source=\"table\"", "data.exposures=\"exposures\"", "data.users=\"users.parquet\"",
-          "data.items=\"items.parquet\"", "data.split=\"global_time\"", "data.streaming=true",
+          "data.items=\"items.parquet\"", "data.split=\"global_time\"", "data.streaming=true", "distill.sampled=0",
           "data.history_crosses=[]"]
 
 

@@ -22,7 +22,7 @@ SMALL = ["teacher.epochs=2", "student.epochs=2", "teacher.hidden=[32]", "student
          "teacher.batch_size=512", "student.batch_size=512", "gbdt.rounds=20", "run.device=\"cpu\"",
          "run.threads=1", "report.max_users=50", "serving.index_queries=200", "data.sample_rows=2000"]
 STREAM = ["data.source=\"table\"", "data.exposures=\"exposures\"", "data.users=\"users.parquet\"",
-          "data.items=\"items.parquet\"", "data.split=\"global_time\"", "data.streaming=true",
+          "data.items=\"items.parquet\"", "data.split=\"global_time\"", "data.streaming=true", "distill.sampled=0",
           "data.history_crosses=[]"]
 
 
