@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, mean_ci  # noqa: E402
+from common import machine, mean_ci, run_all  # noqa: E402
 
 from coarserank.config import RunConfig, config_to_dict, load_config  # noqa: E402
 from coarserank.data.dataset import PreparedData, encode_splits  # noqa: E402
@@ -228,15 +228,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    results = Path(args.out) / "results.jsonl"
-    rows: list[dict[str, Any]] = []
-    for dataset in args.datasets:
-        for seed in args.seeds:
-            new = run_seed(dataset, seed, args)
-            rows += new
-            with results.open("a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in new)
+    rows = run_all(args.datasets, args.seeds, lambda dataset, seed: run_seed(dataset, seed, args), args.out)
     print(f"\n### `{' '.join(sys.argv)}`\n\nMachine: {machine()}")
     print(summarise(rows, args.datasets))
 

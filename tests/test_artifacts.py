@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from coarserank.artifacts import Manifest, Run, ServingBundle, sha256_file
+from coarserank.artifacts import ColdBundle, Manifest, Run, ServingBundle, read_bundle, sha256_file
 from coarserank.cli import distill
 from coarserank.config import load_config
 from coarserank.errors import ArtifactError
@@ -257,3 +257,31 @@ def test_serving_bundle_names_a_missing_key(tmp_path: Path, finished: Path) -> N
     del body["dim"]
     with pytest.raises(ArtifactError, match=r"serving.json: key 'dim' is missing or has the wrong type"):
         ServingBundle.from_json(body)
+
+
+def _cold_bundle() -> ColdBundle:
+    return ColdBundle("ab" * 32, 7, ("user_id", "item_id"), {"student": "student.onnx", "teacher": "teacher.onnx",
+                                                              "catalogue": "items.parquet"}, run_id="r1",
+                      history_base_rate=0.25, history_crosses=[])
+
+
+def test_a_cold_bundle_round_trips_and_read_bundle_picks_its_family(tmp_path: Path, finished: Path) -> None:
+    path = _cold_bundle().write(tmp_path / "serving.json")
+    assert json.loads(path.read_text())["family"] == "cold"
+    assert read_bundle(path) == _cold_bundle()
+    assert read_bundle(finished / "serving.json") == ServingBundle.read(finished / "serving.json")
+
+
+def test_a_cold_bundle_is_refused_where_towers_are_needed(tmp_path: Path, finished: Path) -> None:
+    path = _cold_bundle().write(tmp_path / "serving.json")
+    with pytest.raises(ArtifactError, match=r"serves a COLD student: it scores candidate rows"):
+        ServingBundle.read(path)
+    with pytest.raises(ArtifactError, match=r"serves a two_tower student, not a COLD one"):
+        ColdBundle.from_json(json.loads((finished / "serving.json").read_text()))
+
+
+def test_a_cold_bundle_names_a_missing_file_role() -> None:
+    body = _cold_bundle().to_json()
+    del body["files"]["catalogue"]
+    with pytest.raises(ArtifactError, match=r"serving.json: files lacks catalogue"):
+        ColdBundle.from_json(body)

@@ -35,7 +35,12 @@ def _sections() -> list[tuple[str, str, object]]:
     out = []
     for section in dataclasses.fields(cfg):
         body = getattr(cfg, section.name)
-        out += [(section.name, f.name, getattr(body, f.name)) for f in dataclasses.fields(body)]
+        for f in dataclasses.fields(body):
+            value = getattr(body, f.name)
+            if dataclasses.is_dataclass(value):  # a sub-table such as [student.senet]
+                out += [(f"{section.name}.{f.name}", g.name, getattr(value, g.name)) for g in dataclasses.fields(value)]
+            else:
+                out.append((section.name, f.name, value))
     for name, cls in ARRAYS.items():
         out += [(name, f.name, f.default) for f in dataclasses.fields(cls)]
     return out

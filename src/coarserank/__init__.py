@@ -44,6 +44,8 @@ _EXPORTS: dict[str, str] = {
     "run": "coarserank.pipeline.run",
     # serving from a run directory
     "CoarseRanker": "coarserank.serving.ranker",
+    "ColdRanker": "coarserank.serving.cold_ranker",
+    "open_ranker": "coarserank.serving.cold_ranker",
     "RankResult": "coarserank.serving.ranker",
     "parse_user": "coarserank.serving.ranker",
     "read_candidates": "coarserank.serving.ranker",
@@ -65,6 +67,7 @@ __all__ = [
     "CandidateSets",
     "CoarseRankError",
     "CoarseRanker",
+    "ColdRanker",
     "ConfigError",
     "DataError",
     "EncodedSplit",
@@ -85,6 +88,7 @@ __all__ = [
     "export",
     "format_description",
     "load_config",
+    "open_ranker",
     "parse_user",
     "prepare_data",
     "publish_run",
@@ -105,6 +109,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from coarserank.pipeline.export_stage import ExportResult
     from coarserank.pipeline.run import run
     from coarserank.pipeline.run_data import RunData
+    from coarserank.serving.cold_ranker import ColdRanker, open_ranker
     from coarserank.serving.describe import describe_run, format_description
     from coarserank.serving.ranker import CoarseRanker, RankResult, parse_user, read_candidates
     from coarserank.serving.run_files import publish_run

@@ -28,27 +28,11 @@ from coarserank.config_rules import coerce_tree as _build
 from coarserank.errors import ConfigError
 
 __all__ = [
-    "ColdConfig",
-    "CrossConfig",
-    "DataConfig",
-    "DistillConfig",
-    "FeatureConfig",
-    "GbdtConfig",
-    "HistoryCrossConfig",
-    "ModelTrainingConfig",
-    "ReportConfig",
-    "RunConfig",
-    "RunSection",
-    "ServingConfig",
-    "StudentConfig",
-    "SyntheticConfig",
-    "TeacherConfig",
-    "config_hash",
-    "config_to_dict",
-    "dump_config",
-    "load_config",
-    "preset_path",
-    "section_hash",
+    "TOWER_FAMILIES", "ColdConfig", "ColdStudentOptions", "CrossConfig", "DataConfig", "DatOptions",
+    "DistillConfig", "FeatureConfig", "GbdtConfig", "HistoryCrossConfig", "ModelTrainingConfig",
+    "ParallelOptions", "ReportConfig", "RunConfig", "RunSection", "SenetOptions", "ServingConfig",
+    "ShortcutOptions", "StudentConfig", "SyntheticConfig", "TeacherConfig", "config_hash", "config_to_dict",
+    "dump_config", "load_config", "preset_path", "section_hash"
 ]
 
 Side = Literal["user", "item", "context"]
@@ -176,11 +160,74 @@ class TeacherConfig(ModelTrainingConfig):
     cross_layers: int = 3
 
 
+# -- student families ([student.<family>] sub-tables; rules in config_rules: _student_family) ------
+
+StudentFamily = Literal["two_tower", "senet", "shortcut", "parallel", "dat", "cold"]
+TOWER_FAMILIES: tuple[str, ...] = ("two_tower", "senet", "shortcut", "parallel", "dat")
+
+
+@dataclass(frozen=True)
+class SenetOptions:
+    """SENet towers: a squeeze-excitation gate over each tower's field embeddings; the bottleneck of
+    the excitation MLP is ``ceil(fields / reduction)`` wide."""
+
+    reduction: int = 2
+
+
+@dataclass(frozen=True)
+class ShortcutOptions:
+    """Shortcut towers: ``user_fields`` / ``item_fields`` name raw field embeddings that skip the MLP
+    and join the final vector through a linear map; a side with no names takes its ``top`` fields by
+    SE gate weight (per request) instead."""
+
+    user_fields: tuple[str, ...] = ()
+    item_fields: tuple[str, ...] = ()
+    top: int = 2
+
+
+@dataclass(frozen=True)
+class ParallelOptions:
+    """Parallel towers: one vector per channel and side (``mlp``, DCN-v2 ``cross``, FM-style ``fm``),
+    combined with learnable per-channel weights; ``fusion = "attention"`` adds softmax channel
+    weights computed per request from the user's channel vectors."""
+
+    channels: tuple[str, ...] = ("mlp", "cross", "fm")
+    cross_layers: int = 2
+    fusion: Literal["none", "attention"] = "none"
+
+
+@dataclass(frozen=True)
+class DatOptions:
+    """Dual augmented towers: an augmentation vector per user id and per item id feeds each tower;
+    ``mimic_weight`` weighs the mimic loss that pulls them toward the other tower's output on positive
+    rows. ``user_field`` / ``item_field`` name the categorical id features the vectors are keyed by."""
+
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    mimic_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class ColdStudentOptions:
+    """The COLD student: a small DNN with an SE gate over the named ``features`` (any side, crosses
+    included), served by scoring candidate rows."""
+
+    features: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class StudentConfig(ModelTrainingConfig):
-    """Two-tower student: user tower (user + context fields), item tower (item fields) of ``dim``."""
+    """The student: ``family`` picks the architecture (options in ``[student.<family>]``); the tower
+    families have a user tower (user + context fields) and an item tower (item fields) scored by one
+    inner product; ``dim`` is each tower's vector size (parallel: per channel)."""
 
     dim: int = 64
+    family: StudentFamily = "two_tower"
+    senet: SenetOptions = field(default_factory=SenetOptions)
+    shortcut: ShortcutOptions = field(default_factory=ShortcutOptions)
+    parallel: ParallelOptions = field(default_factory=ParallelOptions)
+    dat: DatOptions = field(default_factory=DatOptions)
+    cold: ColdStudentOptions = field(default_factory=ColdStudentOptions)
 
 
 @dataclass(frozen=True)
@@ -366,6 +413,9 @@ def load_config(
         merged = _merge(merged, layer)
         origins.update({f"{section}.{key}": origin for section, body in layer.items() if isinstance(body, dict)
                         for key in body})
+        origins.update({f"{section}.{table}.{key}": origin for section, body in layer.items()  # [student.senet]
+                        if isinstance(body, dict) for table, sub in body.items() if isinstance(sub, dict)
+                        for key in sub})
     cfg = _build(RunConfig, merged, origin="the resolved configuration", prefix="")
     validate(cfg, {k: v for k, v in origins.items() if v != "default.toml"})
     return cfg
@@ -412,11 +462,15 @@ def dump_config(cfg: RunConfig) -> str:
     """TOML text of the resolved configuration; loading it back gives an equal :class:`RunConfig`."""
     lines: list[str] = []
     for section, body in config_to_dict(cfg).items():
-        scalars = {k: v for k, v in body.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
-        tables = {k: v for k, v in body.items() if k not in scalars}
+        scalars = {k: v for k, v in body.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))
+                   and not isinstance(v, dict)}
+        tables = {k: v for k, v in body.items() if k not in scalars and not isinstance(v, dict)}
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
         lines.append("")
+        for name, sub in body.items():  # sub-tables such as [student.senet]
+            if isinstance(sub, dict):
+                lines += [f"[{section}.{name}]", *(f"{k} = {_toml_value(v)}" for k, v in sub.items()), ""]
         for name, items in tables.items():
             for item in items:
                 lines.append(f"[[{section}.{name}]]")

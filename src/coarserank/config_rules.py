@@ -5,7 +5,7 @@ the typed dataclasses, rejecting wrong types and choices; then the value tables 
 
 Each section of :class:`~coarserank.config.RunConfig` has a table ``{key: rule}`` in
 :data:`CONSTRAINTS` (``data.features``, ``data.crosses`` and ``data.history_crosses`` have one per
-entry of their arrays), and :data:`CROSS_FIELD` lists the rules that relate several keys (a cross of
+entry of their arrays; sub-tables such as ``student.senet`` have their own), and :data:`CROSS_FIELD` lists the rules that relate several keys (a cross of
 declared features, ``boundaries`` only on categorical features, ``valid_frac + test_frac < 1``...).
 :func:`validate` applies both when a config loads, so a bad value fails before any data is read or
 any model trains. Every error has one shape (after scikit-learn's parameter constraints)::
@@ -118,6 +118,10 @@ CONSTRAINTS: dict[str, dict[str, Rule]] = {
                   "activity_exponent": POSITIVE, "on_topic_share": PROBABILITY, "noise": NON_NEGATIVE},
     "teacher": {**_TRAINING, "attention_hidden": Each(COUNT), "cross_layers": NATURAL},
     "student": {**_TRAINING, "dim": COUNT},
+    "student.senet": {"reduction": COUNT},
+    "student.shortcut": {"top": COUNT},
+    "student.parallel": {"cross_layers": COUNT},
+    "student.dat": {"mimic_weight": NON_NEGATIVE},
     "distill": {"alpha": PROBABILITY, "temperature": POSITIVE, "sampled": NATURAL, "sampled_weight": NON_NEGATIVE,
                 "rank_weight": NON_NEGATIVE, "rank_top": COUNT},
     "gbdt": {"num_leaves": Interval(2, integer=True), "learning_rate": POSITIVE, "rounds": COUNT,
@@ -148,7 +152,11 @@ def _check_tables(cfg: Any, origin: Callable[[str], str]) -> None:
             _check_table(section, getattr(cfg, section), section, origin)
             continue
         parent, array = section.split(".")
-        for i, entry in enumerate(getattr(getattr(cfg, parent), array)):
+        value = getattr(getattr(cfg, parent), array)
+        if dataclasses.is_dataclass(value):  # a sub-table such as [student.senet]
+            _check_table(section, value, section, origin)
+            continue
+        for i, entry in enumerate(value):
             _check_table(section, entry, f"{section}[{i}] ({entry.name!r})", lambda _k, s=section: origin(s))
 
 
@@ -204,7 +212,10 @@ def _coerce(tp: Any, value: Any, origin: str, where: str) -> Any:
     if origin_tp is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+            near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{origin}: {where} must be one of {', '.join(map(repr, allowed))}, "
+                              f"got {value!r}{hint}")
         return value
     if origin_tp is tuple:
         item_tp = typing.get_args(tp)[0]
@@ -333,10 +344,58 @@ def _streaming(cfg: Any) -> None:
                           "run (data.streaming = true) needs distill.sampled = 0")
 
 
+def _nearest(name: str, names: list[str]) -> str:
+    near = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {near[0]!r}?" if near else f"choose from {', '.join(names) or 'none'}"
+
+
+def _student_family(cfg: Any) -> None:
+    """The chosen family's options against the data: shortcut fields on their tower's side, parallel
+    channels, DAT's id features, the COLD student's feature set."""
+    s, d = cfg.student, cfg.data
+    sides = {f.name: f.side for f in d.features}
+    kinds = {f.name: f.kind for f in d.features}
+    user = [n for n, side in sides.items() if side in ("user", "context")]
+    item = [n for n, side in sides.items() if side == "item"]
+    if s.family == "shortcut":
+        crosses = {c.name for c in d.crosses} | {h.name for h in d.history_crosses}
+        for key, allowed, label in (("user_fields", user, "user and context"), ("item_fields", item, "item")):
+            for name in getattr(s.shortcut, key):
+                if name not in allowed:
+                    where = (f"is on the {sides[name]} side" if name in sides else "is a teacher-only cross"
+                             if name in crosses else "is not a declared feature")
+                    raise ConfigError(f"student.shortcut.{key}: {name!r} {where}; that tower reads {label} "
+                                      f"features: {', '.join(allowed)}")
+    if s.family == "parallel":
+        p = s.parallel
+        bad = [c for c in p.channels if c not in ("mlp", "cross", "fm")]
+        if bad or not p.channels or len(set(p.channels)) != len(p.channels):
+            hint = f"; {_nearest(bad[0], ['mlp', 'cross', 'fm'])}" if bad else ""
+            raise ConfigError(f"student.parallel.channels must list distinct channels of 'mlp', 'cross', 'fm', "
+                              f"got {list(p.channels)}{hint}")
+    if s.family == "dat":
+        for key, allowed, col in (("user_field", user, d.user_col), ("item_field", item, d.item_col)):
+            name = getattr(s.dat, key)
+            if name not in allowed or kinds[name] != "categorical":
+                raise ConfigError(f"student.family = \"dat\" keys augmentation vectors by id, but "
+                                  f"student.dat.{key} = {name!r} is not a declared {key.split('_')[0]}-side "
+                                  f"categorical feature (id column {col!r}); declare the id in "
+                                  "[[data.features]] or set student.dat." + key)
+    if s.family == "cold":
+        declared = [*sides, *(c.name for c in d.crosses), *(h.name for h in d.history_crosses)]
+        if not s.cold.features:
+            raise ConfigError("student.family = \"cold\" needs a feature set: list the fields in "
+                              "student.cold.features (`distill sweep --write-config` writes a chosen one)")
+        for name in s.cold.features:
+            if name not in declared:
+                raise ConfigError(f"student.cold.features: {name!r} is not a declared feature or cross; "
+                                  + _nearest(name, declared))
+
+
 #: Rules over several keys, applied in this order after the per-key tables.
 CROSS_FIELD: tuple[Callable[[Any], None], ...] = (
     _unique_names, _boundaries_on_categorical, _crosses_of_declared_features, _sequences, _both_towers,
-    _split_shares, _streaming,
+    _split_shares, _streaming, _student_family,
 )
 
 

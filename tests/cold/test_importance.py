@@ -14,7 +14,7 @@ from coarserank.cold.importance import (
     rank_agreement,
     se_importance,
 )
-from coarserank.cold.se_model import build_cold_model
+from coarserank.student.cold import build_cold_model
 from coarserank.config import GbdtConfig
 from coarserank.data.schema import Field, Schema
 from coarserank.distill.losses import hard_loss

@@ -14,7 +14,7 @@ import torch
 from coarserank.cold import latency as latency_module
 from coarserank.cold.cost import feature_costs, onnx_macs, point_cost
 from coarserank.cold.latency import cold_latency, two_tower_latency
-from coarserank.cold.se_model import build_cold_model
+from coarserank.student.cold import build_cold_model
 from coarserank.config import CrossConfig, DataConfig, FeatureConfig, StudentConfig
 from coarserank.data.encode import Encoder
 from coarserank.serving.onnx_export import export_model

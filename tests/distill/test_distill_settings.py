@@ -34,3 +34,4 @@ def test_a_streaming_run_with_sampled_items_is_refused():
     with pytest.raises(ConfigError, match="needs distill.sampled = 0"):
         load_config(overrides=['data.source="table"', "data.streaming=true", 'data.split="global_time"',
                                "data.history_crosses=[]", "distill.sampled=4"])
+

@@ -158,3 +158,14 @@ def test_teacher_config_families_build():
 def _tiny_movie():
     cfg = load_config(overrides=["synthetic.rows=500"])
     return load_source(cfg.data, cfg.synthetic, 0), cfg.data
+
+
+def test_each_distributed_rank_draws_its_own_sampled_items(monkeypatch):
+    from coarserank.distill import api
+    from coarserank.distill.distributed import DistInfo
+
+    draws = []
+    for rank in (0, 1):
+        monkeypatch.setattr(api, "current", lambda rank=rank: DistInfo(rank, 2))
+        draws.append(torch.randint(1000, (8,), generator=api.sampling_generator(0)))
+    assert not torch.equal(draws[0], draws[1])

@@ -306,7 +306,7 @@ def _scrambled(module: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
 
 
 def test_cold_model_over_every_field_matches_pytorch_on_raw_rows(exported: Exported, tmp_path: Path) -> None:
-    from coarserank.cold.se_model import build_cold_model
+    from coarserank.student.cold import build_cold_model
 
     torch.manual_seed(0)
     cold = _scrambled(build_cold_model(exported.encoder.schema_, 4, (16,)))

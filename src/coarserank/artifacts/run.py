@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import polars as pl
 
-from coarserank.artifacts.bundle import SERVING_FILE, ServingBundle
+from coarserank.artifacts.bundle import SERVING_FILE, Bundle, read_bundle
 from coarserank.artifacts.manifest import Manifest, rebuild_command, rebuild_message
 from coarserank.atomic import atomic_write_with
 from coarserank.config import RunConfig, load_config
@@ -298,10 +298,11 @@ class Run:
         self.require("metrics")
         return self.json("metrics.json")
 
-    def serving(self) -> ServingBundle:
-        """The serving bundle the export wrote (``serving.json``), checked against ``student.pt``."""
+    def serving(self) -> Bundle:
+        """The serving bundle the export wrote (``serving.json``: a :class:`ServingBundle`, or a
+        :class:`ColdBundle` for a COLD student), checked against ``student.pt``."""
         self.require("export")
-        bundle = ServingBundle.read(self.verified(SERVING_FILE))
+        bundle = read_bundle(self.verified(SERVING_FILE))
         if bundle.model_hash != self.manifest.file_hash(MODEL_FILES["student"]):
             raise ArtifactError(f"run {self.path}: {SERVING_FILE} serves another student than student.pt (stale "
                                 f"export); {self.rebuild} rebuilds it")

@@ -10,7 +10,7 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.export_stage import bench_run, rebuild_index
-from coarserank import CoarseRanker, parse_user, publish_run, read_candidates
+from coarserank import CoarseRanker, open_ranker, parse_user, publish_run, read_candidates
 from coarserank.pipeline.rundir import RunDir
 from coarserank.threads import resolve_threads
 
@@ -78,15 +78,17 @@ def format_bench(result: dict) -> str:
 def rank_command(run_dir: Path, user_text: str, candidates_path: Path, top_n: int, store: str | None,
                  namespace: str | None) -> None:
     """Coarse-rank candidates for one user with the exported student: ONNX user tower, item vectors
-    from the KV store, one matrix-vector product, top-n. Prints JSON {ids, scores, score_kind,
-    dropped, candidates}: scores are the student's logits (a * <u, v> + b; sigmoid gives a
-    probability); ids the store does not know are dropped and counted."""
+    from the KV store, one matrix-vector product, top-n (a COLD student: one ONNX call on the
+    candidates' rows, item columns from the catalogue). Prints JSON {ids, scores, score_kind,
+    dropped, candidates}: scores are the student's logits (a * <u, v> + b, or the COLD student's
+    logit; sigmoid gives a probability); ids the store (or catalogue) does not know are dropped and
+    counted."""
     user = _user(user_text)
     if str(candidates_path) == "-":
         ids = read_candidates("-", sys.stdin.read())
     else:
         ids = read_candidates(candidates_path)
-    result = CoarseRanker.from_run(run_dir, store=store, namespace=namespace).rank(user, ids, top_n)
+    result = open_ranker(run_dir, store=store, namespace=namespace).rank(user, ids, top_n)
     click.echo(json.dumps({**result.to_json(), "score_kind": SCORE_KIND, "candidates": int(ids.size)}))
 
 

@@ -54,7 +54,8 @@ def format_sweep(body: dict[str, Any]) -> str:
               show_default=True, help="Candidate sets for Recall@10-in-100: the report's (exposures + sampled "
                                       "catalogue items) or each test group's exposures only.")
 @click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the chosen point as a config for `distill run --config FILE`.")
+              help="Write the chosen point as a config for `distill run --config FILE` (family cold: the "
+                   "chosen COLD model becomes the run's student, trained and served directly).")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes on this machine (torch.distributed, gloo: the sweep trains on "
                    "CPU); rank 0 alone measures latency and writes. Same as `torchrun --standalone "

@@ -12,15 +12,14 @@ from coarserank.cold.importance import (
 )
 from coarserank.cold.latency import LatencyResult, cold_latency, two_tower_latency
 from coarserank.cold.pareto import choose_under_budget, pareto_flags
-from coarserank.cold.se_model import ColdModel, SEGate, build_cold_model
 from coarserank.cold.sweep import CandidateSets, SweepResult, parse_ks, run_sweep, write_chosen_config
+from coarserank.student.cold import ColdModel, build_cold_model
 
 __all__ = [
     "CandidateSets",
     "ColdModel",
     "Importance",
     "LatencyResult",
-    "SEGate",
     "SweepResult",
     "build_cold_model",
     "choose_under_budget",

@@ -34,7 +34,7 @@ import onnx
 from onnx import numpy_helper
 from torch import nn
 
-from coarserank.cold.se_model import ColdModel
+from coarserank.student.cold import ColdModel
 from coarserank.errors import ArtifactError
 from coarserank.layers import FeatureEmbedding
 from coarserank.student.two_tower import TwoTower

@@ -2,7 +2,7 @@
 
 ``se``
     The mean SE gate weight of each field over validation rows, from a COLD model
-    (:mod:`coarserank.cold.se_model`) trained on every field with hard labels and the teacher's soft
+    (:mod:`coarserank.student.cold`) trained on every field with hard labels and the teacher's soft
     labels. The model is trained with an L1 penalty ``gate_l1 * mean(gates)`` added to its loss:
     without it the MLP can ignore a field by itself and the gates of useful and useless fields end up
     close together; with it the gate of a field the model does not need sinks toward 0.
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from coarserank.cold.se_model import ColdModel
+from coarserank.student.cold import ColdModel
 from coarserank.config import DistillConfig, GbdtConfig
 from coarserank.data.schema import Schema
 from coarserank.distill.gbdt import gbdt_matrix

@@ -38,7 +38,7 @@ import onnxruntime as ort
 import polars as pl
 import torch
 
-from coarserank.cold.se_model import ColdModel
+from coarserank.student.cold import ColdModel
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError
 from coarserank.serving.onnx_export import export_item_tower, export_model, export_user_tower, onnx_parity

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from coarserank.atomic import atomic_write_text
-from coarserank.config import RunConfig, dump_config, load_config
+from coarserank.config import ColdStudentOptions, DataConfig, RunConfig, dump_config, load_config
 from coarserank.errors import ConfigError, DataError
 
 __all__ = ["pareto_flags", "choose_under_budget", "check_budget", "write_chosen_config"]
@@ -109,18 +109,41 @@ def choose_under_budget(quality: Sequence[float], latency: Sequence[float], budg
     return min(within, key=lambda i: (-q[i], t[i], i))
 
 
-def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str) -> Path:
-    """Write the run's configuration with ``data`` restricted to ``features``, for ``distill run --config``.
+def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str, family: str = "two_tower") -> Path:
+    """Write the run's configuration for the chosen point, for ``distill run --config``.
 
-    Chosen crosses keep the features they are built from; a cross (or history cross) stays when it
-    was chosen or when every feature it needs was chosen. ``run.out`` and ``run.name`` are cleared.
+    ``cold``: the chosen COLD model becomes the run's student (``student.family = "cold"``,
+    ``student.cold.features`` the chosen fields, its sizes and schedule those of ``[cold]``), so the
+    run trains, distils and serves it; the data (and so the teacher) is unchanged.
+
+    ``two_tower``: ``data`` is restricted to ``features``. Chosen crosses keep the features they are
+    built from; a cross (or history cross) stays when it was chosen or when every feature it needs
+    was chosen. ``run.out`` and ``run.name`` are cleared either way.
 
     Raises
     ------
     ConfigError
-        If the chosen features cannot make a run (no user-side or no item-side feature).
+        If the chosen features cannot make a two-tower run (no user-side or no item-side feature).
     """
-    chosen, d = set(features), cfg.data
+    if family == "cold":
+        c = cfg.cold
+        student = replace(cfg.student, family="cold", cold=ColdStudentOptions(features=tuple(features)),
+                          embed_dim=c.embed_dim, hidden=c.hidden, dropout=0.0, lr=c.lr, weight_decay=0.0,
+                          batch_size=c.batch_size, epochs=c.epochs, patience=c.patience)
+        out = replace(cfg, student=student, run=replace(cfg.run, out="", name=""))
+        what = "student.family = \"cold\" over the chosen point's fields"
+    else:
+        out = replace(cfg, data=_chosen_data(cfg.data, features), run=replace(cfg.run, out="", name=""))
+        what = "data.features, data.crosses and data.history_crosses restricted to the chosen point"
+    header = (f"# Written by `distill sweep --write-config`: the swept run's configuration with {what}:\n"
+              f"# {', '.join(features)}.\n# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
+    target = atomic_write_text(Path(path), header + dump_config(out))
+    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
+    return target
+
+
+def _chosen_data(d: DataConfig, features: Sequence[str]) -> DataConfig:
+    chosen = set(features)
     crosses = tuple(c for c in d.crosses if c.name in chosen or {c.a, c.b} <= chosen)
     history = tuple(h for h in d.history_crosses if h.name in chosen or {h.key, h.over} <= chosen)
     needed = chosen | {p for c in crosses for p in (c.a, c.b)} | {p for h in history for p in (h.key, h.over)}
@@ -128,11 +151,4 @@ def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | st
     if not {"user", "item"} <= {f.side for f in kept}:
         raise ConfigError(f"the chosen features ({', '.join(features)}) leave no user-side or no item-side "
                           "feature; `distill run` trains a two-tower student and needs both")
-    out = replace(cfg, data=replace(d, features=kept, crosses=crosses, history_crosses=history),
-                  run=replace(cfg.run, out="", name=""))
-    header = ("# Written by `distill sweep --write-config`: the swept run's configuration with data.features,\n"
-              f"# data.crosses and data.history_crosses restricted to the chosen point: {', '.join(features)}.\n"
-              "# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
-    target = atomic_write_text(Path(path), header + dump_config(out))
-    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
-    return target
+    return replace(d, features=kept, crosses=crosses, history_crosses=history)

@@ -59,7 +59,6 @@ from coarserank.cold.importance import (
 )
 from coarserank.cold.latency import cold_latency, two_tower_latency
 from coarserank.cold.pareto import check_budget, choose_under_budget, pareto_flags, write_chosen_config
-from coarserank.cold.se_model import build_cold_model
 from coarserank.config import RunConfig, config_to_dict
 from coarserank.data.encode import Encoder
 from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
@@ -70,7 +69,8 @@ from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
 from coarserank.errors import ArtifactError, ConfigError, DataError
 from coarserank.ranking_eval import auc, gauc, recall_k_in_n
-from coarserank.student import build_student
+from coarserank.student import TwoTower, build_student
+from coarserank.student.cold import build_cold_model
 from coarserank.threads import apply_threads, explain_threads
 
 __all__ = ["FAMILIES", "CandidateSets", "SweepData", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields",
@@ -234,7 +234,7 @@ def _train(data: SweepData, family: str, fields: Sequence[str], progress: Progre
         settings = FitSettings(c.lr, c.batch_size, c.epochs, c.patience, 0.0, cfg.run.seed, listwise)
         loss = gate_penalty(model, soft_label_loss(cfg.distill), gate_l1)  # type: ignore[arg-type]
     else:
-        s = cfg.student
+        s = replace(cfg.student, family="two_tower")  # two-tower points are plain towers on the chosen fields
         model = build_student(schema, s)
         settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, cfg.run.seed, listwise)
         loss = soft_label_loss(cfg.distill)
@@ -262,7 +262,7 @@ def _importance(data: SweepData, models: Mapping[str, nn.Module], family: str,
     fields = eligible_fields(schema, family)
     if family == "cold":
         swept, which = se_model, "the SE importance model (COLD, every field)"
-    elif "student" in models:
+    elif "student" in models and isinstance(models["student"], TwoTower):
         swept, which = models["student"], "the run's distilled two-tower student (every user/context/item field)"
     else:
         swept, _ = _train(data, "two_tower", fields, progress, "importance two_tower")

@@ -25,7 +25,9 @@ from coarserank.config import DistillConfig, StudentConfig, TeacherConfig
 from coarserank.data.dataset import EncodedSplit
 from coarserank.data.pairs import ROW_ITEM, PairEncoder
 from coarserank.data.schema import Schema
-from coarserank.distill.entire_space import PairScorer, entire_space_loss
+from coarserank.distill.distributed import current
+from coarserank.distill.entire_space import RowPairScorer, entire_space_loss, pair_scorer
+from coarserank.distill.families import with_family_terms
 from coarserank.distill.losses import distill_loss, hard_loss
 from coarserank.distill.sampling import CandidateSampler
 from coarserank.distill.stream_table import StreamingTable
@@ -35,7 +37,7 @@ from coarserank.errors import ConfigError
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
-__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "distill", "score_split"]
+__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "distill", "score_split", "sampling_generator"]
 
 
 @dataclass
@@ -95,12 +97,19 @@ def score_split(model: nn.Module, split: EncodedSplit | TensorTable, device: tor
     return predict_shared(model, table, torch.device(device))
 
 
+def sampling_generator(seed: int) -> torch.Generator:
+    """The generator of the entire-space draws: each distributed rank draws its own items for its
+    share of the global batch (a shared stream would give every rank the same draws)."""
+    return torch.Generator().manual_seed(seed + 0x5EED + 1_000_003 * current().rank)
+
+
 def distill(teacher: nn.Module | np.ndarray | None, train: EncodedSplit | TensorTable | StreamingTable,
             valid: EncodedSplit | TensorTable, schema: Schema, student_cfg: StudentConfig, distill_cfg: DistillConfig, *,
             train_logits: np.ndarray | None = None, pairs: PairEncoder | None = None, seed: int = 0,
             device: torch.device | str = "cpu", bf16: bool = False,
             progress: Callable[[EpochInfo], None] | None = None, callbacks: Sequence[Callback] = ()) -> Trained:
-    """A two-tower student trained with ``(1 - alpha) * hard + alpha * T^2 * soft`` (+ entire-space terms).
+    """A student of ``student_cfg.family`` trained with ``(1 - alpha) * hard + alpha * T^2 * soft`` (+ entire-space
+    terms, + the family's own terms such as DAT's mimic loss: :mod:`coarserank.distill.families`).
 
     ``teacher`` is the teacher module, or its train logits (no sampled items then), or ``None`` for
     the hard-label control (``distill_cfg.alpha`` must be 0). ``train_logits`` saves scoring the
@@ -136,9 +145,10 @@ def distill(teacher: nn.Module | np.ndarray | None, train: EncodedSplit | Tensor
         teacher.to(device)
         sampler = CandidateSampler(distill_cfg.sampler, distill_cfg.sampled, pairs.item_train_rows_,
                                    table.group.numpy(), table.inputs[ROW_ITEM].numpy())
-        generator = torch.Generator().manual_seed(seed + 0x5EED)
-        module: nn.Module = PairScorer(student)
-        loss = entire_space_loss(teacher, pairs, sampler, distill_cfg, generator, stats)
+        generator = sampling_generator(seed)
+        module: nn.Module = pair_scorer(student)
+        loss = entire_space_loss(teacher, pairs, sampler, distill_cfg, generator, stats,
+                                 rows=isinstance(module, RowPairScorer))
     else:
         module = student
 
@@ -146,5 +156,6 @@ def distill(teacher: nn.Module | np.ndarray | None, train: EncodedSplit | Tensor
             return distill_loss(m(batch.inputs), batch.label, batch.teacher, batch.group, alpha=distill_cfg.alpha,
                                 temperature=distill_cfg.temperature, soft=distill_cfg.soft)
 
+    loss = with_family_terms(loss, student, student_cfg)
     result = fit(module, loss, table, _table(valid), settings, device, progress, callbacks)
     return Trained(student, result, stats.get("sampled_rows", 0.0), stats.get("teacher_seconds", 0.0))

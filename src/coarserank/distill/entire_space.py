@@ -6,12 +6,18 @@ draws ``m`` unexposed catalogue items; :class:`~coarserank.data.pairs.PairEncode
 teacher's inputs for them (the exposure's user and context, the item's fields, the crosses of the
 pair at the row's time); the teacher scores them without gradients, once per batch, so its logits
 are never stored for the catalogue and memory stays that of one batch. The student scores the same
-pairs in the same forward pass as the exposures (:class:`PairScorer`: the user vector of the
-exposure, the item tower on the unique sampled items) and fits them with the soft loss only.
+pairs in the same forward pass as the exposures and fits them with the soft loss only:
+
+- a student with towers (every tower family) through :class:`PairScorer`: the user vector of the
+  exposure, the item tower on the unique sampled items;
+- a student without towers (the COLD model, which reads user x item cross fields) through
+  :class:`RowPairScorer`: the pairs' full inputs, encoded once per batch for the teacher, are
+  scored as rows.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -23,8 +29,9 @@ from coarserank.data.pairs import ROW_ITEM, PairEncoder
 from coarserank.distill.losses import distill_loss, list_kl_loss, ranking_loss, sampled_pointwise_loss
 from coarserank.distill.sampling import CandidateSampler
 from coarserank.distill.tensors import TensorTable
+from coarserank.student import has_towers
 
-__all__ = ["PairScorer", "entire_space_loss"]
+__all__ = ["PairScorer", "RowPairScorer", "pair_scorer", "entire_space_loss"]
 
 
 class PairScorer(nn.Module):
@@ -50,14 +57,42 @@ class PairScorer(nn.Module):
         return s, self.student.score(torch.index_select(u, 0, row), torch.index_select(v, 0, item))
 
 
+class RowPairScorer(nn.Module):
+    """A row-scoring student (no towers) scoring a batch's exposures and extra pairs in one forward pass.
+
+    ``forward(inputs)`` is the student's score; ``forward(inputs, pairs)`` also returns the scores of
+    ``pairs``, the encoded inputs of every (row, item) pair (:meth:`PairEncoder.encode`), from one
+    call of the student on the exposures and the pairs stacked.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, inputs: dict[str, torch.Tensor],
+                pairs: dict[str, torch.Tensor] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if pairs is None:
+            return self.student(inputs)
+        n = len(next(iter(inputs.values())))
+        stacked = {k: torch.cat([inputs[k], pairs[k].to(inputs[k].dtype)]) for k in pairs if k in inputs}
+        s = self.student(stacked)
+        return s[:n], s[n:]
+
+
+def pair_scorer(student: nn.Module) -> nn.Module:
+    """:class:`PairScorer` for a student with towers, else :class:`RowPairScorer`."""
+    return PairScorer(student) if has_towers(student) else RowPairScorer(student)
+
+
 def entire_space_loss(teacher: nn.Module, pairs: PairEncoder, sampler: CandidateSampler, cfg: DistillConfig,
-                      generator: torch.Generator,
-                      stats: dict[str, float] | None = None) -> Callable[[nn.Module, TensorTable], torch.Tensor]:
+                      generator: torch.Generator, stats: dict[str, float] | None = None, *,
+                      rows: bool = False) -> Callable[[nn.Module, TensorTable], torch.Tensor]:
     """The distillation loss over a batch's exposures plus ``sampler.m`` sampled items per exposure.
 
     ``(1 - alpha) * hard + alpha * T^2 * (soft + sampled_weight * sampled) + alpha * rank_weight * rank``
     (see :mod:`coarserank.distill.losses`); ``teacher`` is used in eval mode without gradients.
     ``stats`` (optional) accumulates ``sampled_rows`` and ``teacher_seconds`` for throughput reports.
+    The module passed to the loss is a :class:`PairScorer`, or with ``rows`` a :class:`RowPairScorer`.
     """
     teacher.eval()
     item_fields = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pairs.items_.items()
@@ -67,10 +102,17 @@ def entire_space_loss(teacher: nn.Module, pairs: PairEncoder, sampler: Candidate
     def loss(module: nn.Module, batch: TensorTable) -> torch.Tensor:
         device = batch.label.device
         drawn = sampler.draw(batch.group, batch.inputs[ROW_ITEM], generator)
-        unique, local = torch.unique(drawn.item, return_inverse=True)
-        items = {k: v[unique].to(device) for k, v in item_fields.items()}
-        s, s_pairs = module(batch.inputs, items, drawn.row.to(device), local.to(device))
-        z_pairs = _teacher_logits(teacher, pairs, batch, drawn.row.numpy(), drawn.item.numpy(), device, stats)
+        start = time.perf_counter()
+        encoded = _pair_inputs(pairs, batch, drawn.row.numpy(), drawn.item.numpy(), device)
+        if stats is not None:  # the teacher's share: its inputs are the pairs' encoded fields
+            stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
+        if rows:
+            s, s_pairs = module(batch.inputs, encoded)
+        else:
+            unique, local = torch.unique(drawn.item, return_inverse=True)
+            items = {k: v[unique].to(device) for k, v in item_fields.items()}
+            s, s_pairs = module(batch.inputs, items, drawn.row.to(device), local.to(device))
+        z_pairs = _teacher_logits(teacher, encoded, stats)
         valid = drawn.valid.to(device)
         if stats is not None:
             stats["sampled_rows"] = stats.get("sampled_rows", 0.0) + float(valid.sum())
@@ -102,15 +144,19 @@ def _lists(s: torch.Tensor, s_pairs: torch.Tensor, z: torch.Tensor | None, z_pai
     return lists_s, lists_z, lists_valid
 
 
-@torch.no_grad()
-def _teacher_logits(teacher: nn.Module, pairs: PairEncoder, batch: TensorTable, row: np.ndarray, item: np.ndarray,
-                    device: torch.device, stats: dict[str, float] | None) -> torch.Tensor:
-    import time
-
-    start = time.perf_counter()
+def _pair_inputs(pairs: PairEncoder, batch: TensorTable, row: np.ndarray, item: np.ndarray,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """Every schema field of the (row, item) pairs, encoded as the teacher (and a row scorer) read them."""
     rows = {k: v.cpu().numpy()[row] for k, v in batch.inputs.items()}
     encoded = pairs.encode(rows, item)
-    z = teacher({k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in encoded.items()}).float()
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in encoded.items()}
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, encoded: dict[str, torch.Tensor],
+                    stats: dict[str, float] | None) -> torch.Tensor:
+    start = time.perf_counter()
+    z = teacher(encoded).float()
     if stats is not None:
         stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
     return z

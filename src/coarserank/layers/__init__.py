@@ -1,9 +1,11 @@
-"""Shared nn blocks: schema-driven feature embedding, MLP, FM interaction, target attention, cross network."""
+"""Shared nn blocks: schema-driven feature embedding, MLP, FM interaction, target attention, cross network,
+squeeze-and-excitation gates."""
 
 from coarserank.layers.attention import SequenceAttention, TargetAttention
 from coarserank.layers.blocks import MLP, fm_interaction
 from coarserank.layers.cross import CrossNetwork
-from coarserank.layers.embedding import FeatureEmbedding, masked_mean
+from coarserank.layers.embedding import EmbeddedFields, FeatureEmbedding, masked_mean
+from coarserank.layers.se import FieldExcitation, SEGate
 
-__all__ = ["CrossNetwork", "FeatureEmbedding", "MLP", "SequenceAttention", "TargetAttention", "fm_interaction",
-           "masked_mean"]
+__all__ = ["CrossNetwork", "EmbeddedFields", "FeatureEmbedding", "FieldExcitation", "MLP", "SEGate", "SequenceAttention",
+           "TargetAttention", "fm_interaction", "masked_mean"]

@@ -7,7 +7,7 @@ from torch import nn
 
 from coarserank.data.schema import PAD, Field, Schema
 
-__all__ = ["FeatureEmbedding", "masked_mean"]
+__all__ = ["FeatureEmbedding", "EmbeddedFields", "masked_mean"]
 
 
 def masked_mean(e: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -62,3 +62,15 @@ class FeatureEmbedding(nn.Module):
             else:
                 vectors.append(masked_mean(self.table(f)(x), x))
         return torch.stack(vectors, dim=1)
+
+
+class EmbeddedFields(nn.Module):
+    """Base of a model that reads exactly the fields of its :class:`FeatureEmbedding` (``self.embedding``,
+    set by the subclass): each tower of a student, the COLD model. ``schema`` is what the exporter reads."""
+
+    embedding: FeatureEmbedding
+
+    @property
+    def schema(self) -> Schema:
+        """The fields this module reads, in input order."""
+        return self.embedding.schema

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from coarserank.artifacts import SERVING_FILE, Run, ServingBundle
+from coarserank.artifacts import SERVING_FILE, ColdBundle, Run, ServingBundle
 from coarserank.atomic import atomic_write_with
 from coarserank.data.encode import Encoder
 from coarserank.data.prepare import base_rate
@@ -61,6 +61,7 @@ from coarserank.serving.catalogue import (
     user_columns,
     write_catalogue,
 )
+from coarserank.serving.cold_ranker import open_ranker
 from coarserank.serving.faiss_index import ItemIndex, evaluate
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
 from coarserank.serving.onnx_contract import history_contract
@@ -74,7 +75,7 @@ from coarserank.serving.ranker import (
     bench_latency,
     onnx_session,
 )
-from coarserank.student import TwoTower
+from coarserank.student import TwoTower, has_towers
 from coarserank.teacher import DeepFM
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
 
     from coarserank.pipeline.run import RunContext
 
-__all__ = ["ExportResult", "export_models", "run_stage", "rebuild_index", "bench_requests", "bench_run",
+__all__ = ["ExportResult", "enforce_checks", "export_models", "run_stage", "rebuild_index", "bench_requests", "bench_run",
            "user_sample", "FILES", "PARITY_ROWS"]
 
 FILES = {"user_tower": "user_tower.onnx", "item_tower": "item_tower.onnx", "teacher": "teacher.onnx",
@@ -126,11 +127,16 @@ class ExportResult:
         worst["score_path"] = checks["score_path"]
         if checks["index_kind"] != "ivfpq":  # ivfpq scores are approximate: recorded, not enforced
             worst["faiss_vs_kv"] = checks["faiss_vs_kv"]
-        bad = {k: v for k, v in worst.items() if not v <= limit}
-        if bad:
-            shown = ", ".join(f"{k} = {v:.3g}" for k, v in bad.items())
-            raise ArtifactError(f"export check failed: {shown} exceeds the tolerance {limit:.3g} "
-                                "(serving.parity_tolerance); the exported path does not reproduce PyTorch")
+        enforce_checks(worst, limit)
+
+
+def enforce_checks(worst: Mapping[str, float], limit: float) -> None:
+    """Raise :class:`ArtifactError` naming every check in ``worst`` over ``limit`` (NaN fails too)."""
+    bad = {k: v for k, v in worst.items() if not v <= limit}
+    if bad:
+        shown = ", ".join(f"{k} = {v:.3g}" for k, v in bad.items())
+        raise ArtifactError(f"export check failed: {shown} exceeds the tolerance {limit:.3g} "
+                            "(serving.parity_tolerance); the exported path does not reproduce PyTorch")
 
 
 def _sample(frame: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
@@ -229,7 +235,12 @@ def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher
 
 
 def run_stage(ctx: RunContext, models: Mapping[str, torch.nn.Module]) -> None:
-    """The 'export' stage of ``distill run``: export, record every file and the checks, enforce them."""
+    """The 'export' stage of ``distill run``: export, record every file and the checks, enforce them (a
+    COLD student: :func:`coarserank.pipeline.export_cold.run_cold_stage`)."""
+    if not has_towers(models["student"]):
+        from coarserank.pipeline.export_cold import run_cold_stage  # it builds on this module's helpers
+
+        return run_cold_stage(ctx, models)
     run = ctx.run
     run.begin("export")
     student, teacher = models["student"], models["teacher"]
@@ -250,6 +261,8 @@ def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
     ``index_queries.npy``, and re-record the files and the ``faiss_vs_kv`` check in the manifest."""
     view = Run.open(run_dir, require=("export",))
     cfg, bundle = view.config, view.serving()
+    if isinstance(bundle, ColdBundle):
+        raise ArtifactError(f"run {run_dir} serves a COLD student, which has no item vectors to index")
     queries = np.load(view.verified(bundle.file("queries")), allow_pickle=False)
     with FileKVStore(view.verified(bundle.file("kv"))) as store:
         ids = np.array(store.ids())
@@ -296,11 +309,13 @@ def bench_requests(data: RunData, catalogue: pl.DataFrame, sizes: Sequence[int],
 def bench_run(run_dir: Path | str, sizes: Sequence[int] = (1000, 5000, 10000), *, users: int = 20,
               repeats: int = 200, warmup: int = 20, threads: int = 1,
               progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Time the student path against ``teacher.onnx`` on the same requests of a finished run
-    (:func:`bench_requests`; the teacher's rows are assembled before timing). Reads the run only."""
+    """Time the student path (the towers' ranker, or the COLD student's on candidate rows) against
+    ``teacher.onnx`` on the same requests of a finished run (:func:`bench_requests`; the teacher's rows
+    are assembled before timing, the COLD student assembles its own inside the timed call). Reads the
+    run only."""
     view = Run.open(run_dir, require=("data", "export"))
     bundle = view.serving()
-    ranker = CoarseRanker.from_run(run_dir, threads=threads)
+    ranker = open_ranker(run_dir, threads=threads)
     teacher = TeacherScorer(onnx_session(view.verified(bundle.file("teacher")), threads=threads))
     catalogue = read_catalogue(view.verified(bundle.file("catalogue")), view.config.data)
     progress(f"bench: assembling {users} requests x {list(sizes)} candidates")

@@ -33,6 +33,7 @@ from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
 from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
+from coarserank.distill.families import gate_means
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
 from coarserank.errors import ArtifactWarning, CoarseRankError
 from coarserank.pipeline.rundir import RunDir
@@ -229,8 +230,8 @@ def _stage_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
 
 def train_student(ctx: RunContext, stage: str, distill_cfg: DistillConfig,
                   teacher: torch.nn.Module | None = None) -> Trained:
-    """Train a two-tower student on ``ctx``'s data with ``distill_cfg`` (``alpha = 0``: the hard-label
-    control); same architecture, data and seed for every call. Writes nothing."""
+    """Train the student (``student.family``) on ``ctx``'s data with ``distill_cfg`` (``alpha = 0``: the
+    hard-label control); same architecture, data and seed for every call. Writes nothing."""
     soft = distill_cfg.alpha > 0
     if ctx.stream is not None:
         train: TensorTable | StreamingTable | EncodedSplit = streaming_train(ctx, with_teacher=soft)
@@ -251,6 +252,9 @@ def _stage_student(ctx: RunContext, stage: str, filename: str, alpha: float,
     trained = train_student(ctx, stage, replace(ctx.cfg.distill, alpha=alpha), teacher)
     extra = ({"sampled_rows_per_second": round(trained.sampled_rows_per_second, 1),
               "teacher_scoring_seconds": round(trained.teacher_seconds, 3)} if trained.sampled_rows else {})
+    gates = gate_means(trained.model, ctx.tables["valid"], ctx.device)
+    if gates:  # SE-gated families: mean gate weight per field on validation rows (an importance signal)
+        extra["field_gates"] = gates
     _save_model(ctx, stage, filename, trained.model, trained.history, **extra)
     return trained.model
 
@@ -286,11 +290,17 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
         metrics[split] = {m: label_metrics(y, _sigmoid(ctx.logits[split][m]), groups) for m in MODELS}
         if "_oracle" in frame.columns:
             metrics[split]["oracle"] = label_metrics(y, frame["_oracle"].to_numpy(), groups)
+    gates = {m: facts["field_gates"] for m in ("student", "student_hard")
+             for facts in [ctx.run.manifest.stage_facts(m)] if "field_gates" in facts}
+    if gates:
+        metrics["field_gates"] = gates
     metrics["definitions"] = {
         "auc": "Mann-Whitney AUC over all rows, ties count one half",
         "gauc": "per-group AUC weighted by the group's rows; groups with one class skipped (counted)",
         "logloss": "mean binary cross-entropy of sigmoid(logit), probabilities clipped to [1e-7, 1-1e-7]",
         "group": ctx.cfg.data.group_col or ctx.cfg.data.user_col,
+        **({"field_gates": "mean SE gate weight per field over the validation rows, per tower (user, item) "
+                           "or over candidate rows (rows: the COLD student)"} if gates else {}),
     }
     path = atomic_write_text(ctx.run.file("metrics.json"), json.dumps(metrics, indent=2))
     ctx.run.record("metrics", path)

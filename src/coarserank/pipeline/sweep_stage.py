@@ -107,4 +107,5 @@ def sweep_run(run_dir: Path | str, *, family: str | None = None, ks: list[int | 
     if write_config is None or not current().is_main or result.budget_error:
         return result
     chosen = result.body["points"][result.body["chosen"]]
-    return replace(result, chosen_config=write_chosen_config(run.config, chosen["features"], write_config))
+    return replace(result, chosen_config=write_chosen_config(run.config, chosen["features"], write_config,
+                                                                 family=result.body["family"]))

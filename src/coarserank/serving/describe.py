@@ -46,9 +46,11 @@ def describe_file(path: Path | str) -> dict[str, Any]:
 
 
 def describe_run(run_dir: Path | str) -> dict[str, Any]:
-    """The contract of every ONNX file of a finished run (each checked against the manifest first)."""
+    """The contract of every ONNX file of a finished run (those ``serving.json`` lists: the towers and the
+    teacher, or a COLD student and the teacher), each checked against the manifest first."""
     files = RunFiles(run_dir)
-    described = [describe_file(files.verified(name)) for name in ONNX_FILES]
+    names = [n for n in files.bundle().files.values() if n.endswith(".onnx")] or list(ONNX_FILES)
+    described = [describe_file(files.verified(name)) for name in names]
     ids = sorted({d["properties"].get("run_id", "") for d in described})
     return {"run": str(files.path), "run_id": ids[0] if len(ids) == 1 else None, "files": described}
 

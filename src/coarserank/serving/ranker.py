@@ -26,12 +26,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from coarserank.artifacts.bundle import ColdBundle
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
@@ -41,7 +42,7 @@ from coarserank.serving.run_files import SERVING_FILE, RunFiles
 from coarserank.serving.timing import machine, measure
 
 __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
-           "TeacherScorer", "BenchRequest", "top_positions",
+           "TeacherScorer", "BenchRequest", "Ranker", "top_positions",
            "onnx_session", "bench_latency", "SERVING_FILE"]
 
 @dataclass(frozen=True)
@@ -155,14 +156,15 @@ class UserFeeds:
     one-record list (a test holds them equal); booleans are not accepted as ids or numbers.
     """
 
-    def __init__(self, encoder: Encoder, model: str = "user") -> None:
+    def __init__(self, encoder: Encoder, model: str = "user", fields: Sequence[str] | None = None) -> None:
         self.encoder = encoder
         by_name = {f.name: f for f in encoder.cfg.features}
         self.inputs = [_Input(s.name, s.kind, "string" if s.kind == "multi" else s.dtype,
                               by_name[s.name].sep if s.name in by_name else "|",
                               by_name[s.name].max_len if s.name in by_name else 1)
-                       for s in input_specs(encoder, model)]  # type: ignore[arg-type]
+                       for s in input_specs(encoder, model, fields)]  # type: ignore[arg-type]
         self.names = [i.name for i in self.inputs]
+        self.reader = "the user tower" if model == "user" else f"the {model} model"
 
     def __call__(self, user: dict[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(user, dict):
@@ -171,7 +173,7 @@ class UserFeeds:
         for spec in self.inputs:
             if spec.name not in user:
                 raise ServingError(f"the user lacks feature {spec.name!r} (give null for a missing value); "
-                                   f"the user tower reads: {', '.join(self.names)}")
+                                   f"{self.reader} reads: {', '.join(self.names)}")
             feeds[spec.name] = self._one(spec, user[spec.name])
         return feeds
 
@@ -259,6 +261,8 @@ class CoarseRanker:
     >>> ranker.rank({"user_id": 12, "gender": "F", ...}, ids, 100).ids    # doctest: +SKIP
     """
 
+    path = "user dict -> ONNX user tower -> KV lookup -> matrix-vector product -> top-n"
+
     def __init__(self, user_session: Any, feeds: UserFeeds, store: KVStore, a: float, b: float,
                  files: RunFiles | None = None) -> None:
         self.user_session = user_session
@@ -286,6 +290,10 @@ class CoarseRanker:
         files = RunFiles(run_dir)
         with files.reading():
             bundle = files.bundle()
+            if isinstance(bundle, ColdBundle):
+                raise ArtifactError(f"run {files.path} serves a COLD student: it scores candidate rows and has no "
+                                    "user tower, item vectors or Faiss index (`distill rank` and `distill bench` "
+                                    "serve it)")
             encoder = files.encoder()
             session = onnx_session(files.verified(bundle.file("user_tower")), threads=threads)
             kv = open_store(store if store is not None else files.verified(bundle.file("kv")),
@@ -369,7 +377,16 @@ class BenchRequest:
     teacher_feeds: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
-def bench_latency(ranker: CoarseRanker, teacher: TeacherScorer, requests: Sequence[BenchRequest],
+class Ranker(Protocol):
+    """What ``distill rank`` and ``distill bench`` call: :class:`CoarseRanker` (towers) or
+    :class:`~coarserank.serving.cold_ranker.ColdRanker` (the COLD student); ``path`` says what one call does."""
+
+    path: str
+
+    def rank(self, user: dict[str, Any], candidate_ids: npt.ArrayLike, top_n: int = 100) -> RankResult: ...
+
+
+def bench_latency(ranker: Ranker, teacher: TeacherScorer, requests: Sequence[BenchRequest],
                   sizes: Sequence[int], *, top: int = 100, repeats: int = 200, warmup: int = 20,
                   threads: int = 1) -> dict[str, Any]:
     """Latency of the student path (``ranker.rank`` from the user dict) and of ``teacher.onnx`` on the
@@ -394,5 +411,5 @@ def bench_latency(ranker: CoarseRanker, teacher: TeacherScorer, requests: Sequen
                           "ratio_p50": round(t.p50_ms / s.p50_ms, 2),
                           "ratio_p99": round(t.p99_ms / s.p99_ms, 2)}
     return {"candidates": out, "top_n": top, "requests": len(requests), "machine": machine(),
-            "student_path": "user dict -> ONNX user tower -> KV lookup -> matrix-vector product -> top-n",
+            "student_path": ranker.path,
             "teacher_path": "teacher.onnx on prebuilt raw per-candidate feeds (assembly not timed) -> top-n"}

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from coarserank.artifacts.bundle import SERVING_FILE, ServingBundle
+from coarserank.artifacts.bundle import SERVING_FILE, Bundle, ColdBundle, read_bundle
 from coarserank.artifacts.manifest import Manifest
 from coarserank.atomic import file_lock
 from coarserank.checksums import PUBLISH_LOCK
@@ -66,9 +66,9 @@ class RunFiles:
     def json(self, rel: str) -> dict[str, Any]:
         return json.loads(self.verified(rel).read_text())
 
-    def bundle(self) -> ServingBundle:
-        """The run's ``serving.json``, verified and parsed."""
-        return ServingBundle.read(self.verified(SERVING_FILE))
+    def bundle(self) -> Bundle:
+        """The run's ``serving.json``, verified and parsed (a COLD student's: :class:`ColdBundle`)."""
+        return read_bundle(self.verified(SERVING_FILE))
 
     def encoder(self) -> Encoder:
         cfg = load_config(self.verified("config.toml"))
@@ -110,6 +110,8 @@ def publish_run(run_dir: Path | str, url: str, *, namespace: str | None = None,
     files = RunFiles(run_dir)
     with files.reading():
         bundle = files.bundle()
+        if isinstance(bundle, ColdBundle):
+            raise ArtifactError(f"run {files.path} serves a COLD student, which has no item vectors to publish")
         with FileKVStore(files.verified(bundle.file("kv")), expected_model_hash=bundle.model_hash) as kv:
             ids = np.array(kv.ids())
             vectors = kv.get_strict(ids)

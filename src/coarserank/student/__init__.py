@@ -1,5 +1,9 @@
-"""The two-tower student."""
+"""The students: tower families scored by one inner product, and the COLD model that scores rows."""
 
-from coarserank.student.two_tower import Tower, TwoTower, build_student
+from coarserank.student.build import build_student, has_towers, served_dim
+from coarserank.student.cold import ColdModel, build_cold_model
+from coarserank.student.towers import DATTower, ParallelTower, SENetTower, ShortcutTower
+from coarserank.student.two_tower import Tower, TwoTower
 
-__all__ = ["Tower", "TwoTower", "build_student"]
+__all__ = ["ColdModel", "DATTower", "ParallelTower", "SENetTower", "ShortcutTower", "Tower", "TwoTower",
+           "build_cold_model", "build_student", "has_towers", "served_dim"]

@@ -1,4 +1,8 @@
-"""The student: a user tower and an item tower whose inner product is the score."""
+"""The two-tower student: a user tower and an item tower whose inner product is the score.
+
+:class:`TwoTower` holds any pair of towers (:mod:`coarserank.student.towers` has the other
+families); :class:`Tower` is the plain one (``student.family = "two_tower"``).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coarserank.config import StudentConfig
-from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
-from coarserank.layers import MLP, FeatureEmbedding
+from coarserank.layers import MLP, EmbeddedFields, FeatureEmbedding
 
-__all__ = ["Tower", "TwoTower", "build_student"]
+__all__ = ["Tower", "TwoTower"]
 
 
-class Tower(nn.Module):
+class Tower(EmbeddedFields):
     """Fields of one side -> embeddings -> MLP -> L2-normalised vector ``[B, dim]``.
 
     Each tower is callable and exportable alone; it reads only the fields of its own schema.
@@ -24,10 +26,6 @@ class Tower(nn.Module):
         self.embedding = embedding
         self.mlp = mlp
 
-    @property
-    def schema(self) -> Schema:
-        return self.embedding.schema
-
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.normalize(self.mlp(self.embedding(inputs).flatten(1)), dim=-1, eps=1e-8)
 
@@ -37,7 +35,7 @@ class TwoTower(nn.Module):
 
     Example
     -------
-    >>> student = build_student(schema, StudentConfig())   # doctest: +SKIP
+    >>> student = build_student(schema, StudentConfig())   # doctest: +SKIP  (coarserank.student.build)
     >>> student(batch).shape                                # doctest: +SKIP
     torch.Size([B])
     """
@@ -54,13 +52,3 @@ class TwoTower(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(self.user_tower(inputs), self.item_tower(inputs))
-
-
-def _tower(schema: Schema, cfg: StudentConfig) -> Tower:
-    embedding = FeatureEmbedding(schema, cfg.embed_dim)
-    return Tower(embedding, MLP(len(schema) * cfg.embed_dim, cfg.hidden, cfg.dropout, out_dim=cfg.dim))
-
-
-def build_student(schema: Schema, cfg: StudentConfig) -> TwoTower:
-    """A two-tower student: the user tower sees user and context fields, the item tower item fields."""
-    return TwoTower(_tower(schema.select(STUDENT_USER_SIDES), cfg), _tower(schema.select(STUDENT_ITEM_SIDES), cfg))

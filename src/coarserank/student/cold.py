@@ -1,5 +1,8 @@
 """The COLD-style coarse model: field embeddings -> squeeze-and-excitation gate -> small MLP -> logit.
 
+It is both what the COLD sweep (:mod:`coarserank.cold`) trains per point and the ``cold`` student
+family (``student.family = "cold"``): distilled like the towers, served by scoring candidate rows.
+
 COLD (Wang et al., 2020, "COLD: Towards the Next Generation of Pre-Ranking System") puts a
 squeeze-and-excitation (SE) block between the embeddings and the MLP. With ``e_1 .. e_F`` the
 field embeddings (``F`` fields, ``d`` dimensions each), the gate is::
@@ -8,8 +11,9 @@ field embeddings (``F`` fields, ``d`` dimensions each), the gate is::
     v_f = s_f * e_f                          the MLP sees the gated embeddings
 
 and a field's importance is its gate weight averaged over validation rows
-(:func:`coarserank.cold.importance.se_importance`). Unlike a two-tower model, the COLD model may
-read every side, crosses included, and is evaluated once per candidate. Modules here do their
+(:func:`coarserank.cold.importance.se_importance`; a run reports it for a COLD student). Unlike a
+two-tower model, the COLD model may read every side, crosses included, and is evaluated once per
+candidate. Modules here do their
 forward pass only; :func:`coarserank.distill.train.fit` trains them.
 
 Example
@@ -23,38 +27,15 @@ Example
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from coarserank.data.schema import Schema
 from coarserank.errors import ConfigError
-from coarserank.layers import MLP, FeatureEmbedding
+from coarserank.layers import MLP, EmbeddedFields, FeatureEmbedding, SEGate
 
-__all__ = ["SEGate", "ColdModel", "build_cold_model"]
-
-
-class SEGate(nn.Module):
-    """COLD's SE block: one sigmoid weight per field from the concatenated field embeddings.
-
-    Parameters
-    ----------
-    n_fields : int
-        Number of fields ``F``.
-    dim : int
-        Embedding size ``d`` of each field.
-    """
-
-    def __init__(self, n_fields: int, dim: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(n_fields * dim, n_fields)
-        nn.init.zeros_(self.linear.bias)
-        nn.init.normal_(self.linear.weight, std=0.01)
-
-    def forward(self, embedded: torch.Tensor) -> torch.Tensor:
-        """Gate weights ``[B, F]`` in (0, 1) for embeddings ``[B, F, d]``."""
-        return torch.sigmoid(self.linear(embedded.flatten(1)))
+__all__ = ["ColdModel", "build_cold_model"]
 
 
-class ColdModel(nn.Module):
+class ColdModel(EmbeddedFields):
     """logit = MLP(flatten(gate * embeddings)); reads exactly the fields of its embedding's schema.
 
     Parameters
@@ -72,11 +53,6 @@ class ColdModel(nn.Module):
         self.embedding = embedding
         self.gate = gate
         self.mlp = mlp
-
-    @property
-    def schema(self) -> Schema:
-        """The fields this model reads, in input order."""
-        return self.embedding.schema
 
     def forward_with_gates(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[B]`` and the SE gate weights ``[B, F]`` (fields in schema order)."""
