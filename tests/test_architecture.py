@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "coarserank"
-BASE = {"errors", "config", "config_rules", "threads", "atomic", "checksums", "version"}
+BASE = {"errors", "config", "config_families", "config_rules", "threads", "atomic", "checksums", "version"}
 """Modules every part may import (``version``: ``import coarserank`` / ``from coarserank import __version__``)."""
 
 # part -> coarserank parts it may import (besides itself and BASE); "facade" is ``import coarserank``'s API

@@ -23,6 +23,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from coarserank.config_families import (  # re-exported: [student.<family>] options
+    TOWER_FAMILIES,
+    ColdStudentOptions,
+    DatOptions,
+    ParallelOptions,
+    SenetOptions,
+    ShortcutOptions,
+    StudentFamily,
+)
 from coarserank.config_rules import check_keys as _check_keys
 from coarserank.config_rules import coerce_tree as _build
 from coarserank.errors import ConfigError
@@ -160,59 +169,7 @@ class TeacherConfig(ModelTrainingConfig):
     cross_layers: int = 3
 
 
-# -- student families ([student.<family>] sub-tables; rules in config_rules: _student_family) ------
-
-StudentFamily = Literal["two_tower", "senet", "shortcut", "parallel", "dat", "cold"]
-TOWER_FAMILIES: tuple[str, ...] = ("two_tower", "senet", "shortcut", "parallel", "dat")
-
-
-@dataclass(frozen=True)
-class SenetOptions:
-    """SENet towers: a squeeze-excitation gate over each tower's field embeddings; the bottleneck of
-    the excitation MLP is ``ceil(fields / reduction)`` wide."""
-
-    reduction: int = 2
-
-
-@dataclass(frozen=True)
-class ShortcutOptions:
-    """Shortcut towers: ``user_fields`` / ``item_fields`` name raw field embeddings that skip the MLP
-    and join the final vector through a linear map; a side with no names takes its ``top`` fields by
-    SE gate weight (per request) instead."""
-
-    user_fields: tuple[str, ...] = ()
-    item_fields: tuple[str, ...] = ()
-    top: int = 2
-
-
-@dataclass(frozen=True)
-class ParallelOptions:
-    """Parallel towers: one vector per channel and side (``mlp``, DCN-v2 ``cross``, FM-style ``fm``),
-    combined with learnable per-channel weights; ``fusion = "attention"`` adds softmax channel
-    weights computed per request from the user's channel vectors."""
-
-    channels: tuple[str, ...] = ("mlp", "cross", "fm")
-    cross_layers: int = 2
-    fusion: Literal["none", "attention"] = "none"
-
-
-@dataclass(frozen=True)
-class DatOptions:
-    """Dual augmented towers: an augmentation vector per user id and per item id feeds each tower;
-    ``mimic_weight`` weighs the mimic loss that pulls them toward the other tower's output on positive
-    rows. ``user_field`` / ``item_field`` name the categorical id features the vectors are keyed by."""
-
-    user_field: str = "user_id"
-    item_field: str = "item_id"
-    mimic_weight: float = 0.5
-
-
-@dataclass(frozen=True)
-class ColdStudentOptions:
-    """The COLD student: a small DNN with an SE gate over the named ``features`` (any side, crosses
-    included), served by scoring candidate rows."""
-
-    features: tuple[str, ...] = ()
+# -- student families: options in config_families ([student.<family>] sub-tables) ------------------
 
 
 @dataclass(frozen=True)
@@ -228,6 +185,28 @@ class StudentConfig(ModelTrainingConfig):
     parallel: ParallelOptions = field(default_factory=ParallelOptions)
     dat: DatOptions = field(default_factory=DatOptions)
     cold: ColdStudentOptions = field(default_factory=ColdStudentOptions)
+
+
+@dataclass(frozen=True)
+class DistillGrid:
+    """``[distill.grid]``: values to sweep. Every combination of the non-empty lists trains one student
+    on the run's teacher (the ``distill_grid`` stage of ``distill run``); each is measured by
+    validation GAUC and validation agreement with the teacher, and the report plots them. The
+    grid never changes the run's own student (it is not part of the run's training hash)."""
+
+    alpha: tuple[float, ...] = ()
+    temperature: tuple[float, ...] = ()
+    soft: tuple[Literal["pointwise", "listwise"], ...] = ()
+    sampled: tuple[int, ...] = ()
+    sampler: tuple[Literal["uniform", "popularity", "in_batch"], ...] = ()
+    sampled_loss: tuple[Literal["pointwise", "listwise"], ...] = ()
+    sampled_weight: tuple[float, ...] = ()
+    rank_weight: tuple[float, ...] = ()
+    rank_top: tuple[int, ...] = ()
+
+    def settings(self) -> dict[str, tuple[Any, ...]]:
+        """The swept keys and their values (keys with an empty list are not swept)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name)}
 
 
 @dataclass(frozen=True)
@@ -249,6 +228,7 @@ class DistillConfig:
     sampled_weight: float = 1.0
     rank_weight: float = 0.0
     rank_top: int = 3
+    grid: DistillGrid = field(default_factory=DistillGrid)
 
 
 @dataclass(frozen=True)
@@ -488,9 +468,11 @@ def config_hash(cfg: RunConfig) -> str:
     of it: changing them re-runs only their own stage (see :func:`section_hash`)."""
     body = {k: v for k, v in config_to_dict(cfg).items() if k in TRAINING_SECTIONS}
     body["run"] = {k: v for k, v in body["run"].items() if k not in ("out", "name", "threads", "device")}
+    body["distill"] = {k: v for k, v in body["distill"].items() if k != "grid"}  # the grid trains side students
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def section_hash(cfg: RunConfig, section: str) -> str:
-    """sha256 of one section of the configuration."""
-    return hashlib.sha256(json.dumps(config_to_dict(getattr(cfg, section)), sort_keys=True).encode()).hexdigest()
+    """sha256 of one section of the configuration (``"report+distill"``: of each, '+'-joined)."""
+    return "+".join(hashlib.sha256(json.dumps(config_to_dict(getattr(cfg, name)), sort_keys=True).encode()).hexdigest()
+                    for name in section.split("+"))

@@ -124,6 +124,8 @@ CONSTRAINTS: dict[str, dict[str, Rule]] = {
     "student.dat": {"mimic_weight": NON_NEGATIVE},
     "distill": {"alpha": PROBABILITY, "temperature": POSITIVE, "sampled": NATURAL, "sampled_weight": NON_NEGATIVE,
                 "rank_weight": NON_NEGATIVE, "rank_top": COUNT},
+    "distill.grid": {"alpha": Each(PROBABILITY), "temperature": Each(POSITIVE), "sampled": Each(NATURAL),
+                     "sampled_weight": Each(NON_NEGATIVE), "rank_weight": Each(NON_NEGATIVE), "rank_top": Each(COUNT)},
     "gbdt": {"num_leaves": Interval(2, integer=True), "learning_rate": POSITIVE, "rounds": COUNT,
              "early_stopping": COUNT, "multi_hot_top": COUNT},
     "serving": {"opset": Interval(13, integer=True), "recall_target": Interval(0, 1, low_open=True),
@@ -342,6 +344,9 @@ def _streaming(cfg: Any) -> None:
     if cfg.distill.sampled:
         raise ConfigError("distill.sampled > 0 scores sampled items against in-memory training rows; a streaming "
                           "run (data.streaming = true) needs distill.sampled = 0")
+    if cfg.distill.grid.settings():
+        raise ConfigError("[distill.grid] trains its students on in-memory training rows; a streaming run "
+                          "(data.streaming = true) cannot sweep them")
 
 
 def _nearest(name: str, names: list[str]) -> str:

@@ -54,3 +54,8 @@ class DataWarning(CoarseRankWarning):
 
 class ArtifactWarning(CoarseRankWarning):
     """A run-directory file that will be rebuilt (it no longer matches its checksum), and why."""
+
+
+class DistillWarning(CoarseRankWarning):
+    """A run whose distillation cannot be expected to pay: the teacher is not stronger than the
+    hard-label student on validation."""

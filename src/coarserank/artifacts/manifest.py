@@ -30,7 +30,8 @@ FORMAT = 1
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "data": (), "teacher": ("data",), "logits": ("teacher",), "student": ("logits",), "student_hard": ("data",),
     "gbdt": ("data",), "metrics": ("teacher", "logits", "student", "student_hard", "gbdt"),
-    "export": ("data", "teacher", "student"), "report": ("metrics", "export"),
+    "export": ("data", "teacher", "student"), "distill_grid": ("data", "teacher"),
+    "report": ("metrics", "export", "distill_grid"),
 }
 """stage -> the stages whose outputs it reads; a stage whose files changed is rebuilt with all
 stages downstream of it."""

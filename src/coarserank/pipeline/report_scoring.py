@@ -7,7 +7,7 @@ score files and the command line never load torch; this module is imported when 
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import polars as pl
@@ -167,14 +167,14 @@ def build_scores(data: RunData, models: Mapping[str, torch.nn.Module], *, device
 
 
 def build_run_report(data: RunData, models: Mapping[str, torch.nn.Module], device: torch.device | str,
-           progress: Progress) -> tuple[ReportOutputs, float]:
-    """Score the candidate sets, then write ``data.path/report``; returns the outputs and the scoring
-    seconds."""
+                     progress: Progress, distill_grid: dict[str, Any] | None = None) -> tuple[ReportOutputs, float]:
+    """Score the candidate sets, then write ``data.path/report`` (with the run's distill grid, if
+    any); returns the outputs and the scoring seconds."""
     start = time.perf_counter()
     scores, spec = build_scores(data, models, device=device, progress=progress)
     scored = time.perf_counter() - start
     progress("report: computing metrics and plots")
-    out = write_report(data.path / "report", scores, spec)
+    out = write_report(data.path / "report", scores, spec, distill_grid)
     counts = out.report["counts"]
     progress(f"report: {counts['candidates']:,} candidates in {counts['groups']:,} sets -> "
              f"{out.html} ({time.perf_counter() - start:.1f}s)")

@@ -35,6 +35,8 @@ __all__ = ["SCORED_MODELS", "REPORT_READS", "ReportOutputs", "check_settings", "
            "report_compare", "report_run", "run_stage", "write_report"]
 
 SCORED_MODELS = ("teacher", "student", "student_hard")
+SECTIONS = "report+distill"  # the config sections a current report was made with (it plots the distill grid)
+GRID_FILE = "distill_grid.json"
 REPORT_READS = ("data", "teacher", "logits", "student", "student_hard")
 """The stages whose files the report reads."""
 Progress = Callable[[str], None]
@@ -67,12 +69,16 @@ def check_settings(r: ReportConfig) -> None:
             raise ConfigError(f"report.{key} must be increasing integers >= 1, got {list(values)}")
 
 
-def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec) -> ReportOutputs:
-    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``."""
+def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec,
+                 distill_grid: dict[str, Any] | None = None) -> ReportOutputs:
+    """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``;
+    ``distill_grid`` (a run's ``distill_grid.json``) adds the distillation trade-off block and plot."""
     from coarserank.ranking_eval.report_html import render_html  # matplotlib: only when writing
 
     start = time.perf_counter()
     report = build_report(scores, spec)
+    if distill_grid is not None:
+        report["distill_grid"] = distill_grid
     page = render_html(report, scores)
     out_dir = Path(out_dir)
     paths = (atomic_write_with(out_dir / "scores.parquet", scores.write_parquet, ".parquet"),
@@ -90,7 +96,9 @@ def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
     from coarserank.pipeline.report_scoring import build_run_report
     from coarserank.pipeline.run_data import RunData
 
-    out, scored = build_run_report(RunData.from_context(ctx), models, ctx.device, ctx.progress)
+    grid_file = ctx.run.file(GRID_FILE)
+    grid = json.loads(grid_file.read_text()) if ctx.run.is_done("distill_grid") and grid_file.is_file() else None
+    out, scored = build_run_report(RunData.from_context(ctx), models, ctx.device, ctx.progress, grid)
     ctx.run.record("report", out.scores, out.json, out.html)
     counts = out.report["counts"]
     ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],
@@ -103,7 +111,7 @@ def _current_report(run: Run) -> ReportOutputs | None:
     m = run.manifest
     files = m.outputs("report")
     if (not run.has("report") or not files
-            or m.stage_facts("report").get("section_hash") != section_hash(run.config, "report")):
+            or m.stage_facts("report").get("section_hash") != section_hash(run.config, SECTIONS)):
         return None
     try:
         paths = {Path(rel).name: run.verified(rel) for rel in files}
@@ -142,7 +150,8 @@ def report_run(run_dir: Path | str, *, progress: Progress = _quiet, device: str 
     from coarserank.pipeline.run_data import RunData
 
     models = run.models(SCORED_MODELS, device)
-    return build_run_report(RunData.from_run(run, models, device), models, device, progress)[0]
+    grid = json.loads(run.verified(GRID_FILE).read_text()) if run.has("distill_grid") else None
+    return build_run_report(RunData.from_run(run, models, device), models, device, progress, grid)[0]
 
 
 # --------------------------------------------------------------------------- comparing score files

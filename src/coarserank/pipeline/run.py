@@ -35,7 +35,7 @@ from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, 
 from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
 from coarserank.distill.families import gate_means
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
-from coarserank.errors import ArtifactWarning, CoarseRankError
+from coarserank.errors import ArtifactWarning, CoarseRankError, DistillWarning
 from coarserank.pipeline.rundir import RunDir
 from coarserank.threads import apply_threads, explain_threads
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
@@ -281,6 +281,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
 
 
+def _teacher_notes(valid: dict[str, dict[str, Any]]) -> list[str]:
+    """What a user must know before trusting the distilled student, from validation figures only."""
+    teacher, control = valid["teacher"]["gauc"], valid["student_hard"]["gauc"]
+    if not teacher > control:
+        return [f"the teacher is not stronger than the hard-label student on validation (GAUC {teacher:.4f} "
+                f"against {control:.4f}): distillation cannot be expected to pay; give the teacher what two "
+                "towers cannot see (crosses, history crosses, sequences: docs/distillation.md) or compare "
+                "distill.alpha values on validation with [distill.grid]"]
+    return []
+
+
 def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
     ctx.run.begin("metrics")
     metrics: dict[str, Any] = {}
@@ -290,6 +301,11 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
         metrics[split] = {m: label_metrics(y, _sigmoid(ctx.logits[split][m]), groups) for m in MODELS}
         if "_oracle" in frame.columns:
             metrics[split]["oracle"] = label_metrics(y, frame["_oracle"].to_numpy(), groups)
+    notes = _teacher_notes(metrics["valid"])
+    if notes:
+        metrics["notes"] = notes
+        for note in notes:
+            warnings.warn(note, DistillWarning, stacklevel=2)
     gates = {m: facts["field_gates"] for m in ("student", "student_hard")
              for facts in [ctx.run.manifest.stage_facts(m)] if "field_gates" in facts}
     if gates:
@@ -309,9 +325,10 @@ def _stage_metrics(ctx: RunContext) -> dict[str, Any]:
 
 
 # Stages after metrics, run in order: (stage name, module exposing ``run_stage(ctx, models)``).
-EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config section it depends on)
+EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config sections it depends on, '+'-joined)
     ("export", "coarserank.pipeline.export_stage", "serving"),
-    ("report", "coarserank.pipeline.report_stage", "report"),
+    ("distill_grid", "coarserank.pipeline.grid_stage", "distill"),
+    ("report", "coarserank.pipeline.report_stage", "report+distill"),  # the report plots the distill grid
 ]
 
 
@@ -391,9 +408,9 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             _stage_gbdt(ctx)
             stage = "metrics"
             metrics = _stage_metrics(ctx)
-            for name, module, section in EXTRA_STAGES if extra_stages else []:
+            for name, module, sections in EXTRA_STAGES if extra_stages else []:
                 stage = name
-                wanted = section_hash(cfg, section)
+                wanted = section_hash(cfg, sections)
                 if run_.is_done(name) and run_.manifest.stage_facts(name).get("section_hash") == wanted:
                     continue
                 importlib.import_module(module).run_stage(ctx, models)

@@ -242,6 +242,34 @@ def _segments(report: dict[str, Any]) -> str:
     return "".join(parts) or '<p class="note">No segment columns.</p>'
 
 
+def _distill_grid(block: dict[str, Any]) -> str:
+    """Validation GAUC and validation agreement per grid point, the chosen one marked."""
+    points, chosen = block["points"], block["chosen"]
+    names = [", ".join(f"{k}={v}" for k, v in p["settings"].items()) or "base" for p in points]
+    x = np.arange(len(points))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(points) + 2), 5.5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(x, [p["valid_gauc"] for p in points], marker="o", color=_COLOURS[0])
+    top.set_ylabel("valid GAUC")
+    bottom.plot(x, [p["valid_recall_10_in_100"] for p in points], marker="o", color=_COLOURS[1],
+                label="Recall@10-in-100")
+    bottom.plot(x, [p["valid_kendall_tau"] for p in points], marker="s", color=_COLOURS[2], label="Kendall tau")
+    bottom.set_ylabel("valid agreement with the teacher")
+    bottom.legend(fontsize=8)
+    for ax in (top, bottom):
+        ax.axvline(chosen, color="#888", ls="--", lw=1)
+        ax.grid(alpha=0.3)
+    bottom.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    rows = [[("&#9654; " if i == chosen else "") + n, p["valid_gauc"], p["valid_recall_10_in_100"],
+             p["valid_kendall_tau"], p["test_gauc"], p["best_epoch"], p["train_seconds"]]
+            for i, (n, p) in enumerate(zip(names, points))]
+    table = _table(["point", "valid GAUC", "valid Recall@10-in-100", "valid Kendall tau", "test GAUC (record only)",
+                    "best epoch", "train s"], rows).replace("&amp;#9654; ", "&#9654; ")
+    return (_png(fig, "validation GAUC and agreement over the distillation grid")
+            + f"<p class='note'>chosen (&#9654;, dashed line) on {html.escape(block['chosen_on'])}; "
+            f"test GAUC is shown for the record and was not used to choose.</p>" + table)
+
+
 def render_html(report: dict[str, Any], scores: pl.DataFrame) -> str:
     """One self-contained HTML page for ``report`` (from :func:`build_report`) and its ``scores``.
 
@@ -274,6 +302,8 @@ def render_html(report: dict[str, Any], scores: pl.DataFrame) -> str:
         "<h2>By candidate-set size</h2>" + _by_size(report),
         "<h2>Segments</h2>" + _segments(report),
     ]
+    if "distill_grid" in report:
+        sections.append("<h2>Distillation trade-off (grid)</h2>" + _distill_grid(report["distill_grid"]))
     if "oracle_consistency" in report:
         sections.append(f"<h2>Against the oracle ({html.escape(str(setup['oracle']))})</h2>"
                         + _consistency_table(report["oracle_consistency"]))
