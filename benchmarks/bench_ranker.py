@@ -24,11 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
+from coarserank.artifacts import Run
 from coarserank.pipeline.export_stage import bench_requests
+from coarserank.pipeline.run_data import RunData
 from coarserank.serving.catalogue import catalogue_ids, encode_items, read_catalogue
-from coarserank.pipeline.run import load_context
 from coarserank.serving.kv_file import FileKVStore, write_kv_file
 from coarserank.serving.ranker import CoarseRanker, RunFiles, TeacherScorer, bench_latency, onnx_session
 
@@ -48,7 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     files = RunFiles(args.run)
-    ctx, _ = load_context(args.run, require=("metrics", "export"))
+    finished = Run.open(args.run, require=("data", "export"))
+    data = RunData.from_run(finished, {})
     ranker = CoarseRanker.from_run(args.run, threads=args.threads)
     teacher = TeacherScorer(onnx_session(files.verified("teacher.onnx"), threads=args.threads))
     stores = {"run": None} | ({f"{args.big}": args.big} if args.big else {})
@@ -58,19 +59,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, n in stores.items():
             if n is None:
-                catalogue = read_catalogue(files.verified("items.parquet"), ctx.cfg.data)
+                catalogue = read_catalogue(files.verified("items.parquet"), data.cfg.data)
                 store_ranker = ranker
             else:
                 print(f"building a {n:,}-item KV store", file=sys.stderr)
                 _, catalogue = synthetic_catalogue(args.run, n)
                 item_session = onnx_session(files.verified("item_tower.onnx"), threads=2)
-                vectors = encode_items(item_session, ctx.encoder, catalogue)
-                path = write_kv_file(Path(tmp) / "big.kv", catalogue_ids(catalogue, ctx.cfg.data), vectors,
+                vectors = encode_items(item_session, data.encoder, catalogue)
+                path = write_kv_file(Path(tmp) / "big.kv", catalogue_ids(catalogue, data.cfg.data), vectors,
                                      ranker.store.model_hash, ranker.store.dtype)
                 store_ranker = CoarseRanker(ranker.user_session, ranker.feeds, FileKVStore(path),
                                             float(ranker.a), float(ranker.b))
             print(f"store {name}: {catalogue.height:,} items; assembling requests", file=sys.stderr)
-            requests = bench_requests(ctx, catalogue, sizes, args.users, ctx.cfg.run.seed)
+            requests = bench_requests(data, catalogue, sizes, args.users, data.cfg.run.seed)
             result = bench_latency(store_ranker, teacher, requests, sizes, repeats=args.repeats,
                                    threads=args.threads)
             out["machine"] = result.pop("machine")

@@ -22,10 +22,13 @@ import shutil
 import time
 from pathlib import Path
 
-from coarserank.cli.sweep_cmd import format_sweep, report_candidates
+from coarserank.artifacts import Run
+from coarserank.cli.sweep_cmd import format_sweep
 from coarserank.cold.sweep import parse_ks, run_sweep
 from coarserank.config import load_config
-from coarserank.pipeline.run import load_context, run
+from coarserank.pipeline.run import run
+from coarserank.pipeline.run_data import RunData
+from coarserank.pipeline.sweep_stage import SWEEP_READS, report_candidates, sweep_data
 from coarserank.serving.timing import machine
 
 
@@ -48,10 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(args.run / "sweep", ignore_errors=True)
 
     start = time.perf_counter()
-    ctx, models = load_context(args.run, progress=print, require=("teacher", "logits"))
-    candidates = report_candidates(ctx, models["teacher"])
+    finished = Run.open(args.run, require=SWEEP_READS)
+    models = finished.models(("teacher", "student"))
+    data = sweep_data(finished)
+    test = RunData(finished.config, finished.encoder, finished.frame(), finished.split_frame("test"),
+                   {"teacher": data.teacher["test"]}, finished.path)
+    candidates = report_candidates(test, data.splits["test"], models["teacher"])
     prepared = time.perf_counter() - start
-    result = run_sweep(ctx, models, args.family, parse_ks(args.k), args.budget_ms, print, candidates=candidates)
+    result = run_sweep(data, models, args.family, parse_ks(args.k), args.budget_ms, print, candidates=candidates)
     total = time.perf_counter() - start
     load = os.getloadavg()
 

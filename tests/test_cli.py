@@ -156,6 +156,6 @@ def test_report_on_a_changed_checkpoint_is_a_one_line_error_not_a_retrain(tiny_r
     result = CliRunner().invoke(distill, ["report", "--run", str(out)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"Error: run {out}: teacher.pt is missing or does not match its sha256 in manifest.json (modified or "
+        f"Error: run {out}: teacher.pt does not match its sha256 in manifest.json (modified or "
         f"corrupt); `distill run --config {out / 'config.toml'} --out {out}` rebuilds stage 'teacher' and what "
         "depends on it"]

@@ -137,7 +137,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]
 
 @pytest.mark.slow
 def test_report_of_a_run_rebuilds_its_report_directory(tiny_run: Path) -> None:
-    result = CliRunner().invoke(distill, ["report", "--run", str(tiny_run), "-q"])
+    result = CliRunner().invoke(distill, ["report", "--run", str(tiny_run), "--force", "-q"])
     assert result.exit_code == 0, result.output
     assert "40 candidate sets" in result.output and "gain student - student_hard: gauc" in result.output
     assert f"report: {tiny_run / 'report' / 'report.html'}" in result.output

@@ -117,7 +117,8 @@ def test_the_cli_makes_openmp_threads_sleep_before_torch_loads() -> None:
            "            print('torch loads with OMP_WAIT_POLICY =', os.environ.get('OMP_WAIT_POLICY'))\n"
            "            sys.meta_path.remove(self)\n"
            "sys.meta_path.insert(0, Spy())\n"
-           "import coarserank.cli\n")
+           "import coarserank.cli\n"
+           "import coarserank.cli.run_cmd\n")  # commands load on use: run's loads torch
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(REPO / "src")
     out = subprocess.run([sys.executable, "-c", spy], env=env, capture_output=True, text=True, check=True).stdout

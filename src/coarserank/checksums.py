@@ -27,14 +27,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verified_file(run_path: Path, manifest: dict[str, Any], rel: str) -> Path:
-    """``run_path/rel`` after checking its sha256 against ``manifest["files"][rel]``."""
+def verified_file(run_path: Path, manifest: dict[str, Any], rel: str, hint: str = "") -> Path:
+    """``run_path/rel`` after checking its sha256 against ``manifest["files"][rel]``; ``hint`` (how
+    to rebuild the file) ends the error message."""
     p = run_path / rel
     expected = manifest.get("files", {}).get(rel)
+    tail = f"; {hint}" if hint else ""
     if expected is None:
-        raise ArtifactError(f"run {run_path}: {rel} is not listed in {MANIFEST}")
+        raise ArtifactError(f"run {run_path}: {rel} is not listed in {MANIFEST}{tail}")
     if not p.is_file():
-        raise ArtifactError(f"run {run_path}: {rel} is missing")
+        raise ArtifactError(f"run {run_path}: {rel} is missing{tail}")
     if sha256_file(p) != expected:
-        raise ArtifactError(f"run {run_path}: {rel} does not match its sha256 in {MANIFEST} (modified or corrupt)")
+        raise ArtifactError(f"run {run_path}: {rel} does not match its sha256 in {MANIFEST} (modified or "
+                            f"corrupt){tail}")
     return p

@@ -458,5 +458,6 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def section_hash(cfg: RunConfig, section: str) -> str:
-    """sha256 of one section of the configuration."""
-    return hashlib.sha256(json.dumps(config_to_dict(getattr(cfg, section)), sort_keys=True).encode()).hexdigest()
+    """sha256 of one section of the configuration (``"report+distill"``: of each, '+'-joined)."""
+    return "+".join(hashlib.sha256(json.dumps(config_to_dict(getattr(cfg, name)), sort_keys=True).encode()).hexdigest()
+                    for name in section.split("+"))

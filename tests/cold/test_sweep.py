@@ -13,7 +13,9 @@ from coarserank.cold.sweep import parse_ks, run_sweep, select_top_k, write_chose
 from coarserank.config import load_config
 from coarserank.data.schema import Field, Schema
 from coarserank.errors import ArtifactError, ConfigError
-from coarserank.pipeline.run import load_context, run
+from coarserank.artifacts import Run
+from coarserank.pipeline.run import run
+from coarserank.pipeline.sweep_stage import SWEEP_READS, sweep_data
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +27,15 @@ FAST = ["cold.epochs=1", "cold.hidden=[16]", "cold.embed_dim=4", "cold.latency_r
 def tiny(tmp_path_factory, tiny_overrides):
     out = tmp_path_factory.mktemp("sweep") / "run"
     run(load_config(overrides=[*tiny_overrides, *FAST]), out)
-    return load_context(out, require=("teacher", "logits"))
+    finished = Run.open(out, require=SWEEP_READS)
+    return sweep_data(finished), finished.models(("teacher", "student"))
 
 
 @pytest.fixture(scope="module")
 def swept(tiny):
-    ctx, models = tiny
+    data, models = tiny
     lines: list[str] = []
-    result = run_sweep(ctx, models, "cold", [2, None], None, lines.append)
+    result = run_sweep(data, models, "cold", [2, None], None, lines.append)
     return result, lines
 
 
@@ -82,67 +85,67 @@ def test_plot_is_written(swept):
 
 
 def test_rerun_reuses_finished_points_without_training(tiny, swept, monkeypatch):
-    ctx, models = tiny
+    data, models = tiny
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished point was trained again")
 
     monkeypatch.setattr(sweep_module, "_train", refuse)
     lines: list[str] = []
-    again = run_sweep(ctx, models, "cold", [2, None], None, lines.append)
+    again = run_sweep(data, models, "cold", [2, None], None, lines.append)
     assert [p["gauc"] for p in again.body["points"]] == [p["gauc"] for p in swept[0].body["points"]]
     assert sum("reusing" in line for line in lines) == 3  # importance and both points
 
 
 def test_interrupted_sweep_recomputes_only_the_missing_point(tiny, swept, monkeypatch):
-    ctx, models = tiny
-    (ctx.run.path / "sweep" / "points" / "cold-k2.json").unlink()
+    data, models = tiny
+    (data.out_dir / "points" / "cold-k2.json").unlink()
     trained: list[tuple[str, ...]] = []
     real = sweep_module._train
 
-    def counting(ctx_, family, fields, *args, **kwargs):
+    def counting(data_, family, fields, *args, **kwargs):
         trained.append(tuple(fields))
-        return real(ctx_, family, fields, *args, **kwargs)
+        return real(data_, family, fields, *args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "_train", counting)
-    run_sweep(ctx, models, "cold", [2, None], None)
+    run_sweep(data, models, "cold", [2, None], None)
     assert len(trained) == 1 and len(trained[0]) == 2
 
 
 def test_budget_no_point_meets_leaves_a_message_and_no_choice(tiny, swept):
-    ctx, models = tiny
-    result = run_sweep(ctx, models, "cold", [2, None], 1e-6)
+    data, models = tiny
+    result = run_sweep(data, models, "cold", [2, None], 1e-6)
     assert result.body["chosen"] is None
     assert "no sweep point meets the p99 latency budget" in result.budget_error
     assert json.loads(result.path.read_text())["budget_note"] == result.budget_error
 
 
 def test_k_larger_than_the_features_is_a_clear_error(tiny):
-    ctx, models = tiny
+    data, models = tiny
     with pytest.raises(ConfigError, match="k=99 is larger than the 12 features the two_tower family can use"):
-        run_sweep(ctx, models, "two_tower", [99], None)
+        run_sweep(data, models, "two_tower", [99], None)
 
 
 def test_a_run_without_a_teacher_is_refused(tiny):
-    ctx, models = tiny
+    data, models = tiny
     with pytest.raises(ArtifactError, match="has no trained teacher"):
-        run_sweep(ctx, {k: v for k, v in models.items() if k != "teacher"}, "cold", [2], None)
+        run_sweep(data, {k: v for k, v in models.items() if k != "teacher"}, "cold", [2], None)
 
 
 def test_chosen_config_restricts_the_features_and_loads(tiny, tmp_path):
-    ctx, _ = tiny
-    path = write_chosen_config(ctx.cfg, ["user_id", "item_id", "topic_match"], tmp_path / "chosen.toml")
+    data, _ = tiny
+    path = write_chosen_config(data.cfg, ["user_id", "item_id", "topic_match"], tmp_path / "chosen.toml")
     cfg = load_config(path)
     assert [f.name for f in cfg.data.features] == ["user_id", "fav_topic", "item_id", "topic"]
     assert [c.name for c in cfg.data.crosses] == ["topic_match"]
     assert cfg.data.history_crosses == () and cfg.run.out == ""
-    assert replace(cfg, data=ctx.cfg.data, run=ctx.cfg.run) == ctx.cfg
+    assert replace(cfg, data=data.cfg.data, run=data.cfg.run) == data.cfg
 
 
 def test_chosen_config_without_an_item_feature_is_refused(tiny, tmp_path):
-    ctx, _ = tiny
+    data, _ = tiny
     with pytest.raises(ConfigError, match="no user-side or no item-side feature"):
-        write_chosen_config(ctx.cfg, ["user_id", "age"], tmp_path / "c.toml")
+        write_chosen_config(data.cfg, ["user_id", "age"], tmp_path / "c.toml")
 
 
 def test_parse_ks_reads_all_and_zero_as_every_field():
@@ -168,13 +171,13 @@ def test_each_point_was_timed_on_its_own_exported_model_with_raw_inputs_as_shipp
 
     from coarserank.serving.onnx_inputs import input_specs
 
-    ctx, _ = tiny
+    data, _ = tiny
     for p in swept[0].body["points"]:
-        path = ctx.run.path / "sweep" / "points" / f"cold-k{p['k']}" / "scorer.onnx"
+        path = data.out_dir / "points" / f"cold-k{p['k']}" / "scorer.onnx"
         assert p["latency"]["onnx_sha256"] == {"scorer.onnx": hashlib.sha256(path.read_bytes()).hexdigest()}
         model = onnx.load(str(path))
         meta = {m.key: m.value for m in model.metadata_props}
         assert meta["fields"].split(",") == p["features"]
-        raw = [s.name for s in input_specs(ctx.encoder, "cold", p["features"])]
+        raw = [s.name for s in input_specs(data.encoder, "cold", p["features"])]
         assert [i.name for i in model.graph.input] == raw
         assert p["latency"]["max_abs_diff"] < 1e-3

@@ -114,10 +114,10 @@ def test_a_run_whose_files_changed_is_refused_by_every_rank_before_anything_is_w
     one, _, _, _ = sweeps
     copy = tmp_path / "changed"
     shutil.copytree(one, copy, ignore=shutil.ignore_patterns("sweep"))
-    with (copy / "logits" / "test.parquet").open("ab") as f:  # one process would redo the stage and write
+    with (copy / "logits" / "test.parquet").open("ab") as f:  # every process reads the run and refuses it
         f.write(b"\0")
     manifest = (copy / "manifest.json").read_bytes()
     proc = _distributed_sweep(copy)
     assert proc.returncode != 0
-    assert proc.stderr.count("the files of stage 'logits' changed since it finished") == 2  # rank 0 and rank 1
+    assert proc.stderr.count("logits/test.parquet does not match its sha256") == 2  # rank 0 and rank 1
     assert (copy / "manifest.json").read_bytes() == manifest and not (copy / "sweep").exists()

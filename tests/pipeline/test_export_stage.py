@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 
 from coarserank.config import load_config
 from coarserank.errors import ArtifactError
-from coarserank.pipeline.export_stage import FILES, rebuild_index, run_stage
+from coarserank.pipeline.export_stage import FILES, rebuild_index
 from coarserank.pipeline.run import load_context, run
 from coarserank.pipeline.rundir import sha256_file
 from coarserank.serving.faiss_index import ItemIndex
@@ -99,18 +98,19 @@ def test_index_queries_are_user_tower_vectors(run_dir: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
 
 
+def _resume(run_dir: Path, *overrides: str) -> None:
+    """Resume the run with other settings: only the stages they change run again."""
+    run(load_config(run_dir / "config.toml", overrides=list(overrides)), run_dir)
+
+
 def test_export_fails_naming_the_check_when_a_difference_exceeds_the_tolerance(copied: Path) -> None:
-    ctx, models = load_context(copied)
-    ctx.cfg = replace(ctx.cfg, serving=replace(ctx.cfg.serving, parity_tolerance=0.0))
-    problem = r"export check failed: .*score_path = .* exceeds the tolerance 0 "
+    problem = r"export check failed: .*score_path = .* exceeds the tolerance 1e-15 "
     with pytest.raises(ArtifactError, match=problem):
-        run_stage(ctx, models)
+        _resume(copied, "serving.parity_tolerance=1e-15")
 
 
 def test_float16_store_is_checked_against_a_widened_tolerance(copied: Path) -> None:
-    ctx, models = load_context(copied)
-    ctx.cfg = replace(ctx.cfg, serving=replace(ctx.cfg.serving, kv_dtype="float16"))
-    run_stage(ctx, models)
+    _resume(copied, 'serving.kv_dtype="float16"')
     checks = json.loads((copied / "manifest.json").read_text())["checks"]["export"]
     a = json.loads((copied / "serving.json").read_text())["score"]["a"]
     assert checks["tolerance"] == pytest.approx(1e-3 + abs(a) * 2.0 ** -11)

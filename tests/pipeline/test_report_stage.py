@@ -24,7 +24,7 @@ from coarserank.pipeline.candidates import (
     sample_items,
     sampling_weights,
 )
-from coarserank.pipeline.report_stage import check_settings, report_run, run_stage
+from coarserank.pipeline.report_stage import check_settings, report_run
 from coarserank.pipeline.run import load_context, run
 
 REPORT = ["report.max_users=60", "report.sampled=150", "report.sizes=[50, 100]", "report.ns=[20, 50, 100]",
@@ -204,8 +204,8 @@ def test_report_json_can_be_recomputed_from_scores_parquet(tiny: Path, scores: p
 
 @pytest.mark.slow
 def test_rebuilding_the_report_gives_the_same_scores(tiny: Path, scores: pl.DataFrame) -> None:
-    out = report_run(tiny)
-    assert pl.read_parquet(out.scores).equals(scores)
+    out = report_run(tiny, force=True)
+    assert out.rebuilt and pl.read_parquet(out.scores).equals(scores)
     saved = json.loads((tiny / "report" / "report.json").read_text())
     assert out.report["consistency"] == saved["consistency"]
 
@@ -223,10 +223,7 @@ def test_report_settings_are_checked(override: dict, message: str) -> None:
 
 @pytest.mark.slow
 def test_a_disabled_report_finishes_as_skipped(tiny: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny, copy)
-    ctx, models = load_context(copy)
-    ctx.cfg = replace(ctx.cfg, report=replace(ctx.cfg.report, enabled=False))
-    run_stage(ctx, models)
+    copy = Path(shutil.copytree(tiny, tmp_path / "run"))
+    run(load_config(copy / "config.toml", overrides=["report.enabled=false"]), copy)  # resumes: report only
     stage = json.loads((copy / "manifest.json").read_text())["stages"]["report"]
     assert stage["status"] == "done" and stage["skipped"] == "report.enabled is false"

@@ -144,7 +144,7 @@ def test_a_changed_file_makes_its_stage_and_everything_downstream_stale(tmp_path
     with _run_with_stages(tmp_path / "run") as run:
         (run.path / "student.out").write_text("tampered")
         messages = run.invalidate_changed()
-        stale = sorted(s for s, e in run.manifest["stages"].items() if e["status"] == "stale")
+        stale = sorted(s for s in run.manifest.stage_names() if run.manifest.stage_status(s) == "stale")
     assert stale == ["export", "metrics", "report", "student"]
     assert messages == [f"run {run.path}: student.out does not match its sha256 in manifest.json (modified or "
                         "corrupt); rebuilding stage 'student', then what depends on it: metrics, export, report"]
@@ -155,13 +155,13 @@ def test_a_changed_file_makes_its_stage_and_everything_downstream_stale(tmp_path
 def test_intact_stages_stay_done(tmp_path: Path) -> None:
     with _run_with_stages(tmp_path / "run") as run:
         assert run.invalidate_changed() == []
-        assert all(e["status"] == "done" for e in run.manifest["stages"].values())
+        assert all(run.manifest.stage_status(s) == "done" for s in run.manifest.stage_names())
 
 
 def test_a_reader_is_told_which_file_changed_and_how_to_rebuild_it(tmp_path: Path) -> None:
     with _run_with_stages(tmp_path / "run") as run:
         (run.path / "teacher.out").unlink()
-        with pytest.raises(ArtifactError, match=r"teacher\.out is missing or does not match its sha256 .* rebuilds "
+        with pytest.raises(ArtifactError, match=r"teacher\.out is missing; `distill run .*` rebuilds "
                                                 r"stage 'teacher'"):
             run.check_intact()
 

@@ -14,7 +14,8 @@ from coarserank.config import load_config
 from coarserank.data.partitions import PartitionedLog, write_partitions
 from coarserank.data.synthetic import generate
 from coarserank.errors import DataError
-from coarserank.pipeline.run import load_context, run
+from coarserank.artifacts import Run
+from coarserank.pipeline.run import run
 from coarserank.pipeline.stream_data import train_logits_path
 
 SMALL = ["teacher.epochs=2", "student.epochs=2", "teacher.hidden=[32]", "student.hidden=[32]", "student.dim=16",
@@ -84,11 +85,14 @@ def test_the_streamed_teacher_learns(streamed):
     assert result.metrics["test"]["teacher"]["auc"] > 0.6
 
 
-def test_a_finished_streaming_run_reloads_for_later_commands(streamed):
+def test_a_finished_streaming_run_reads_back_without_its_log(streamed):
     _, result = streamed
-    ctx, models = load_context(result.run_dir)
-    assert set(models) >= {"teacher", "student", "student_hard"}
-    assert ctx.stream is not None and len(ctx.stream) == ctx.log.split_rows_["train"]
+    finished = Run.open(result.run_dir, require=("data", "teacher", "logits", "student", "student_hard"))
+    assert set(finished.models()) == {"teacher", "student", "student_hard"}
+    data = json.loads((result.run_dir / "manifest.json").read_text())["stages"]["data"]
+    sample = finished.split("train")  # the in-memory train sample, its teacher logits from the partitions
+    assert len(sample) == data["train_sample_rows"] == len(finished.teacher_logits("train"))
+    assert finished.frame().height == data["in_memory_rows"]
 
 
 def test_a_corrupt_partition_fails_the_data_stage_with_its_name(tmp_path):

@@ -12,7 +12,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
 
 from coarserank.errors import ConfigError, DataError
-from coarserank.ranking_eval.metrics import auc, calibration, gauc, logloss, ndcg_at_k
+from coarserank.ranking_eval.calibration import calibration
+from coarserank.ranking_eval.metrics import auc, gauc, logloss, ndcg_at_k
 
 GROUP_ID_KINDS = ["int", "sparse_int", "negative_int", "str", "object"]
 

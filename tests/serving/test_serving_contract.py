@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from coarserank.cli import distill
 from coarserank.config import load_config
-from coarserank.pipeline.export_stage import rebuild_index, run_identifier
+from coarserank.artifacts import Manifest
+from coarserank.pipeline.export_stage import rebuild_index
 from coarserank.pipeline.run import load_context, run
 from coarserank.serving.faiss_index import sidecar_path
 from coarserank.serving.kv_file import FileKVStore
@@ -60,9 +61,9 @@ def test_the_run_id_is_no_file_hash(run_dir: Path) -> None:
 
 def test_the_run_id_follows_the_student_and_is_recomputed_from_the_manifest(run_dir: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert run_identifier(manifest) == _run_ids(run_dir)["serving.json"]
+    assert Manifest(manifest).run_id == _run_ids(run_dir)["serving.json"]
     retrained = {**manifest, "files": {**manifest["files"], "student.pt": "0" * 64}}
-    assert run_identifier(retrained) != run_identifier(manifest)
+    assert Manifest(retrained).run_id != Manifest(manifest).run_id
 
 
 def test_a_rebuilt_index_keeps_the_run_id(run_dir: Path, tmp_path: Path) -> None:

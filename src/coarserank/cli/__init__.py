@@ -7,6 +7,7 @@ and a non-zero exit; ``distill --traceback ...`` shows the full traceback instea
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import sys
 import warnings
@@ -18,7 +19,14 @@ import click
 from coarserank import __version__
 from coarserank.errors import CoarseRankError, CoarseRankWarning
 
-__all__ = ["distill", "main"]
+__all__ = ["COMMANDS", "distill", "main"]
+
+
+COMMANDS = {"run": "run_cmd", "report": "report_cmd", "rank": "serve_cmds", "bench": "serve_cmds",
+            "index": "serve_cmds", "recall": "serve_cmds", "publish": "serve_cmds", "sweep": "sweep_cmd",
+            "describe": "describe_cmd"}
+"""Command -> the module of ``coarserank.cli`` that defines it, imported when the command is used
+(so ``distill report`` does not load LightGBM, ONNX or Faiss)."""
 
 # Before torch and LightGBM load their OpenMP runtimes: threads that finish a parallel region early
 # sleep instead of spinning, which loses most on a shared or quota-limited machine (docs/config.md,
@@ -40,6 +48,14 @@ def _one_line(exc: BaseException) -> str | None:
 
 
 class _Group(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"coarserank.cli.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -79,20 +95,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
-def _register() -> None:
-    from coarserank.cli import (  # noqa: F401  (commands attach themselves)
-        describe_cmd,
-        report_cmd,
-        run_cmd,
-        serve_cmds,
-        sweep_cmd,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``distill``."""
-    _register()
     distill.main(args=argv if argv is not None else sys.argv[1:], prog_name="distill")
-
-
-_register()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from coarserank.cli import distill
-from coarserank.serving.describe import describe_run, format_description
+from coarserank import describe_run, format_description
 
 __all__ = ["describe_command"]
 

@@ -54,15 +54,17 @@ def format_summary(report: dict[str, Any]) -> str:
 @click.option("--bootstrap", type=click.IntRange(min=1), default=200, show_default=True,
               help="Bootstrap replicates for --scores confidence intervals.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed for --scores.")
+@click.option("--force", is_flag=True, help="With --run: rebuild the report even when it is current.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary.")
 def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: str | None, out: Path | None,
-                   bootstrap: int, seed: int, quiet: bool) -> None:
+                   bootstrap: int, seed: int, force: bool, quiet: bool) -> None:
     """Ranking-consistency report: report.json and a self-contained report.html.
 
     Label metrics, teacher-student consistency on production-like candidate sets, segments and
     the distillation gain with its confidence interval.
 
-    Either --run DIR (also done at the end of `distill run`), or --scores A --scores B [--labels L] --out DIR
+    Either --run DIR (also done at the end of `distill run`; reads the run, writes DIR/report only, and
+    leaves a current report as it is unless --force), or --scores A --scores B [--labels L] --out DIR
     to compare any two scorers, e.g. a production ranker's logged scores against the student's.
     """
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
@@ -72,8 +74,10 @@ def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: s
         if out is not None or labels is not None:
             raise click.UsageError("--out and --labels apply to --scores; a run's report goes to DIR/report")
         with RunDir.writer(run_dir):  # one writer at a time; a read-only directory fails here, in one line
-            result = report_run(run_dir, progress=echo)
+            result = report_run(run_dir, progress=echo, force=force)
     else:
+        if force:
+            raise click.UsageError("--force applies to --run: --scores always builds its report")
         if len(score_files) < 2:
             raise click.UsageError("--scores needs at least two files: the reference and a scorer to compare")
         if out is None:
@@ -82,4 +86,5 @@ def report_command(run_dir: Path | None, score_files: tuple[str, ...], labels: s
                                 progress=echo)
     click.echo(format_summary(result.report))
     if quiet or run_dir is None:  # otherwise the report's own progress line already said where and how long
-        click.echo(f"report: {result.html}  ({result.seconds:.1f}s)")
+        state = "" if result.rebuilt else ", current: not rebuilt"
+        click.echo(f"report: {result.html}  ({result.seconds:.1f}s{state})")

@@ -10,11 +10,8 @@ import click
 
 from coarserank.cli import distill
 from coarserank.pipeline.export_stage import bench_run, rebuild_index
+from coarserank import CoarseRanker, Recaller, has_recall_model, open_ranker, parse_user, publish_run, read_candidates
 from coarserank.pipeline.rundir import RunDir
-from coarserank.serving.cold_ranker import open_ranker
-from coarserank.serving.ranker import CoarseRanker, parse_user, read_candidates
-from coarserank.serving.recall import Recaller, has_recall_model
-from coarserank.serving.run_files import publish_run
 from coarserank.threads import resolve_threads
 
 __all__ = ["rank_command", "bench_command", "index_command", "recall_command", "publish_command", "format_bench",

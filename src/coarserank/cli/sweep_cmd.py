@@ -9,38 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from coarserank.cli import distill
-from coarserank.cli.run_cmd import _relaunch
-from coarserank.cold.sweep import CandidateSets, parse_ks, resolve_ks, run_sweep, write_chosen_config
-from coarserank.distill.distributed import broadcast_object, current, init_from_env, shutdown
-from coarserank.distill.tensors import make_table
-from coarserank.distill.train import predict
-from coarserank.errors import ArtifactError, CoarseRankError
+from coarserank.pipeline.launch import current, join, relaunch, shutdown, sweep_relaunch_args
 from coarserank.pipeline.rundir import RunDir
-from coarserank.pipeline.run import load_context
+from coarserank.pipeline.sweep_stage import SWEEP_DEVICE, parse_ks, sweep_run
 
-__all__ = ["sweep_command", "format_sweep", "report_candidates"]
-
-SWEEP_DEVICE = "cpu"  # load_context's device: the sweep trains on CPU (ONNX Runtime times on CPU too)
-
-
-def report_candidates(ctx: Any, teacher: Any) -> CandidateSets:
-    """The report's candidate sets (test exposures + ``report.sampled`` catalogue items per user), encoded."""
-    from coarserank.pipeline.report_stage import candidate_sets  # the report's own builder
-
-    sets = candidate_sets(ctx, None)
-    idx = sets.exposed["_i"].to_numpy()
-    sampled = ctx.encoder.transform(sets.sampled)
-    n = sets.sampled.height
-    z = predict(teacher, make_table(sampled, np.zeros(n), np.zeros(n, dtype=np.int64)), ctx.device)
-    inputs = {k: np.concatenate([ctx.encoded["test"][k][idx], sampled[k]]) for k in ctx.schema.names}
-    groups = np.concatenate([sets.exposed["_u"].to_numpy(), sets.sampled["_u"].to_numpy()])
-    r = ctx.cfg.report
-    return CandidateSets(inputs, groups, np.concatenate([ctx.logits["test"]["teacher"][idx], z]),
-                         f"the report's candidate sets: each selected test user's test exposures plus {r.sampled} "
-                         f"catalogue items sampled by {r.sampling} (max_users {r.max_users}, seed {ctx.cfg.run.seed})")
+__all__ = ["sweep_command", "format_sweep"]
 
 
 def format_sweep(body: dict[str, Any]) -> str:
@@ -95,8 +70,8 @@ def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: 
     """
     k_list = parse_ks(ks) if ks is not None else None  # a malformed --k fails before any relaunch
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        raise SystemExit(_relaunch_sweep(nproc))
-    info = init_from_env(os.environ, SWEEP_DEVICE)
+        raise SystemExit(relaunch(nproc, sweep_relaunch_args(sys.argv[1:])))
+    info = join(os.environ, SWEEP_DEVICE)
     try:
         with RunDir.writer(run_dir) if info.is_main else contextlib.nullcontext():  # rank 0 alone writes
             _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
@@ -105,36 +80,14 @@ def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: 
         shutdown()
 
 
-def _relaunch_sweep(nproc: int) -> int:
-    """:func:`coarserank.cli.run_cmd._relaunch` with ``--run`` spelled ``--run-dir``: torchrun's
-    argument parser takes ``--run`` anywhere on its command line for an ambiguous abbreviation of its
-    own ``--run-path`` and refuses to start."""
-    return _relaunch(nproc, ["--run-dir" if a == "--run" else "--run-dir=" + a[len("--run="):]
-                             if a.startswith("--run=") else a for a in sys.argv[1:]])
-
-
 def _sweep(run_dir: Path, family: str | None, k_list: list[int | None] | None, budget_ms: float | None,
            rank_by: str | None, candidate_mode: str, write_config: Path | None, quiet: bool) -> None:
     """The sweep on this process: every rank trains; rank 0 alone measures, writes and prints."""
-    main = current().is_main
     echo = (lambda _m: None) if quiet else (lambda m: click.echo(m, err=True))
-    if current().world > 1:
-        _check_nothing_to_repair(run_dir, ("config", "data", "teacher", "logits"))
-    ctx, models = load_context(run_dir, progress=echo, device=SWEEP_DEVICE, require=("teacher", "logits"))
-    if not main:  # a read-only view: this rank never writes the run directory
-        ctx.run = RunDir(ctx.run.path, ctx.run.manifest, writable=False)
-    cold = ctx.cfg.cold
-    budget = cold.budget_ms if budget_ms is None else budget_ms
-    family = family or cold.family
-    k_list = k_list if k_list is not None else parse_ks(list(cold.k))
-    resolve_ks(k_list, ctx.schema, family)  # a bad k fails before the candidate sets are built
-    candidates = None
-    if main and candidate_mode == "report" and "teacher" in models:  # only rank 0 measures
-        echo("sweep: building the report's candidate sets")
-        candidates = report_candidates(ctx, models["teacher"])
-    result = run_sweep(ctx, models, family, k_list, budget if budget else None, echo, rank_by=rank_by,
-                       candidates=candidates)
-    if not main:
+    result = sweep_run(run_dir, family=family, ks=k_list, budget_ms=budget_ms, rank_by=rank_by,
+                       candidates="report" if candidate_mode == "report" else "exposures",
+                       write_config=write_config, progress=echo)
+    if not current().is_main:
         if result.budget_error:
             raise SystemExit(1)  # rank 0 prints the message
         return
@@ -142,28 +95,5 @@ def _sweep(run_dir: Path, family: str | None, k_list: list[int | None] | None, b
     click.echo(f"sweep: {result.path}  plot: {result.plot}")
     if result.budget_error:
         raise click.ClickException(result.budget_error)
-    if write_config is not None:
-        chosen = result.body["points"][result.body["chosen"]]
-        path = write_chosen_config(ctx.cfg, chosen["features"], write_config, family=result.body["family"])
-        click.echo(f"chosen config (k={chosen['k']}): {path}")
-
-
-def _check_nothing_to_repair(run_dir: Path, stages: tuple[str, ...]) -> None:
-    """Distributed sweeps: make sure :func:`load_context` will only read. It would redo (and write) a
-    finished stage whose files no longer match their hashes; rank 0 checks, and every rank raises
-    the same error when one would be redone."""
-    error: CoarseRankError | None = None
-    if current().is_main:
-        try:
-            run_ = RunDir.open(run_dir, require=stages)
-            changed = [s for s in stages if not run_.is_done(s)]
-            if changed:
-                error = ArtifactError(
-                    f"run {run_dir}: the files of stage {changed[0]!r} changed since it finished; a "
-                    "distributed sweep only reads the run: resume it with `distill run` first (or sweep "
-                    "with one process)")
-        except CoarseRankError as exc:
-            error = exc
-    error = broadcast_object(error)
-    if error is not None:
-        raise error
+    if result.chosen_config is not None:
+        click.echo(f"chosen config (k={result.body['points'][result.body['chosen']]['k']}): {result.chosen_config}")

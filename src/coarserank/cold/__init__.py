@@ -13,7 +13,6 @@ from coarserank.cold.importance import (
 from coarserank.cold.latency import LatencyResult, cold_latency, two_tower_latency
 from coarserank.cold.pareto import choose_under_budget, pareto_flags
 from coarserank.cold.sweep import CandidateSets, SweepResult, parse_ks, run_sweep, write_chosen_config
-from coarserank.layers import SEGate
 from coarserank.student.cold import ColdModel, build_cold_model
 
 __all__ = [
@@ -21,7 +20,6 @@ __all__ = [
     "ColdModel",
     "Importance",
     "LatencyResult",
-    "SEGate",
     "SweepResult",
     "build_cold_model",
     "choose_under_budget",

@@ -8,6 +8,7 @@ The choice under a budget is the point with the highest GAUC among those whose p
 most the budget; ties in GAUC go to the lower p99, then to the earlier point. Without a budget the
 highest-GAUC point overall is chosen. When no point meets the budget, :func:`choose_under_budget`
 raises a :class:`~coarserank.errors.ConfigError` that names the fastest point and its latency.
+:func:`write_chosen_config` turns the chosen point's features into a config for ``distill run``.
 
 Example
 -------
@@ -20,11 +21,15 @@ Example
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
+from coarserank.atomic import atomic_write_text
+from coarserank.config import ColdStudentOptions, DataConfig, RunConfig, dump_config, load_config
 from coarserank.errors import ConfigError, DataError
 
-__all__ = ["pareto_flags", "choose_under_budget", "check_budget"]
+__all__ = ["pareto_flags", "choose_under_budget", "check_budget", "write_chosen_config"]
 
 
 def _checked(quality: Sequence[float], latency: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -102,3 +107,48 @@ def choose_under_budget(quality: Sequence[float], latency: Sequence[float], budg
                           f"(#{fastest}) needs {t[fastest]:.3f} ms; raise the budget to at least that or "
                           "sweep smaller k")
     return min(within, key=lambda i: (-q[i], t[i], i))
+
+
+def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str, family: str = "two_tower") -> Path:
+    """Write the run's configuration for the chosen point, for ``distill run --config``.
+
+    ``cold``: the chosen COLD model becomes the run's student (``student.family = "cold"``,
+    ``student.cold.features`` the chosen fields, its sizes and schedule those of ``[cold]``), so the
+    run trains, distils and serves it; the data (and so the teacher) is unchanged.
+
+    ``two_tower``: ``data`` is restricted to ``features``. Chosen crosses keep the features they are
+    built from; a cross (or history cross) stays when it was chosen or when every feature it needs
+    was chosen. ``run.out`` and ``run.name`` are cleared either way.
+
+    Raises
+    ------
+    ConfigError
+        If the chosen features cannot make a two-tower run (no user-side or no item-side feature).
+    """
+    if family == "cold":
+        c = cfg.cold
+        student = replace(cfg.student, family="cold", cold=ColdStudentOptions(features=tuple(features)),
+                          embed_dim=c.embed_dim, hidden=c.hidden, dropout=0.0, lr=c.lr, weight_decay=0.0,
+                          batch_size=c.batch_size, epochs=c.epochs, patience=c.patience)
+        out = replace(cfg, student=student, run=replace(cfg.run, out="", name=""))
+        what = "student.family = \"cold\" over the chosen point's fields"
+    else:
+        out = replace(cfg, data=_chosen_data(cfg.data, features), run=replace(cfg.run, out="", name=""))
+        what = "data.features, data.crosses and data.history_crosses restricted to the chosen point"
+    header = (f"# Written by `distill sweep --write-config`: the swept run's configuration with {what}:\n"
+              f"# {', '.join(features)}.\n# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
+    target = atomic_write_text(Path(path), header + dump_config(out))
+    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
+    return target
+
+
+def _chosen_data(d: DataConfig, features: Sequence[str]) -> DataConfig:
+    chosen = set(features)
+    crosses = tuple(c for c in d.crosses if c.name in chosen or {c.a, c.b} <= chosen)
+    history = tuple(h for h in d.history_crosses if h.name in chosen or {h.key, h.over} <= chosen)
+    needed = chosen | {p for c in crosses for p in (c.a, c.b)} | {p for h in history for p in (h.key, h.over)}
+    kept = tuple(f for f in d.features if f.name in needed)
+    if not {"user", "item"} <= {f.side for f in kept}:
+        raise ConfigError(f"the chosen features ({', '.join(features)}) leave no user-side or no item-side "
+                          "feature; `distill run` trains a two-tower student and needs both")
+    return replace(d, features=kept, crosses=crosses, history_crosses=history)

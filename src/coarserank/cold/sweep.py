@@ -1,7 +1,8 @@
 """COLD-style feature-selection sweep: top-k features -> distilled coarse model -> quality and cost.
 
-:func:`run_sweep` works on a finished run (data, teacher and its logits) and writes ``sweep/`` in the
-run directory (the file format is documented in ``docs/sweep.md``):
+:func:`run_sweep` works on a finished run's typed data (:class:`SweepData`: the encoded splits, the
+teacher's logits, the run's fingerprints) and writes ``sweep/`` (``SweepData.out_dir``; the file
+format is documented in ``docs/sweep.md``):
 
 1. Importance (:mod:`coarserank.cold.importance`): SE gates of a COLD model on every field, LightGBM
    gain, and permutation importance of the family's model on all its fields (``two_tower``: the
@@ -12,8 +13,8 @@ run directory (the file format is documented in ``docs/sweep.md``):
    if the top-k lacks a tower's side, its lowest-ranked pick is swapped for that side's best field).
    The family's model is trained on them with :func:`coarserank.distill.train.fit` and the run's
    distillation loss, then measured: validation GAUC (of its best epoch, the weights kept), test AUC
-   and GAUC, Recall@10-in-100 against the teacher on the candidate sets, ONNX Runtime latency (:mod:`coarserank.cold.latency`) and cost
-   (:mod:`coarserank.cold.cost`). Saved to ``sweep/points/<family>-k<k>.json`` (+ its ONNX files).
+   and GAUC, Recall@10-in-100 against the teacher on the candidate sets, ONNX Runtime latency
+   (:mod:`coarserank.cold.latency`) and cost (:mod:`coarserank.cold.cost`). Saved to ``sweep/points/<family>-k<k>.json`` (+ its ONNX files).
 3. Pareto flags of validation GAUC against p99 latency (1 intra-op thread), the choice under the
    budget (:mod:`coarserank.cold.pareto`), ``sweep/sweep.json`` and ``sweep/frontier.png``. The
    choice never looks at the test split: test GAUC is reported beside it, as the unbiased estimate
@@ -38,7 +39,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -57,9 +58,12 @@ from coarserank.cold.importance import (
     soft_label_loss,
 )
 from coarserank.cold.latency import cold_latency, two_tower_latency
-from coarserank.cold.pareto import check_budget, choose_under_budget, pareto_flags
-from coarserank.config import ColdStudentOptions, DataConfig, RunConfig, config_to_dict, dump_config, load_config
+from coarserank.cold.pareto import check_budget, choose_under_budget, pareto_flags, write_chosen_config
+from coarserank.config import RunConfig, config_to_dict
+from coarserank.data.encode import Encoder
 from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
+from coarserank.data.dataset import EncodedSplit
+from coarserank.data.splits import CandidateSets
 from coarserank.distill.distributed import broadcast_object, current
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import EpochInfo, FitSettings, fit, predict
@@ -69,7 +73,8 @@ from coarserank.student import TwoTower, build_student
 from coarserank.student.cold import build_cold_model
 from coarserank.threads import apply_threads, explain_threads
 
-__all__ = ["FAMILIES", "CandidateSets", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields", "select_top_k",
+__all__ = ["FAMILIES", "CandidateSets", "SweepData", "SweepResult", "parse_ks", "resolve_ks", "eligible_fields",
+           "select_top_k",
            "run_sweep", "write_chosen_config", "SWEEP_FORMAT"]
 
 FAMILIES = ("cold", "two_tower")
@@ -79,23 +84,38 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class CandidateSets:
-    """Encoded candidate rows grouped into sets, with the teacher's logit per row."""
+class SweepData:
+    """What a sweep reads from a finished run, passed explicitly.
 
-    inputs: dict[str, np.ndarray]
-    groups: np.ndarray
-    teacher: np.ndarray
-    description: str
+    ``splits`` holds the encoded train, valid and test splits, ``teacher`` the teacher's logits for
+    each (same row order), ``test_rows`` the raw test rows with the ``encoder`` that encodes them
+    (what a served model receives), ``identity`` what identifies the run's trained models (config
+    hash, data fingerprint, teacher checkpoint hash: a reused point must match them), ``out_dir``
+    where ``sweep/`` goes and ``label`` how ``sweep.json`` names the run.
+    """
+
+    cfg: RunConfig
+    schema: Schema
+    encoder: Encoder
+    test_rows: pl.DataFrame
+    splits: Mapping[str, EncodedSplit]
+    teacher: Mapping[str, np.ndarray]
+    identity: Mapping[str, str | None]
+    out_dir: Path
+    device: torch.device
+    label: str
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    """``sweep.json``'s body, where it went, and the budget message when no point met it."""
+    """``sweep.json``'s body, where it went, the budget message when no point met it, and the config
+    of the chosen point when one was written."""
 
     body: dict[str, Any]
     path: Path
     plot: Path
     budget_error: str | None = None
+    chosen_config: Path | None = None
 
 
 def parse_ks(text: str | Sequence[int | str]) -> list[int | None]:
@@ -170,11 +190,10 @@ def resolve_ks(ks: Sequence[int | None], schema: Schema, family: str) -> list[in
     return out
 
 
-def _fingerprint(ctx: Any, family: str, extra: dict[str, Any]) -> str:
-    cfg: RunConfig = ctx.cfg
-    m = ctx.run.manifest
-    body = {"format": SWEEP_FORMAT, "config": m.get("config_hash"), "data": m.get("data_fingerprint"),
-            "teacher": m.get("files", {}).get("teacher.pt"), "family": family,
+def _fingerprint(data: SweepData, family: str, extra: dict[str, Any]) -> str:
+    cfg = data.cfg
+    body = {"format": SWEEP_FORMAT, "config": data.identity.get("config"), "data": data.identity.get("data"),
+            "teacher": data.identity.get("teacher"), "family": family,
             "cold": config_to_dict(replace(cfg.cold, family="cold", k=(), budget_ms=0.0, rank_by="se")),
             "student": config_to_dict(cfg.student), "distill": config_to_dict(cfg.distill), **extra}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
@@ -190,10 +209,10 @@ def _read_if_current(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) and body.get("fingerprint") == fingerprint else None
 
 
-def _table(ctx: Any, split: str, fields: Sequence[str], teacher: bool = False) -> TensorTable:
-    t = ctx.tables[split]
-    table = TensorTable({f: t.inputs[f] for f in fields}, t.label, t.group)
-    return table.with_teacher(ctx.logits[split]["teacher"]) if teacher else table
+def _table(data: SweepData, split: str, fields: Sequence[str], teacher: bool = False) -> TensorTable:
+    s = data.splits[split]
+    return make_table({f: s.inputs[f] for f in fields}, s.label, s.group,
+                      data.teacher[split] if teacher else None)
 
 
 def _epochs(progress: Progress, what: str) -> Callable[[EpochInfo], None]:
@@ -203,11 +222,11 @@ def _epochs(progress: Progress, what: str) -> Callable[[EpochInfo], None]:
     return show
 
 
-def _train(ctx: Any, family: str, fields: Sequence[str], progress: Progress, what: str,
+def _train(data: SweepData, family: str, fields: Sequence[str], progress: Progress, what: str,
            gate_l1: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
-    cfg: RunConfig = ctx.cfg
+    cfg = data.cfg
     torch.manual_seed(cfg.run.seed)
-    schema = ctx.schema.select(names=fields)
+    schema = data.schema.select(names=fields)
     listwise = cfg.distill.alpha > 0 and cfg.distill.soft == "listwise"
     if family == "cold":
         c = cfg.cold
@@ -219,44 +238,45 @@ def _train(ctx: Any, family: str, fields: Sequence[str], progress: Progress, wha
         model = build_student(schema, s)
         settings = FitSettings(s.lr, s.batch_size, s.epochs, s.patience, s.weight_decay, cfg.run.seed, listwise)
         loss = soft_label_loss(cfg.distill)
-    result = fit(model, loss, _table(ctx, "train", fields, teacher=True), _table(ctx, "valid", fields), settings,
-                 ctx.device, _epochs(progress, what))
+    result = fit(model, loss, _table(data, "train", fields, teacher=True), _table(data, "valid", fields), settings,
+                 data.device, _epochs(progress, what))
     return model, {"best_epoch": result.best_epoch, "best_valid_gauc": result.best_valid_gauc,
                    "epochs": len(result.history), "train_seconds": round(result.train_seconds, 3)}
 
 
-def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: Progress) -> dict[str, Any]:
+def _importance(data: SweepData, models: Mapping[str, nn.Module], family: str,
+                progress: Progress) -> dict[str, Any]:
     """The importance body (rank 0's on every rank): reused from its file or computed. The models
     are trained on every rank (DDP); the scores are computed and written by rank 0 alone."""
-    cfg: RunConfig = ctx.cfg
+    cfg, schema = data.cfg, data.schema
     main = current().is_main
-    path = ctx.run.path / "sweep" / f"importance-{family}.json"
-    fingerprint = _fingerprint(ctx, family, {"what": "importance", "gbdt": config_to_dict(cfg.gbdt)})
+    path = data.out_dir / f"importance-{family}.json"
+    fingerprint = _fingerprint(data, family, {"what": "importance", "gbdt": config_to_dict(cfg.gbdt)})
     done = broadcast_object(_read_if_current(path, fingerprint) if main else None)
     if done is not None:
         progress(f"sweep: importance ({family}) already computed, reusing {path.name}")
         return done
     start = time.perf_counter()
     progress("sweep: importance 1/3: COLD model with SE gates on every field")
-    se_model, _ = _train(ctx, "cold", ctx.schema.names, progress, "importance se", cfg.cold.gate_l1)
-    fields = eligible_fields(ctx.schema, family)
+    se_model, _ = _train(data, "cold", schema.names, progress, "importance se", cfg.cold.gate_l1)
+    fields = eligible_fields(schema, family)
     if family == "cold":
         swept, which = se_model, "the SE importance model (COLD, every field)"
     elif "student" in models and isinstance(models["student"], TwoTower):
         swept, which = models["student"], "the run's distilled two-tower student (every user/context/item field)"
     else:
-        swept, _ = _train(ctx, "two_tower", fields, progress, "importance two_tower")
+        swept, _ = _train(data, "two_tower", fields, progress, "importance two_tower")
         which = "a two-tower model distilled here on every user/context/item field"
     if not main:  # the rest trains nothing: rank 0 scores, writes and broadcasts
         return broadcast_object(None)
-    se = se_importance(se_model, _table(ctx, "valid", ctx.schema.names), ctx.device)
+    se = se_importance(se_model, _table(data, "valid", schema.names), data.device)
     progress("sweep: importance 2/3: LightGBM gain")
-    y = {s: ctx.frames[s]["_label"].to_numpy() for s in ("train", "valid")}
-    gb = gbdt_importance(ctx.schema, ctx.encoded["train"], y["train"], ctx.encoded["valid"], y["valid"], cfg.gbdt,
+    train, valid = data.splits["train"], data.splits["valid"]
+    gb = gbdt_importance(schema, train.fields(schema), train.label, valid.fields(schema), valid.label, cfg.gbdt,
                          seed=cfg.run.seed, threads=torch.get_num_threads())  # the run's thread policy
     progress(f"sweep: importance 3/3: permutation importance of {which}")
-    perm = permutation_importance(swept, _table(ctx, "valid", ctx.schema.names), fields,
-                                  repeats=cfg.cold.permutation_repeats, seed=cfg.run.seed, device=ctx.device)
+    perm = permutation_importance(swept, _table(data, "valid", schema.names), fields,
+                                  repeats=cfg.cold.permutation_repeats, seed=cfg.run.seed, device=data.device)
     methods = [se, gb, perm]
     body = {"fingerprint": fingerprint, "family": family, "permutation_model": which,
             "methods": {m.method: m.to_json() for m in methods}, "agreement_kendall_tau_b": rank_agreement(methods),
@@ -265,33 +285,34 @@ def _importance(ctx: Any, models: dict[str, nn.Module], family: str, progress: P
     return broadcast_object(body)
 
 
-def _exposure_sets(ctx: Any) -> CandidateSets:
-    return CandidateSets(ctx.encoded["test"], ctx.frames["test"]["_group"].to_numpy(),
-                         ctx.logits["test"]["teacher"], "each test group's own test exposures")
+def _exposure_sets(data: SweepData) -> CandidateSets:
+    test = data.splits["test"]
+    return CandidateSets(test.fields(data.schema), test.group, data.teacher["test"],
+                         "each test group's own test exposures")
 
 
-def _latency_rows(ctx: Any, n: int) -> pl.DataFrame:
+def _latency_rows(data: SweepData, n: int) -> pl.DataFrame:
     """``n`` raw test rows (repeated when the split has fewer): one request's candidates."""
-    test = ctx.frames["test"]
+    test = data.test_rows
     return test[np.arange(n) % test.height]
 
 
-def _measure_point(ctx: Any, model: nn.Module, family: str, fields: list[str], sets: CandidateSets,
+def _measure_point(data: SweepData, model: nn.Module, family: str, fields: list[str], sets: CandidateSets,
                    out_dir: Path) -> dict[str, Any]:
-    cfg: RunConfig = ctx.cfg
-    test = ctx.frames["test"]
-    y, groups = test["_label"].to_numpy(), test["_group"].to_numpy()
-    z = predict(model, _table(ctx, "test", fields), ctx.device)
+    cfg = data.cfg
+    test = data.splits["test"]
+    y, groups = test.label, test.group
+    z = predict(model, _table(data, "test", fields), data.device)
     p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
     cand = make_table({f: sets.inputs[f] for f in fields}, np.zeros(len(sets.groups)), np.zeros(len(sets.groups)))
-    s = predict(model, cand, ctx.device)
+    s = predict(model, cand, data.device)
     try:
         recall: float | None = recall_k_in_n(sets.teacher, s, sets.groups, RECALL_K, RECALL_N).value
     except DataError:
         recall = None
-    rows = _latency_rows(ctx, cfg.cold.candidates)
+    rows = _latency_rows(data, cfg.cold.candidates)
     timer = cold_latency if family == "cold" else two_tower_latency
-    lat = timer(model, ctx.encoder, rows, out_dir, opset=cfg.serving.opset,  # type: ignore[operator]
+    lat = timer(model, data.encoder, rows, out_dir, opset=cfg.serving.opset,  # type: ignore[operator]
                 repeats=cfg.cold.latency_repeats, warmup=cfg.cold.latency_warmup)
     primary = lat.timings["threads_1"]
     cost = point_cost(model, out_dir, cfg.cold.candidates)
@@ -331,15 +352,17 @@ def _plot(points: list[dict[str, Any]], chosen: int | None, budget: float | None
     return path
 
 
-def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[int | None],
+def run_sweep(data: SweepData, models: Mapping[str, nn.Module], family: str, ks: Sequence[int | None],
               budget_ms: float | None, progress: Progress | None = None, *, rank_by: str | None = None,
               candidates: CandidateSets | None = None) -> SweepResult:
     """Sweep the top-k features of a finished run (see the module docstring); writes ``sweep/``.
 
     Parameters
     ----------
-    ctx, models : RunContext, dict[str, nn.Module]
-        A finished run as :func:`coarserank.pipeline.run.load_context` returns it.
+    data : SweepData
+        The finished run's encoded splits, teacher logits and identity.
+    models : Mapping[str, nn.Module]
+        The run's trained models: ``teacher`` (required) and ``student`` when it exists.
     family : str
         ``cold`` or ``two_tower``.
     ks : Sequence[int | None]
@@ -367,9 +390,9 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     """
     main = current().is_main
     say = progress if progress is not None and main else (lambda _m: None)
-    cfg: RunConfig = ctx.cfg
-    if "teacher" not in models or "teacher" not in ctx.logits.get("train", {}):
-        raise ArtifactError(f"run {ctx.run.path} has no trained teacher (or no teacher logits); the sweep "
+    cfg = data.cfg
+    if "teacher" not in models or "train" not in data.teacher:
+        raise ArtifactError(f"run {data.label} has no trained teacher (or no teacher logits); the sweep "
                             "distils from them: finish the run with `distill run` first")
     rank_by = rank_by or cfg.cold.rank_by
     if rank_by not in ("se", "gbdt", "permutation"):
@@ -378,28 +401,34 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
     threads, why = explain_threads(cfg.run.threads, processes=current().world)
     apply_threads(threads)
     say(f"sweep: {why}")
-    resolved = resolve_ks(ks, ctx.schema, family)
-    sets = candidates or _exposure_sets(ctx)
+    resolved = resolve_ks(ks, data.schema, family)
+    sets = candidates or _exposure_sets(data)
+    if sets.teacher is None:
+        raise ConfigError("the sweep's candidate sets need the teacher's logit per row (CandidateSets.teacher)")
     start = time.perf_counter()
-    importance = _importance(ctx, models, family, say)
+    importance = _importance(data, models, family, say)
     ranking = Importance.from_json(importance["methods"][rank_by]).ranking()
-    fingerprint = _fingerprint(ctx, family, {"what": "point", "candidates": sets.description,
-                                             "timed_graph": "raw inputs, as shipped"})
-    # rank 0 decides what is reused and broadcasts the plan: every rank trains the same points in order
-    reused: dict[int, dict[str, Any]] = {}  # rank 0 only
-    plan: list[tuple[int, list[str], bool]] = []  # (k, features, train it)
-    if main:
-        for k in resolved:
-            features = select_top_k(ranking, ctx.schema, family, k)
-            done = _read_if_current(_point_path(ctx, family, k), fingerprint)
-            if done is not None and done.get("features") == features:
-                reused[k] = done
-            plan.append((k, features, k not in reused))
-    plan = broadcast_object(plan)
+    fingerprint = _fingerprint(data, family, {"what": "point", "candidates": sets.description,
+                                              "timed_graph": "raw inputs, as shipped"})
+    plan, reused = _plan(data, family, resolved, ranking, fingerprint)
+    points = _points(data, family, plan, reused, sets, {"rank_by": rank_by, "fingerprint": fingerprint}, say)
+    if not main:
+        shared = broadcast_object(None)  # rank 0's (body, budget error)
+        return SweepResult(shared[0], data.out_dir / "sweep.json", data.out_dir / shared[0]["plot"], shared[1])
+    head = {"format": SWEEP_FORMAT, "run": data.label, "family": family, "rank_by": rank_by, "budget_ms": budget}
+    result = _finish(data, head, points, importance, sets.description, start)
+    broadcast_object((result.body, result.budget_error))
+    return result
+
+
+def _points(data: SweepData, family: str, plan: list[tuple[int, list[str], bool]], reused: dict[int, dict[str, Any]],
+            sets: CandidateSets, extra: dict[str, Any], say: Progress) -> list[dict[str, Any]]:
+    """Train every planned point (every rank), measure and write it (rank 0); rank 0's points."""
+    main = current().is_main
     points: list[dict[str, Any]] = []
     for i, (k, features, train_it) in enumerate(plan, 1):
         name = f"{family}-k{k}"
-        path = _point_path(ctx, family, k)
+        path = _point_path(data, family, k)
         if not train_it:
             if main:
                 done = reused[k]
@@ -410,22 +439,41 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
             continue
         say(f"sweep [{i}/{len(plan)}] {name}: training on {', '.join(features)}")
         t0 = time.perf_counter()
-        model, train = _train(ctx, family, features, say, f"sweep {name}")
+        model, train = _train(data, family, features, say, f"sweep {name}")
         if not main:  # on to the next fit; rank 0 measures (alone on the machine) and writes
             continue
-        point = {"k": k, "family": family, "features": features, "rank_by": rank_by,
+        point = {"k": k, "family": family, "features": features, "rank_by": extra["rank_by"],
                  "valid_gauc": train["best_valid_gauc"],
-                 **_measure_point(ctx, model, family, features, sets, path.parent / name), "train": train,
-                 "seconds": round(time.perf_counter() - t0, 3), "fingerprint": fingerprint}
+                 **_measure_point(data, model, family, features, sets, path.parent / name), "train": train,
+                 "seconds": round(time.perf_counter() - t0, 3), "fingerprint": extra["fingerprint"]}
         atomic_write_text(path, json.dumps(point, indent=2))
         say(f"sweep [{i}/{len(plan)}] {name}: valid gauc {point['valid_gauc']:.4f} test gauc {point['gauc']:.4f} "
             f"p99 {point['p99_ms']:.3f} ms "
             f"({point['seconds']:.0f}s)")
         points.append(point)
-    sweep_dir = ctx.run.path / "sweep"
-    if not main:
-        shared = broadcast_object(None)  # rank 0's (body, budget error)
-        return SweepResult(shared[0], sweep_dir / "sweep.json", sweep_dir / shared[0]["plot"], shared[1])
+    return points
+
+
+def _plan(data: SweepData, family: str, ks: list[int], ranking: list[str],
+          fingerprint: str) -> tuple[list[tuple[int, list[str], bool]], dict[int, dict[str, Any]]]:
+    """``(k, features, train it)`` per point, the same on every rank (rank 0 decides what is reused
+    and broadcasts it), and rank 0's reused points by k."""
+    reused: dict[int, dict[str, Any]] = {}  # rank 0 only
+    plan: list[tuple[int, list[str], bool]] = []
+    if current().is_main:
+        for k in ks:
+            features = select_top_k(ranking, data.schema, family, k)
+            done = _read_if_current(_point_path(data, family, k), fingerprint)
+            if done is not None and done.get("features") == features:
+                reused[k] = done
+            plan.append((k, features, k not in reused))
+    return broadcast_object(plan), reused
+
+
+def _finish(data: SweepData, head: dict[str, Any], points: list[dict[str, Any]], importance: dict[str, Any],
+            candidates: str, start: float) -> SweepResult:
+    """Pareto flags, the choice under the budget, the plot and ``sweep.json`` (rank 0)."""
+    budget = head["budget_ms"]
     flags = pareto_flags([p["valid_gauc"] for p in points], [p["p99_ms"] for p in points])
     points = [{**{k: v for k, v in p.items() if k != "fingerprint"}, "pareto": f} for p, f in zip(points, flags)]
     error: str | None = None
@@ -434,66 +482,19 @@ def run_sweep(ctx: Any, models: dict[str, nn.Module], family: str, ks: Sequence[
                                                  budget)
     except ConfigError as exc:
         chosen, error = None, str(exc)
-    plot = _plot(points, chosen, budget, sweep_dir / "frontier.png")
-    body = {"format": SWEEP_FORMAT, "run": str(ctx.run.path), "family": family, "rank_by": rank_by,
-            "budget_ms": budget, "chosen": chosen, "budget_note": error,
+    plot = _plot(points, chosen, budget, data.out_dir / "frontier.png")
+    body = {**head, "chosen": chosen, "budget_note": error,
             "latency_axis": "p99_ms: ONNX Runtime with 1 intra-op thread, one request of "
-                            f"{cfg.cold.candidates} candidates", "candidates": sets.description,
+                            f"{data.cfg.cold.candidates} candidates", "candidates": candidates,
             "quality_axis": "valid_gauc: validation GAUC of each point's kept (best) epoch; the Pareto frontier "
                             "and the choice use it, never the test split, whose gauc and auc are reported beside",
             "recall": f"Recall@{RECALL_K}-in-{RECALL_N} against the teacher, mean over candidate sets with "
                       f">= {RECALL_N} rows; null when none has",
             "importance": {k: v for k, v in importance.items() if k != "fingerprint"}, "points": points,
             "plot": plot.name, "seconds": round(time.perf_counter() - start, 3)}
-    path = atomic_write_text(sweep_dir / "sweep.json", json.dumps(body, indent=2))
-    broadcast_object((body, error))
+    path = atomic_write_text(data.out_dir / "sweep.json", json.dumps(body, indent=2))
     return SweepResult(body, path, plot, error)
 
 
-def _point_path(ctx: Any, family: str, k: int) -> Path:
-    return ctx.run.path / "sweep" / "points" / f"{family}-k{k}.json"
-
-
-def write_chosen_config(cfg: RunConfig, features: Sequence[str], path: Path | str, family: str = "two_tower") -> Path:
-    """Write the run's configuration for the chosen point, for ``distill run --config``.
-
-    ``cold``: the chosen COLD model becomes the run's student (``student.family = "cold"``,
-    ``student.cold.features`` the chosen fields, its sizes and schedule those of ``[cold]``), so the
-    run trains, distils and serves it; the data (and so the teacher) is unchanged.
-
-    ``two_tower``: ``data`` is restricted to ``features``. Chosen crosses keep the features they are
-    built from; a cross (or history cross) stays when it was chosen or when every feature it needs
-    was chosen. ``run.out`` and ``run.name`` are cleared either way.
-
-    Raises
-    ------
-    ConfigError
-        If the chosen features cannot make a two-tower run (no user-side or no item-side feature).
-    """
-    if family == "cold":
-        c = cfg.cold
-        student = replace(cfg.student, family="cold", cold=ColdStudentOptions(features=tuple(features)),
-                          embed_dim=c.embed_dim, hidden=c.hidden, dropout=0.0, lr=c.lr, weight_decay=0.0,
-                          batch_size=c.batch_size, epochs=c.epochs, patience=c.patience)
-        out = replace(cfg, student=student, run=replace(cfg.run, out="", name=""))
-        what = "student.family = \"cold\" over the chosen point's fields"
-    else:
-        out = replace(cfg, data=_chosen_data(cfg.data, features), run=replace(cfg.run, out="", name=""))
-        what = "data.features, data.crosses and data.history_crosses restricted to the chosen point"
-    header = (f"# Written by `distill sweep --write-config`: the swept run's configuration with {what}:\n"
-              f"# {', '.join(features)}.\n# Use it with `distill run --config THIS_FILE --out NEW_DIR`.\n\n")
-    target = atomic_write_text(Path(path), header + dump_config(out))
-    load_config(target)  # what `distill run --config` will do; raises if the overlay does not validate
-    return target
-
-
-def _chosen_data(d: DataConfig, features: Sequence[str]) -> DataConfig:
-    chosen = set(features)
-    crosses = tuple(c for c in d.crosses if c.name in chosen or {c.a, c.b} <= chosen)
-    history = tuple(h for h in d.history_crosses if h.name in chosen or {h.key, h.over} <= chosen)
-    needed = chosen | {p for c in crosses for p in (c.a, c.b)} | {p for h in history for p in (h.key, h.over)}
-    kept = tuple(f for f in d.features if f.name in needed)
-    if not {"user", "item"} <= {f.side for f in kept}:
-        raise ConfigError(f"the chosen features ({', '.join(features)}) leave no user-side or no item-side "
-                          "feature; `distill run` trains a two-tower student and needs both")
-    return replace(d, features=kept, crosses=crosses, history_crosses=history)
+def _point_path(data: SweepData, family: str, k: int) -> Path:
+    return data.out_dir / "points" / f"{family}-k{k}.json"

@@ -87,9 +87,10 @@ class PreparedData:
         return digest.hexdigest()
 
 
-def encode_splits(frame: pl.DataFrame, cfg: DataConfig) -> PreparedData:
-    """Fit the encoder on ``frame``'s train rows and encode every split (see the module doc)."""
-    encoder = Encoder(cfg).fit(frame.filter(pl.col("_split") == "train"))
+def encode_splits(frame: pl.DataFrame, cfg: DataConfig, encoder: Encoder | None = None) -> PreparedData:
+    """Fit the encoder on ``frame``'s train rows (or use the fitted ``encoder``, e.g. a finished
+    run's) and encode every split (see the module doc)."""
+    encoder = encoder if encoder is not None else Encoder(cfg).fit(frame.filter(pl.col("_split") == "train"))
     catalogue = item_catalogue(frame, cfg)
     pairs = PairEncoder(cfg, encoder).fit(frame, catalogue)
     splits = {}

@@ -31,7 +31,7 @@ import polars as pl
 
 from coarserank.config import DataConfig, RunConfig
 from coarserank.data.catalogue import sample_items, sampling_weights
-from coarserank.data.prepare import feature_column
+from coarserank.data.prepare import add_history_crosses, base_rate, feature_column
 from coarserank.data.synthetic import oracle_probability
 from coarserank.errors import ConfigError
 from coarserank.serving.catalogue import build_catalogue as latest_items
@@ -41,8 +41,10 @@ __all__ = [
     "ORACLES",
     "POPULARITY_SHARES",
     "Oracle",
+    "ReportCandidates",
     "activity_segments",
     "build_catalogue",
+    "candidate_sets",
     "item_raw_columns",
     "sample_items",
     "sampled_frame",
@@ -156,3 +158,44 @@ def activity_segments(train_rows: np.ndarray) -> tuple[np.ndarray, tuple[float, 
     q1, q2 = (float(v) for v in np.quantile(x, [1 / 3, 2 / 3])) if x.size else (0.0, 0.0)
     labels = np.where(x <= q1, "light", np.where(x <= q2, "medium", "heavy"))
     return labels, (q1, q2)
+
+
+@dataclass(frozen=True)
+class ReportCandidates:
+    """Candidate sets before scoring: users numbered ``_u``, items ``_c``, nesting order ``_pos``."""
+
+    users: pl.DataFrame  # _user, _u
+    catalogue: pl.DataFrame  # _c, item columns, item_train_rows, item_popularity
+    exposed: pl.DataFrame  # the users' test rows, one per item, plus _i (row in the test split)
+    sampled: pl.DataFrame  # sampled candidate rows with history crosses
+    base: pl.DataFrame  # per user (in _u order) the first test row, whose context sampled rows copy
+    repeated: int  # repeated exposures left out
+
+
+def candidate_sets(cfg: RunConfig, frame: pl.DataFrame, test: pl.DataFrame,
+                   oracle: Oracle | None = None) -> ReportCandidates:
+    """The report's candidate sets: for up to ``report.max_users`` test users (seeded), the user's
+    test exposures (each item once, by time) then ``report.sampled`` catalogue items drawn by
+    ``report.sampling`` with the user's first test row as context and history crosses from
+    ``frame``'s labelled rows. ``oracle``'s extra columns are copied into the sampled rows."""
+    d, r = cfg.data, cfg.report
+    picked = select_users(test["_user"], r.max_users, cfg.run.seed)
+    users = pl.DataFrame({"_user": pl.Series(picked).cast(test["_user"].dtype), "_u": np.arange(len(picked))})
+    catalogue = build_catalogue(frame, d).with_row_index("_c")
+    shown = test.with_row_index("_i").join(users, on="_user").sort("_u", "_time", "_row")
+    exposed = (shown.unique(subset=["_u", d.item_col], keep="first", maintain_order=True)
+               .with_columns(pl.int_range(pl.len()).over("_u").alias("_pos"))
+               .join(catalogue.select(d.item_col, "_c"), on=d.item_col, how="left").sort("_u", "_pos"))
+    n_exposed = np.bincount(exposed["_u"].to_numpy(), minlength=users.height)
+    weights = sampling_weights(catalogue["item_train_rows"].to_numpy(), r.sampling)
+    su, si, order = sample_items(weights, users.height, exposed["_u"].to_numpy(), exposed["_c"].to_numpy(),
+                                 r.sampled, cfg.run.seed)
+    item_cols = item_raw_columns(d)
+    extra = [c for c in (oracle.columns if oracle else ()) if c not in item_cols]
+    own = [*side_raw_columns(d, ("user", "context")), d.user_col, *extra, "_user", "_time", "_u"]
+    base = exposed.group_by("_u", maintain_order=True).first().sort("_u").select(list(dict.fromkeys(own)))
+    sampled = sampled_frame(base, catalogue, su, si, item_cols, int(frame["_row"].max()) + 1)
+    sampled = (add_history_crosses(sampled, d, base_rate(frame), history=frame).sort("_row")
+               .with_columns(pl.Series("_c", si, dtype=exposed["_c"].dtype),
+                             pl.Series("_pos", n_exposed[su] + order, dtype=pl.Int64)))
+    return ReportCandidates(users, catalogue, exposed, sampled, base, shown.height - exposed.height)

@@ -14,10 +14,11 @@ Writes into the run directory (each file hashed into ``manifest.json``):
 - ``serving.json``: what a ranker needs besides the files: ``a``, ``b``, ``dim``, ``model_hash``,
   ``run_id`` and the history crosses' statistics (prior, training base rate).
 
-Every artifact carries the same **run id** (:func:`run_identifier`: ONNX metadata ``run_id``, the KV
-file's header, the Faiss sidecar, ``serving.json``), a hash of what the run was made from (resolved
-configuration, data fingerprint, teacher and student checkpoints) that no single file's hash equals,
-so a client can check that the pieces it loaded belong together; a resumed run gets the same id.
+Every artifact carries the same **run id** (:attr:`coarserank.artifacts.Manifest.run_id`: ONNX
+metadata ``run_id``, the KV file's header, the Faiss sidecar, ``serving.json``), a hash of what the
+run was made from (resolved configuration, data fingerprint, teacher and student checkpoints) that
+no single file's hash equals, so a client can check that the pieces it loaded belong together; a
+resumed run gets the same id.
 
 Checks, recorded under ``checks.export`` in ``manifest.json`` and enforced against
 ``serving.parity_tolerance`` (score units; a float16 store adds ``|a| * 2**-11``):
@@ -27,24 +28,30 @@ Checks, recorded under ``checks.export`` in ``manifest.json`` and enforced again
 - ``faiss_vs_kv``: max |Faiss inner product - <ONNX user vector, KV vector of the returned id>| on the
   index's top 10 (recorded, not enforced, for ``ivfpq``, whose scores are approximate).
 
-:func:`bench_run` is the pipeline side of ``distill bench``: it rebuilds the finished run's data to
-form realistic requests (users of the test split; the teacher's history crosses from the labelled
-rows) and times both paths with :func:`coarserank.serving.ranker.bench_latency`.
+:func:`export_models` does all of it into any directory from typed inputs (:class:`RunData`, the
+two models and their checkpoint hashes) and returns an :class:`ExportResult`; :func:`run_stage` is
+the pipeline stage around it (manifest records and checks). :func:`bench_run` is the pipeline side
+of ``distill bench``: it reads the finished run (:class:`~coarserank.artifacts.Run`) to form
+realistic requests (users of the test split; the teacher's history crosses from the labelled rows)
+and times both paths with :func:`coarserank.serving.ranker.bench_latency`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
-from coarserank.atomic import atomic_write_text, atomic_write_with
+from coarserank.artifacts import SERVING_FILE, ColdBundle, Run, ServingBundle
+from coarserank.atomic import atomic_write_with
+from coarserank.data.encode import Encoder
 from coarserank.data.prepare import base_rate
 from coarserank.errors import ArtifactError
+from coarserank.pipeline.rundir import RunDir
+from coarserank.pipeline.run_data import RunData
 from coarserank.serving.catalogue import (
     build_catalogue,
     catalogue_ids,
@@ -61,32 +68,80 @@ from coarserank.serving.onnx_contract import history_contract
 from coarserank.serving.onnx_export import export_item_tower, export_teacher, export_user_tower, onnx_parity
 from coarserank.serving.onnx_inputs import feeds_from_frame
 from coarserank.serving.ranker import (
-    SERVING_FILE,
     BenchRequest,
-    RunFiles,
+    CoarseRanker,
     TeacherScorer,
+    UserFeeds,
     bench_latency,
     onnx_session,
 )
-from coarserank.student import has_towers
+from coarserank.student import TwoTower, has_towers
+from coarserank.teacher import DeepFM
 
-__all__ = ["run_stage", "enforce_checks", "rebuild_index", "bench_requests", "bench_run", "user_sample",
-           "run_identifier", "FILES", "PARITY_ROWS"]
+if TYPE_CHECKING:
+    import torch
+
+    from coarserank.pipeline.run import RunContext
+
+__all__ = ["ExportResult", "enforce_checks", "worst_checks", "export_models", "run_stage", "rebuild_index", "bench_requests", "bench_run",
+           "user_sample", "FILES", "PARITY_ROWS"]
 
 FILES = {"user_tower": "user_tower.onnx", "item_tower": "item_tower.onnx", "teacher": "teacher.onnx",
          "catalogue": "items.parquet", "kv": "items.kv", "index": "items.faiss",
          "queries": "index_queries.npy"}
 PARITY_ROWS = 2000
 _FAISS_CHECK_QUERIES = 200
+Progress = Callable[[str], None]
 
 
-def run_identifier(manifest: dict[str, Any]) -> str:
-    """The run id every serving artifact carries: 32 hex digits of the sha256 of the resolved config
-    hash, the data fingerprint and the teacher's and student's checkpoint hashes."""
-    files = manifest.get("files", {})
-    body = {"config": manifest.get("config_hash"), "data": manifest.get("data_fingerprint"),
-            "teacher": files.get("teacher.pt"), "student": files.get("student.pt")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_models` wrote and measured.
+
+    ``files``: every file written (the :data:`FILES`, the index sidecar and ``serving.json``);
+    ``checks``: the numerical checks (module docstring) with the ``tolerance`` they are held to;
+    ``bundle``: the serving bundle; ``facts``: items, index kind and its recall@100.
+    """
+
+    files: tuple[Path, ...]
+    checks: dict[str, Any]
+    bundle: ServingBundle
+    encoder: Encoder
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def ranker(self, *, threads: int = 1) -> CoarseRanker:
+        """A :class:`~coarserank.serving.ranker.CoarseRanker` over the files this export wrote."""
+        root = self.files[0].parent
+        session = onnx_session(root / self.bundle.file("user_tower"), threads=threads)
+        store = FileKVStore(root / self.bundle.file("kv"), expected_model_hash=self.bundle.model_hash)
+        return CoarseRanker(session, UserFeeds(self.encoder), store, self.bundle.a, self.bundle.b)
+
+    def enforce(self) -> None:
+        """Raise :class:`ArtifactError` naming every check over its tolerance."""
+        enforce_checks(worst_checks(self.checks), self.checks["tolerance"])
+
+
+def worst_checks(checks: Mapping[str, Any]) -> dict[str, float]:
+    """The enforced figures of a tower export's ``checks``: ONNX parity per graph, the score path and,
+    unless the index is ivfpq (approximate scores: recorded, not enforced), Faiss against the KV store."""
+    worst = {f"onnx_vs_torch.{k}": v for k, v in checks["onnx_vs_torch"].items()}
+    worst["score_path"] = checks["score_path"]
+    if checks["index_kind"] != "ivfpq":
+        worst["faiss_vs_kv"] = checks["faiss_vs_kv"]
+    return worst
+
+
+def enforce_checks(worst: Mapping[str, float], limit: float, what: str = "export") -> None:
+    """Raise :class:`ArtifactError` naming every check in ``worst`` over ``limit`` (NaN fails too)."""
+    bad = {k: v for k, v in worst.items() if not v <= limit}
+    if bad:
+        shown = ", ".join(f"{k} = {v:.3g}" for k, v in bad.items())
+        raise ArtifactError(f"{what} check failed: {shown} exceeds the tolerance {limit:.3g} "
+                            "(serving.parity_tolerance); the exported path does not reproduce PyTorch")
 
 
 def _sample(frame: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
@@ -103,17 +158,6 @@ def _vectors(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(session.run([session.get_outputs()[0].name], feeds)[0], dtype=np.float32)
 
 
-def _score_checks(ctx: Any, student: Any, store: FileKVStore, index: ItemIndex, user_session: Any,
-                  rows: pl.DataFrame, positions: np.ndarray) -> dict[str, float]:
-    u = _vectors(user_session, feeds_from_frame(ctx.encoder, rows, "user"))
-    v = store.get_strict(rows[ctx.cfg.data.item_col].cast(pl.Int64).to_numpy())
-    a, b = float(student.a.detach()), float(student.b.detach())
-    path = a * np.einsum("nd,nd->n", u.astype(np.float64), v) + b
-    torch_scores = ctx.logits["test"]["student"][positions]
-    return {"score_path": float(np.max(np.abs(path - torch_scores))),
-            "faiss_vs_kv": _faiss_vs_kv(index, store, u)}
-
-
 def _faiss_vs_kv(index: ItemIndex, store: FileKVStore, users: np.ndarray) -> float:
     """max |Faiss inner product - <user vector, KV vector of the returned id>| over the top 10."""
     q = users[:_FAISS_CHECK_QUERIES]
@@ -124,138 +168,145 @@ def _faiss_vs_kv(index: ItemIndex, store: FileKVStore, users: np.ndarray) -> flo
     return float(np.max(np.abs(ip[valid] - kv_ip))) if kv_ip.size else 0.0
 
 
-def enforce_checks(checks: dict[str, Any], limit: float, exact_faiss: bool, what: str = "export") -> None:
-    """Raise :class:`ArtifactError` naming every check above ``limit`` (``faiss_vs_kv`` only when the
-    index returns exact inner products)."""
-    worst = {f"onnx_vs_torch.{k}": v for k, v in checks["onnx_vs_torch"].items()}
-    worst["score_path"] = checks["score_path"]
-    if exact_faiss:
-        worst["faiss_vs_kv"] = checks["faiss_vs_kv"]
-    bad = {k: v for k, v in worst.items() if not v <= limit}
-    if bad:
-        shown = ", ".join(f"{k} = {v:.3g}" for k, v in bad.items())
-        raise ArtifactError(f"{what} check failed: {shown} exceeds the tolerance {limit:.3g} "
-                            "(serving.parity_tolerance); the exported path does not reproduce PyTorch")
+def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: DeepFM, hashes: Mapping[str, str],
+                run_id: str) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
+    """Export the three graphs (tagged with ``run_id``); return their parity on up to
+    :data:`PARITY_ROWS` test rows, those rows and their positions in the test split."""
+    opset, tagged = data.cfg.serving.opset, {"run_id": run_id}
+    path = {k: out_dir / v for k, v in FILES.items()}
+    export_user_tower(student, data.encoder, path["user_tower"], run_hash=hashes["student"], opset=opset,
+                      metadata=tagged)
+    export_item_tower(student, data.encoder, path["item_tower"], run_hash=hashes["student"], opset=opset,
+                      metadata=tagged)
+    export_teacher(teacher, data.encoder, path["teacher"], run_hash=hashes["teacher"], opset=opset, metadata=tagged,
+                   history_base_rate=base_rate(data.frame))
+    rows = _sample(data.test.with_row_index("_pos"), PARITY_ROWS, data.cfg.run.seed)
+    positions = rows["_pos"].to_numpy()
+    rows = rows.drop("_pos")
+    onnx_files = {"user": path["user_tower"], "item": path["item_tower"], "teacher": path["teacher"]}
+    parity = {kind: onnx_parity(model, data.encoder, onnx_files[kind], rows, kind)
+              for kind, model in (("user", student), ("item", student), ("teacher", teacher))}
+    return parity, rows, positions
 
 
-def run_stage(ctx: Any, models: dict[str, Any]) -> None:
-    """Export the run's serving artifacts, check them numerically and record everything (a COLD
-    student: :func:`coarserank.pipeline.export_cold.run_cold_stage`)."""
+def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher: DeepFM, *, student_hash: str,
+                  teacher_hash: str, run_id: str = "", progress: Progress = _quiet) -> ExportResult:
+    """Write every serving file of ``student`` and ``teacher`` into ``out_dir`` and check them.
+
+    ``data.test_logits["student"]`` are the PyTorch student's test logits the score path is held
+    to; ``student_hash`` (the checkpoint's sha256) keys the KV store and the bundle; ``run_id``
+    tags every artifact (none when empty). The checks are measured, not enforced: call
+    :meth:`ExportResult.enforce`.
+    """
+    out = Path(out_dir)
+    cfg, serving = data.cfg, data.cfg.serving
+    path = {k: out / v for k, v in FILES.items()}
+    progress(f"export: ONNX graphs (user tower, item tower, teacher){f', run id {run_id}' if run_id else ''}")
+    parity, rows, positions = _onnx_files(out, data, student, teacher,
+                                          {"student": student_hash, "teacher": teacher_hash}, run_id)
+    catalogue = build_catalogue(data.frame, cfg.data)
+    write_catalogue(path["catalogue"], catalogue)
+    ids = catalogue_ids(catalogue, cfg.data)
+    progress(f"export: encoding {ids.size:,} items through item_tower.onnx into items.kv ({serving.kv_dtype})")
+    vectors = encode_items(onnx_session(path["item_tower"]), data.encoder, catalogue)
+    write_kv_file(path["kv"], ids, vectors, student_hash, serving.kv_dtype, run_id=run_id)
+    with FileKVStore(path["kv"], expected_model_hash=student_hash) as store:
+        stored = store.get_strict(ids)
+        user_session = onnx_session(path["user_tower"])
+        queries = _vectors(user_session, feeds_from_frame(data.encoder, user_sample(data.frame, serving.index_queries,
+                                                                                     cfg.run.seed), "user"))
+        atomic_write_with(path["queries"], lambda tmp: np.save(tmp, queries, allow_pickle=False), ".npy")
+        index = ItemIndex.build(ids, stored, serving.index_kind, seed=cfg.run.seed, progress=progress)
+        facts = evaluate(index, ids, stored, queries, target=serving.recall_target)
+        progress(f"export: {index.kind} index over {index.count:,} items, recall@100 {facts['recall@100']:.3f}")
+        sidecar = index.save(path["index"], {**facts, **({"run_id": run_id} if run_id else {})})[1]
+        u = _vectors(user_session, feeds_from_frame(data.encoder, rows, "user"))
+        v = store.get_strict(rows[cfg.data.item_col].cast(pl.Int64).to_numpy())
+        checks: dict[str, Any] = {"onnx_vs_torch": parity, "faiss_vs_kv": _faiss_vs_kv(index, store, u)}
+    a, b = float(student.a.detach()), float(student.b.detach())
+    path_scores = a * np.einsum("nd,nd->n", u.astype(np.float64), v) + b
+    checks["score_path"] = float(np.max(np.abs(path_scores - data.test_logits["student"][positions])))
+    limit = serving.parity_tolerance + (abs(a) * 2.0 ** -11 if serving.kv_dtype == "float16" else 0.0)
+    checks.update(tolerance=limit, rows=int(rows.height), index_kind=index.kind,
+                  index_recall_at_100=facts["recall@100"])
+    rate = base_rate(data.frame)
+    bundle = ServingBundle(student_hash, int(stored.shape[1]), int(ids.size), serving.kv_dtype, a, b,
+                           {**FILES, "index_sidecar": sidecar.name}, run_id=run_id or None, history_base_rate=rate,
+                           history_crosses=history_contract(data.encoder, [h.name for h in cfg.data.history_crosses],
+                                                            rate))
+    written = (*path.values(), sidecar, bundle.write(out / SERVING_FILE))
+    return ExportResult(written, checks, bundle, data.encoder, {"items": int(ids.size), "index": index.kind,
+                                                                "recall_at_100": facts["recall@100"]})
+
+
+def run_stage(ctx: RunContext, models: Mapping[str, torch.nn.Module]) -> None:
+    """The 'export' stage of ``distill run``: export, record every file and the checks, enforce them (a
+    COLD student: :func:`coarserank.pipeline.export_cold.run_cold_stage`)."""
     if not has_towers(models["student"]):
         from coarserank.pipeline.export_cold import run_cold_stage  # it builds on this module's helpers
 
         return run_cold_stage(ctx, models)
-    cfg, run, encoder = ctx.cfg, ctx.run, ctx.encoder
-    serving = cfg.serving
+    run = ctx.run
     run.begin("export")
     student, teacher = models["student"], models["teacher"]
-    model_hash = run.manifest["files"]["student.pt"]
-    path = {k: run.file(v) for k, v in FILES.items()}
-    run_id = run_identifier(run.manifest)
-    rate = base_rate(ctx.frame)
-    ctx.progress(f"export: ONNX graphs (user tower, item tower, teacher), run id {run_id}")
-    tagged = {"run_id": run_id}
-    export_user_tower(student, encoder, path["user_tower"], run_hash=model_hash, opset=serving.opset, metadata=tagged)
-    export_item_tower(student, encoder, path["item_tower"], run_hash=model_hash, opset=serving.opset, metadata=tagged)
-    export_teacher(teacher, encoder, path["teacher"], run_hash=run.manifest["files"]["teacher.pt"],
-                   opset=serving.opset, metadata=tagged, history_base_rate=rate)
-    test = ctx.frames["test"]
-    rows = _sample(test.with_row_index("_pos"), PARITY_ROWS, cfg.run.seed)
-    positions = rows["_pos"].to_numpy()
-    rows = rows.drop("_pos")
-    onnx_files = {"user": path["user_tower"], "item": path["item_tower"], "teacher": path["teacher"]}
-    parity = {kind: onnx_parity(model, encoder, onnx_files[kind], rows, kind)
-              for kind, model in (("user", student), ("item", student), ("teacher", teacher))}
-
-    catalogue = build_catalogue(ctx.frame, cfg.data)
-    write_catalogue(path["catalogue"], catalogue)
-    ids = catalogue_ids(catalogue, cfg.data)
-    ctx.progress(f"export: encoding {ids.size:,} items through item_tower.onnx into items.kv "
-                 f"({serving.kv_dtype})")
-    vectors = encode_items(onnx_session(path["item_tower"]), encoder, catalogue)
-    write_kv_file(path["kv"], ids, vectors, model_hash, serving.kv_dtype, run_id=run_id)
-    store = FileKVStore(path["kv"], expected_model_hash=model_hash)
-    stored = store.get_strict(ids)
-
-    user_session = onnx_session(path["user_tower"])
-    users = user_sample(ctx.frame, serving.index_queries, cfg.run.seed)
-    queries = _vectors(user_session, feeds_from_frame(encoder, users, "user"))
-    atomic_write_with(path["queries"], lambda tmp: np.save(tmp, queries, allow_pickle=False), ".npy")
-    index = ItemIndex.build(ids, stored, serving.index_kind, seed=cfg.run.seed, progress=ctx.progress)
-    facts = evaluate(index, ids, stored, queries, target=serving.recall_target)
-    ctx.progress(f"export: {index.kind} index over {index.count:,} items, "
-                 f"recall@100 {facts['recall@100']:.3f}")
-    written = index.save(path["index"], {**facts, "run_id": run_id})
-
-    checks: dict[str, Any] = {"onnx_vs_torch": parity}
-    checks.update(_score_checks(ctx, student, store, index, user_session, rows, positions))
-    store.close()
-    a = float(student.a.detach())
-    limit = serving.parity_tolerance + (abs(a) * 2.0 ** -11 if serving.kv_dtype == "float16" else 0.0)
-    checks.update(tolerance=limit, rows=int(rows.height), index_kind=index.kind,
-                  index_recall_at_100=facts["recall@100"])
-    run.set_check("export", checks)
-    history = history_contract(encoder, [h.name for h in cfg.data.history_crosses], rate)
-    meta = {"format": 1, "run_id": run_id, "model_hash": model_hash, "dim": int(stored.shape[1]),
-            "items": int(ids.size), "history_base_rate": rate, "history_crosses": history,
-            "kv_dtype": serving.kv_dtype, "score": {"a": a, "b": float(student.b.detach()),
-                                                    "formula": "a * dot(user_vector, item_vector) + b"},
-            "files": {**FILES, "index_sidecar": written[1].name}}
-    meta_path = atomic_write_text(run.file(SERVING_FILE), json.dumps(meta, indent=2))
-    run.record("export", *(path[k] for k in FILES), written[1], meta_path)
-    enforce_checks(checks, limit, exact_faiss=index.kind != "ivfpq")
-    run.finish("export", items=int(ids.size), index=index.kind, recall_at_100=facts["recall@100"])
+    assert isinstance(student, TwoTower) and isinstance(teacher, DeepFM)
+    result = export_models(run.path, RunData.from_context(ctx), student, teacher,
+                           student_hash=str(run.manifest.file_hash("student.pt")),
+                           teacher_hash=str(run.manifest.file_hash("teacher.pt")), run_id=run.manifest.run_id,
+                           progress=ctx.progress)
+    run.set_check("export", result.checks)
+    run.record("export", *result.files)
+    result.enforce()
+    run.finish("export", **result.facts)
 
 
 def rebuild_index(run_dir: Path | str, kind: str = "auto", *,
                   progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Rebuild ``items.faiss`` of a finished run from ``items.kv`` as ``kind``, tune and measure it on
     ``index_queries.npy``, and re-record the files and the ``faiss_vs_kv`` check in the manifest."""
-    from coarserank.config import load_config
-    from coarserank.pipeline.rundir import RunDir
-
-    run = RunDir.open(run_dir, require=("export",))
-    if run.manifest["stages"]["export"].get("family") == "cold":
+    view = Run.open(run_dir, require=("export",))
+    cfg, bundle = view.config, view.serving()
+    if isinstance(bundle, ColdBundle):
         raise ArtifactError(f"run {run_dir} serves a COLD student, which has no item vectors to index")
-    cfg = load_config(run.verified_path("config.toml"))
-    queries = np.load(run.verified_path(FILES["queries"]), allow_pickle=False)
-    with FileKVStore(run.verified_path(FILES["kv"])) as store:
+    queries = np.load(view.verified(bundle.file("queries")), allow_pickle=False)
+    with FileKVStore(view.verified(bundle.file("kv"))) as store:
         ids = np.array(store.ids())
         vectors = store.get_strict(ids)
         index = ItemIndex.build(ids, vectors, kind, seed=cfg.run.seed, progress=progress)
         progress(f"index: tuning and measuring {index.kind} on {queries.shape[0]:,} user vectors")
         facts = evaluate(index, ids, vectors, queries, target=cfg.serving.recall_target)
         check = _faiss_vs_kv(index, store, queries)
-    run_id = json.loads(run.verified_path(SERVING_FILE).read_text()).get("run_id")
+    run = RunDir.open(view.path, require=("export",))
+    tagged = {"run_id": bundle.run_id} if bundle.run_id else {}
     with run.publishing():  # a reader loads the old index with the old manifest, or the new with the new
-        written = index.save(run.file(FILES["index"]), {**facts, **({"run_id": run_id} if run_id else {})})
+        written = index.save(run.file(bundle.file("index")), {**facts, **tagged})
         run.record("export", *written)
-        checks = dict(run.manifest["checks"].get("export", {}))
+        checks = run.manifest.check("export")
         checks.update(faiss_vs_kv=check, index_kind=index.kind, index_recall_at_100=facts["recall@100"])
-        run.manifest["stages"]["export"].update(index=index.kind, recall_at_100=facts["recall@100"])
+        run.update_stage("export", index=index.kind, recall_at_100=facts["recall@100"])
         run.set_check("export", checks)
     return {"kind": index.kind, "items": index.count, "build": index.build_params, **facts}
 
 
-def bench_requests(ctx: Any, catalogue: pl.DataFrame, sizes: Sequence[int], users: int,
+def bench_requests(data: RunData, catalogue: pl.DataFrame, sizes: Sequence[int], users: int,
                    seed: int) -> list[BenchRequest]:
     """Requests for :func:`~coarserank.serving.ranker.bench_latency`: the latest test-split row of
     ``users`` users, and per size candidates drawn from ``catalogue`` (with replacement where it holds
     fewer items) with the teacher's feeds, history crosses computed from the run's labelled rows."""
-    cfg = ctx.cfg
-    ids = catalogue_ids(catalogue, cfg.data)
+    d = data.cfg.data
+    ids = catalogue_ids(catalogue, d)
     rng = np.random.default_rng(seed)
-    prior = base_rate(ctx.frame)
-    wanted = user_columns(cfg.data)
-    sample = user_sample(ctx.frames["test"], users, seed).select(list(dict.fromkeys(wanted.values())))
+    prior = base_rate(data.frame)
+    wanted = user_columns(d)
+    sample = user_sample(data.test, users, seed).select(list(dict.fromkeys(wanted.values())))
     requests = []
     for row in sample.to_dicts():  # one dict per request (users, not data rows)
         req = BenchRequest({name: row[col] for name, col in wanted.items()})
         for size in sizes:
             cand = rng.choice(ids, size, replace=size > ids.size)
             req.candidates[size] = cand
-            frame = teacher_frame(catalogue, cfg.data, cand, req.user, ctx.frame, prior)
-            req.teacher_feeds[size] = feeds_from_frame(ctx.encoder, frame, "teacher")
+            frame = teacher_frame(catalogue, d, cand, req.user, data.frame, prior)
+            req.teacher_feeds[size] = feeds_from_frame(data.encoder, frame, "teacher")
         requests.append(req)
     return requests
 
@@ -265,16 +316,15 @@ def bench_run(run_dir: Path | str, sizes: Sequence[int] = (1000, 5000, 10000), *
               progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Time the student path (the towers' ranker, or the COLD student's on candidate rows) against
     ``teacher.onnx`` on the same requests of a finished run (:func:`bench_requests`; the teacher's rows
-    are assembled before timing, the COLD student assembles its own inside the timed call)."""
-    from coarserank.pipeline.run import load_context
-
-    files = RunFiles(run_dir)
-    ctx, _ = load_context(run_dir, progress=progress, require=("metrics", "export"))
+    are assembled before timing, the COLD student assembles its own inside the timed call). Reads the
+    run only."""
+    view = Run.open(run_dir, require=("data", "export"))
+    bundle = view.serving()
     ranker = open_ranker(run_dir, threads=threads)
-    teacher = TeacherScorer(onnx_session(files.verified(FILES["teacher"]), threads=threads))
-    catalogue = read_catalogue(files.verified(FILES["catalogue"]), ctx.cfg.data)
+    teacher = TeacherScorer(onnx_session(view.verified(bundle.file("teacher")), threads=threads))
+    catalogue = read_catalogue(view.verified(bundle.file("catalogue")), view.config.data)
     progress(f"bench: assembling {users} requests x {list(sizes)} candidates")
-    requests = bench_requests(ctx, catalogue, sizes, users, ctx.cfg.run.seed)
+    requests = bench_requests(RunData.from_run(view, {}), catalogue, sizes, users, view.config.run.seed)
     progress("bench: timing")
     result = bench_latency(ranker, teacher, requests, sizes, repeats=repeats, warmup=warmup, threads=threads)
     result.update(run=str(run_dir), items=int(catalogue.height), onnx_threads=threads)

@@ -10,16 +10,18 @@ point for the record only. ``distill_grid.json`` holds the points; the report pl
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from coarserank.atomic import atomic_write_text
 from coarserank.distill.grid import GRID_KEYS, best_point, distill_grid, grid_points
+from coarserank.pipeline.report_stage import GRID_FILE as FILE
+
+if TYPE_CHECKING:
+    import torch
+
+    from coarserank.pipeline.run import RunContext
 
 __all__ = ["FILE", "run_stage", "grid_summary"]
-
-FILE = "distill_grid.json"
 
 
 def grid_summary(base: dict[str, Any], grid: dict[str, Any], points: list[dict[str, Any]], chosen: int) -> dict[str, Any]:
@@ -29,7 +31,7 @@ def grid_summary(base: dict[str, Any], grid: dict[str, Any], points: list[dict[s
             "test_gauc": "recorded for the record only; never used to choose", "points": points}
 
 
-def run_stage(ctx: Any, models: dict[str, torch.nn.Module]) -> None:
+def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
     """Train and measure the grid's students; a run without ``[distill.grid]`` values skips the stage."""
     cfg = ctx.cfg
     grid = cfg.distill.grid.settings()

@@ -19,7 +19,7 @@ import copy
 import hashlib
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, re
 from coarserank.ranking_eval.retrieval import evaluate_retrieval
 from coarserank.student import build_student, has_towers
 from coarserank.student.multi_interest import build_multi_interest, sequence_field
+
+if TYPE_CHECKING:
+    from coarserank.pipeline.run import RunContext
 
 __all__ = ["STAGE", "MODEL_FILE", "check", "recall_fields", "family", "build_recall_model", "RetrievalSelection",
            "train_recall", "train_student_recall", "load_recall", "run_recall"]
@@ -60,7 +63,7 @@ def family(schema: Schema, cfg: RecallConfig) -> str:
     return "multi_interest" if has_sequence else "two_tower"
 
 
-def check(ctx: Any) -> None:
+def check(ctx: RunContext) -> None:
     """One-line errors, before any training, for recall settings this data cannot train."""
     cfg, schema = ctx.cfg, ctx.schema
     fields = recall_fields(schema, cfg)
@@ -117,7 +120,7 @@ class RetrievalSelection:
         return info.epoch - self.best_epoch >= self.patience
 
 
-def train_recall(ctx: Any, teacher: nn.Module | None) -> tuple[nn.Module, FitResult, RetrievalSelection]:
+def train_recall(ctx: RunContext, teacher: nn.Module | None) -> tuple[nn.Module, FitResult, RetrievalSelection]:
     """Train the recall model on ``ctx``'s training rows, selected on validation retrieval (the teacher is
     used when ``recall.softmax_alpha > 0``, or for a pointwise objective's soft labels); writes nothing."""
     cfg = ctx.cfg
@@ -154,7 +157,7 @@ def train_recall(ctx: Any, teacher: nn.Module | None) -> tuple[nn.Module, FitRes
     return model, result, selection
 
 
-def train_student_recall(ctx: Any, stage: str, teacher: nn.Module | None,
+def train_student_recall(ctx: RunContext, stage: str, teacher: nn.Module | None,
                          progress: Callable[[EpochInfo], None] | None = None) -> Trained:
     """The coarse student trained with ``student.objective = "sampled_softmax"`` (the teacher's candidate
     softmax only when ``teacher`` is given and ``student.softmax_alpha > 0``: the hard-label control
@@ -172,7 +175,7 @@ def train_student_recall(ctx: Any, stage: str, teacher: nn.Module | None,
     return Trained(student, result)
 
 
-def load_recall(ctx: Any) -> nn.Module:
+def load_recall(ctx: RunContext) -> nn.Module:
     """The run's trained recall model from ``recall.pt`` (verified against the manifest)."""
     torch.manual_seed(ctx.cfg.run.seed)
     model = build_recall_model(ctx.schema, ctx.cfg.recall)
@@ -181,12 +184,12 @@ def load_recall(ctx: Any) -> nn.Module:
     return model.to(ctx.device).eval()
 
 
-def _trained(ctx: Any, teacher: nn.Module | None) -> nn.Module:
+def _trained(ctx: RunContext, teacher: nn.Module | None) -> nn.Module:
     """Load the recall model when these recall and serving sections produced it already, else train it,
     save it and export its serving files."""
     run = ctx.run
     wanted = hashlib.sha256((section_hash(ctx.cfg, STAGE) + section_hash(ctx.cfg, "serving")).encode()).hexdigest()
-    if run.is_done(STAGE) and run.manifest["stages"][STAGE].get("section_hash") == wanted:
+    if run.is_done(STAGE) and run.manifest.stage_facts(STAGE).get("section_hash") == wanted:
         return load_recall(ctx)
     run.begin(STAGE)
     model, result, selection = train_recall(ctx, teacher)
@@ -202,7 +205,7 @@ def _trained(ctx: Any, teacher: nn.Module | None) -> nn.Module:
     return model.to(ctx.device).eval()
 
 
-def run_recall(ctx: Any, models: dict[str, nn.Module]) -> dict[str, Any]:
+def run_recall(ctx: RunContext, models: dict[str, nn.Module]) -> dict[str, Any]:
     """Train (or load) the recall model when enabled and measure retrieval over the catalogue for
     ``recall``, ``student`` (a tower family) and ``popularity``; returns ``{model: {"recall@K": ..., ...}}``."""
     cfg = ctx.cfg

@@ -16,42 +16,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
-import torch
 
+from coarserank.artifacts import Run
 from coarserank.atomic import atomic_write_text, atomic_write_with
-from coarserank.config import ReportConfig, RunConfig
-from coarserank.data.prepare import add_history_crosses, base_rate
-from coarserank.distill.tensors import make_table
-from coarserank.distill.train import predict
-from coarserank.errors import ConfigError, DataError
-from coarserank.pipeline.grid_stage import FILE as GRID_FILE
-from coarserank.pipeline.candidates import (
-    ORACLES,
-    POPULARITY_SHARES,
-    Oracle,
-    activity_segments,
-    build_catalogue,
-    item_raw_columns,
-    sample_items,
-    sampled_frame,
-    sampling_weights,
-    select_users,
-    side_raw_columns,
-)
+from coarserank.config import ReportConfig, section_hash
+from coarserank.errors import ArtifactError, ConfigError, DataError
 from coarserank.ranking_eval.report import ReportSpec, build_report
-from coarserank.ranking_eval.report_html import render_html
 from coarserank.ranking_eval.retrieval import retrieval_summary
-from coarserank.student import Tower, TwoTower
 
-__all__ = ["SCORED_MODELS", "ReportOutputs", "build_scores", "check_settings", "read_score_files",
+if TYPE_CHECKING:
+    import torch
+
+    from coarserank.pipeline.run import RunContext
+
+__all__ = ["SCORED_MODELS", "REPORT_READS", "ReportOutputs", "check_settings", "read_score_files",
            "report_compare", "report_run", "run_stage", "write_report"]
 
 SCORED_MODELS = ("teacher", "student", "student_hard")
-_CHUNK = 1 << 16  # rows per tower / scoring batch
+SECTIONS = "report+distill+recall"  # the sections a current report was made with (the grid, retrieval)
+GRID_FILE = "distill_grid.json"
+REPORT_READS = ("data", "teacher", "logits", "student", "student_hard")
+"""The stages whose files the report reads."""
 Progress = Callable[[str], None]
 
 
@@ -68,6 +56,7 @@ class ReportOutputs:
     json: Path
     html: Path
     seconds: float
+    rebuilt: bool = True
 
 
 def check_settings(r: ReportConfig) -> None:
@@ -81,171 +70,14 @@ def check_settings(r: ReportConfig) -> None:
             raise ConfigError(f"report.{key} must be increasing integers >= 1, got {list(values)}")
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
-
-
-@dataclass
-class _Sets:
-    """Candidate sets before scoring: users numbered ``_u``, items ``_c``, nesting order ``_pos``."""
-
-    users: pl.DataFrame  # _user, _u
-    catalogue: pl.DataFrame  # _c, item columns, item_train_rows, item_popularity
-    exposed: pl.DataFrame  # the users' test rows, one per item, plus _i (row in the test split)
-    sampled: pl.DataFrame  # sampled candidate rows with history crosses
-    base: pl.DataFrame  # per user (in _u order) the first test row, whose context sampled rows copy
-    repeated: int  # repeated exposures left out
-
-
-def _score(model: torch.nn.Module, encoded: dict[str, np.ndarray], rows: int,
-           device: torch.device) -> np.ndarray:
-    zeros = np.zeros(rows, dtype=np.int64)
-    return predict(model, make_table(encoded, zeros, zeros), device)
-
-
-@torch.no_grad()
-def _two_tower_score(model: TwoTower, encoder: Any, sets: _Sets, device: torch.device) -> np.ndarray:
-    """Sampled candidates' logits the way a coarse ranker computes them.
-
-    One user vector per user, one item vector per catalogue item, then ``a * <u, v> + b`` per
-    candidate: the student's forward pass, without encoding a million rows through both towers.
-    """
-    model.eval()
-
-    def vectors(tower: Tower, frame: pl.DataFrame) -> torch.Tensor:
-        enc = encoder.transform(frame, fields=tower.schema.names)
-        return torch.cat([tower({k: torch.from_numpy(np.ascontiguousarray(v[lo:lo + _CHUNK])).to(device)
-                                 for k, v in enc.items()}) for lo in range(0, frame.height, _CHUNK)])
-
-    u, v = vectors(model.user_tower, sets.base), vectors(model.item_tower, sets.catalogue)
-    ui, ii = (torch.from_numpy(sets.sampled[c].to_numpy().astype(np.int64)).to(device) for c in ("_u", "_c"))
-    return np.concatenate([model.score(u[ui[lo:lo + _CHUNK]], v[ii[lo:lo + _CHUNK]]).float().cpu().numpy()
-                           for lo in range(0, len(ui), _CHUNK)] or [np.zeros(0, dtype=np.float32)])
-
-
-def candidate_sets(ctx: Any, oracle: Oracle | None) -> _Sets:
-    cfg: RunConfig = ctx.cfg
-    d, r = cfg.data, cfg.report
-    frame, test = ctx.frame, ctx.frames["test"]
-    picked = select_users(test["_user"], r.max_users, cfg.run.seed)
-    users = pl.DataFrame({"_user": pl.Series(picked).cast(test["_user"].dtype), "_u": np.arange(len(picked))})
-    catalogue = build_catalogue(frame, d).with_row_index("_c")
-    shown = test.with_row_index("_i").join(users, on="_user").sort("_u", "_time", "_row")
-    exposed = (shown.unique(subset=["_u", d.item_col], keep="first", maintain_order=True)
-               .with_columns(pl.int_range(pl.len()).over("_u").alias("_pos"))
-               .join(catalogue.select(d.item_col, "_c"), on=d.item_col, how="left").sort("_u", "_pos"))
-    n_exposed = np.bincount(exposed["_u"].to_numpy(), minlength=users.height)
-    weights = sampling_weights(catalogue["item_train_rows"].to_numpy(), r.sampling)
-    su, si, order = sample_items(weights, users.height, exposed["_u"].to_numpy(), exposed["_c"].to_numpy(),
-                                 r.sampled, cfg.run.seed)
-    item_cols = item_raw_columns(d)
-    extra = [c for c in (oracle.columns if oracle else ()) if c not in item_cols]
-    own = [*side_raw_columns(d, ("user", "context")), d.user_col, *extra, "_user", "_time", "_u"]
-    base = exposed.group_by("_u", maintain_order=True).first().sort("_u").select(list(dict.fromkeys(own)))
-    sampled = sampled_frame(base, catalogue, su, si, item_cols, int(frame["_row"].max()) + 1)
-    sampled = (add_history_crosses(sampled, d, base_rate(frame), history=frame).sort("_row")
-               .with_columns(pl.Series("_c", si, dtype=exposed["_c"].dtype),
-                             pl.Series("_pos", n_exposed[su] + order, dtype=pl.Int64)))
-    return _Sets(users, catalogue, exposed, sampled, base, shown.height - exposed.height)
-
-
-def _scores(ctx: Any, models: dict[str, torch.nn.Module], sets: _Sets, oracle: Oracle | None) -> pl.DataFrame:
-    """Probabilities of every model (and the oracle) for exposed then sampled candidates."""
-    item_col = ctx.cfg.data.item_col
-    exp, smp = sets.exposed, sets.sampled
-    ctx.progress(f"report: scoring {smp.height:,} sampled candidates for {sets.users.height:,} users")
-    encoded = ctx.encoder.transform(smp)
-    idx = exp["_i"].to_numpy()
-    cols = {}
-    for m in SCORED_MODELS:
-        model = models[m]
-        z = (_two_tower_score(model, ctx.encoder, sets, ctx.device) if isinstance(model, TwoTower)
-             else _score(model, encoded, smp.height, ctx.device))
-        cols[m] = np.concatenate([ctx.logits["test"][m][idx], z])
-    keys = [pl.col("_user").alias("group"), pl.col(item_col).alias("item_id"),
-            pl.col("_label").cast(pl.Int8).alias("label"),
-            pl.col("_pos").cast(pl.Int64).alias("set_position"), pl.col("_u"), pl.col("_c")]
-    scores = pl.concat([
-        exp.select(*keys, pl.lit(True).alias("exposed"), pl.col("_row").cast(pl.Int64).alias("row")),
-        smp.select(*keys, pl.lit(False).alias("exposed"), pl.lit(None, dtype=pl.Int64).alias("row")),
-    ]).with_columns(pl.Series(m, _sigmoid(z)) for m, z in cols.items())
-    if oracle is not None:
-        known = np.concatenate([oracle.probability(ctx.cfg, exp), oracle.probability(ctx.cfg, smp)])
-        scores = scores.with_columns(pl.Series("oracle", known, dtype=pl.Float64))
-    elif "_oracle" in exp.columns:
-        shown = pl.concat([exp["_oracle"].cast(pl.Float64), pl.Series([None] * smp.height, dtype=pl.Float64)])
-        scores = scores.with_columns(shown.alias("oracle"))
-    return scores
-
-
-def _with_segments(scores: pl.DataFrame, sets: _Sets,
-                   frame: pl.DataFrame) -> tuple[pl.DataFrame, tuple[tuple[str, str], ...]]:
-    """Add user and item segment columns (and their bases); return their definitions too."""
-    user_rows = (frame.filter(pl.col("_split") == "train").group_by("_user").len()
-                 .join(sets.users, on="_user", how="right").sort("_u")["len"].fill_null(0).to_numpy())
-    activity, (q1, q2) = activity_segments(user_rows)
-    per_user = pl.DataFrame({"_u": sets.users["_u"], "user_train_rows": user_rows.astype(np.int64),
-                             "user_activity": activity})
-    per_item = sets.catalogue.select("_c", "item_train_rows", "item_popularity")
-    scores = (scores.join(per_user, on="_u", how="left").join(per_item, on="_c", how="left")
-              .with_columns((pl.col("item_train_rows") > 0).alias("seen_in_train"),
-                            pl.len().over("_u").cast(pl.Int64).alias("set_size"))
-              .sort("_u", "set_position").drop("_u", "_c"))
-    head, torso = POPULARITY_SHARES
-    return scores, (
-        ("user_activity", f"the user's train rows: light <= {q1:g} < medium <= {q2:g} < heavy "
-                          "(tertiles over the report's users)"),
-        ("item_popularity", f"items ranked by train exposures: head holds the first {head:.0%} of them, "
-                            f"torso up to {torso:.0%}, tail the rest (never-exposed items included)"),
-        ("seen_in_train", "true: the item has train exposures; false: unseen in training"),
-    )
-
-
-def build_scores(ctx: Any, models: dict[str, torch.nn.Module]) -> tuple[pl.DataFrame, ReportSpec]:
-    """Candidate sets of the selected test users, scored by every model, and the spec of their report.
-
-    Returns the scores frame (one row per candidate: ``group`` = the user, ``item_id``, ``label``,
-    ``exposed``, ``set_position``, ``row``, probabilities per model, ``oracle`` when the source knows
-    it, and the segment columns) and the :class:`ReportSpec` that says how to read it.
-    """
-    cfg: RunConfig = ctx.cfg
-    r = cfg.report
-    check_settings(r)
-    oracle = ORACLES.get(cfg.data.source)
-    if oracle is not None and not set(oracle.columns) <= set(ctx.frame.columns):
-        oracle = None
-    sets = candidate_sets(ctx, oracle)
-    scores, segments = _with_segments(_scores(ctx, models, sets, oracle), sets, ctx.frame)
-    has_oracle = "oracle" in scores.columns
-    notes = [f"label metrics cover the labelled test exposures of the report's {sets.users.height} users "
-             "(each item once); metrics.json scores every test row, so its figures differ"]
-    if sets.repeated:
-        notes.append(f"{sets.repeated} repeated test exposure(s) of an item to the same user are left out: "
-                     "a candidate set holds each item once (its first exposure)")
-    if has_oracle and oracle is None:
-        notes.append("the source cannot score unseen rows: the oracle is the exposures' _oracle only")
-    setup = {"mode": "run", "run_dir": str(ctx.run.path), "users": sets.users.height,
-             "candidates": {"sampled_per_group": r.sampled, "sampling": r.sampling, "max_users": r.max_users,
-                            "seed": cfg.run.seed, "excluded": "the user's test exposures",
-                            "weights": "uniform: 1; popularity: train exposures + 1",
-                            "context": "a sampled candidate copies the user's first test row"},
-             "scores": "probabilities: sigmoid of each model's logit",
-             "oracle_definition": ("noise-free click probability of the data generator" if oracle
-                                   else "the exposures' _oracle" if has_oracle else None)}
-    spec = ReportSpec(reference="teacher", models=("student", "student_hard"), label_models=SCORED_MODELS,
-                      gains=(("student", "student_hard"),), oracle="oracle" if has_oracle else None,
-                      sizes=r.sizes, ks=r.ks, ns=r.ns, segments=segments, n_boot=r.bootstrap,
-                      seed=cfg.run.seed, source=str(ctx.run.path / "report" / "scores.parquet"),
-                      setup=setup, notes=tuple(notes))
-    return scores, spec
-
-
 def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec,
                  retrieval: dict[str, Any] | None = None,
                  distill_grid: dict[str, Any] | None = None) -> ReportOutputs:
     """Build the report from ``scores`` and write ``scores.parquet``, ``report.json``, ``report.html``;
     ``retrieval`` (``metrics["test"]["retrieval"]``) adds the retrieval-over-the-catalogue section,
     ``distill_grid`` (a run's ``distill_grid.json``) the distillation trade-off block and plot."""
+    from coarserank.ranking_eval.report_html import render_html  # matplotlib: only when writing
+
     start = time.perf_counter()
     report = build_report(scores, spec)
     if retrieval:
@@ -260,47 +92,73 @@ def write_report(out_dir: Path, scores: pl.DataFrame, spec: ReportSpec,
     return ReportOutputs(report, *paths, time.perf_counter() - start)
 
 
-def _report(ctx: Any, models: dict[str, torch.nn.Module]) -> ReportOutputs | None:
+def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
+    """The 'report' stage of ``distill run``: writes ``report/`` and records it in the manifest."""
     ctx.run.begin("report")
     if not ctx.cfg.report.enabled:
         ctx.run.finish("report", skipped="report.enabled is false")
-        return None
-    start = time.perf_counter()
-    scores, spec = build_scores(ctx, models)
-    scored = time.perf_counter() - start
-    ctx.progress("report: computing metrics and plots")
-    metrics = json.loads(ctx.run.verified_path("metrics.json").read_text())
+        return
+    from coarserank.pipeline.report_scoring import build_run_report
+    from coarserank.pipeline.run_data import RunData
+
     grid_file = ctx.run.file(GRID_FILE)
     grid = json.loads(grid_file.read_text()) if ctx.run.is_done("distill_grid") and grid_file.is_file() else None
-    out = write_report(ctx.run.file("report"), scores, spec, metrics.get("test", {}).get("retrieval"), grid)
+    retrieval = json.loads(ctx.run.verified_path("metrics.json").read_text()).get("test", {}).get("retrieval")
+    out, scored = build_run_report(RunData.from_context(ctx), models, ctx.device, ctx.progress, grid, retrieval)
     ctx.run.record("report", out.scores, out.json, out.html)
     counts = out.report["counts"]
     ctx.run.finish("report", groups=counts["groups"], candidates=counts["candidates"],
-                   scoring_seconds=round(scored, 3), report_seconds=round(out.seconds, 3))
-    ctx.progress(f"report: {counts['candidates']:,} candidates in {counts['groups']:,} sets -> "
-                 f"{out.html} ({time.perf_counter() - start:.1f}s)")
-    out.seconds = time.perf_counter() - start
-    return out
+                   scoring_seconds=round(scored, 3), report_seconds=round(out.seconds - scored, 3))
 
 
-def run_stage(ctx: Any, models: dict[str, torch.nn.Module]) -> None:
-    """The 'report' stage of ``distill run``: writes and records ``report/`` in the run directory."""
-    _report(ctx, models)
+def _current_report(run: Run) -> ReportOutputs | None:
+    """The run's report when it is current: its stage done (not stale), made with the run's
+    ``report`` settings, and its three files as recorded; else None."""
+    m = run.manifest
+    files = m.outputs("report")
+    if (not run.has("report") or not files
+            or m.stage_facts("report").get("section_hash") != section_hash(run.config, SECTIONS)):
+        return None
+    try:
+        paths = {Path(rel).name: run.verified(rel) for rel in files}
+    except ArtifactError:
+        return None  # modified or missing: rebuilt from the models
+    if set(paths) != {"scores.parquet", "report.json", "report.html"}:
+        return None
+    report = json.loads(paths["report.json"].read_text())
+    return ReportOutputs(report, paths["scores.parquet"], paths["report.json"], paths["report.html"], 0.0,
+                         rebuilt=False)
 
 
-def report_run(run_dir: Path | str, *, progress: Progress = _quiet) -> ReportOutputs:
-    """(Re)build the report of a finished run directory (``distill report --run DIR``)."""
-    from coarserank.pipeline.run import load_context
+def report_run(run_dir: Path | str, *, progress: Progress = _quiet, device: str = "cpu",
+               force: bool = False) -> ReportOutputs:
+    """(Re)build the report of a finished run directory (``distill report --run DIR``).
 
-    ctx, models = load_context(run_dir, progress=progress)
-    missing = [m for m in SCORED_MODELS if m not in models]
-    if missing:
-        raise ConfigError(f"run {run_dir}: model(s) {', '.join(missing)} are not trained yet; "
-                          "finish the run first")
-    out = _report(ctx, models)
-    if out is None:
+    Reads the run through :class:`~coarserank.artifacts.Run` (every file of the stages the report
+    reads checked against the manifest; nothing is trained, and nothing of the log is encoded but
+    the test split and the candidates) and writes ``DIR/report/`` only: ``manifest.json`` keeps
+    what ``distill run`` recorded (the report is deterministic, so a rebuild of an unchanged run
+    matches those hashes). A report that is current (same models, data and ``report`` settings,
+    files as recorded) is not rebuilt unless ``force``, as ``distill run`` does not redo a finished
+    stage; :attr:`ReportOutputs.rebuilt` says which happened.
+    """
+    start = time.perf_counter()
+    run = Run.open(run_dir, require=REPORT_READS)
+    if not run.config.report.enabled:
         raise ConfigError(f"run {run_dir}: report.enabled is false in its config; nothing to report")
-    return out
+    current = None if force else _current_report(run)
+    if current is not None:
+        progress(f"report: {current.html} is current (same models, data and settings, files as recorded); "
+                 "--force rebuilds it")
+        current.seconds = time.perf_counter() - start
+        return current
+    from coarserank.pipeline.report_scoring import build_run_report
+    from coarserank.pipeline.run_data import RunData
+
+    models = run.models(SCORED_MODELS, device)
+    grid = json.loads(run.verified(GRID_FILE).read_text()) if run.has("distill_grid") else None
+    retrieval = run.metrics().get("test", {}).get("retrieval")
+    return build_run_report(RunData.from_run(run, models, device), models, device, progress, grid, retrieval)[0]
 
 
 # --------------------------------------------------------------------------- comparing score files

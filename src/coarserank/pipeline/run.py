@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from coarserank.artifacts import MODEL_FILES, Run, write_prepared
 from coarserank.atomic import atomic_write_text, atomic_write_with
 from coarserank.config import DistillConfig, ModelTrainingConfig, RunConfig, config_hash, config_to_dict, dump_config, section_hash
 from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
@@ -39,7 +40,7 @@ from coarserank.pipeline import recall_stage
 from coarserank.pipeline.rundir import RunDir
 from coarserank.threads import apply_threads, explain_threads
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
-from coarserank.ranking_eval.metrics import auc, gauc, logloss
+from coarserank.ranking_eval.metrics import label_metrics
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
@@ -109,17 +110,18 @@ def _stage_data(ctx: RunContext) -> None:
         facts = {}
     check_label_mix(pl.concat([ctx.frames[s].select("_group", "_label").with_columns(pl.lit(s).alias("_split"))
                                for s in SPLITS]), cfg.data)  # before any model trains
-    previous = ctx.run.manifest.get("data_fingerprint")
+    previous = ctx.run.manifest.data_fingerprint
     if previous and previous != fingerprint:
         raise CoarseRankError(f"run {ctx.run.path}: the data changed since this run started "
                               "(fingerprint differs); use --overwrite to start over")
     if ctx.run.is_done("data"):
         return
     ctx.run.begin("data")
-    ctx.run.manifest["data_fingerprint"] = fingerprint
+    ctx.run.set_data_fingerprint(fingerprint)
     if ctx.run.writable:
         written = ctx.encoder.save(ctx.run.path)
         written.append(atomic_write_text(ctx.run.file("schema.json"), ctx.schema.dumps()))
+        written += write_prepared(ctx.run.path, ctx.frames, ctx.frame)  # what read commands need
         ctx.run.record("data", *written)
     ctx.run.finish("data", rows=counts, fields=len(ctx.schema), read_seconds=round(time.perf_counter() - start, 3),
                    **facts)
@@ -282,12 +284,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
 
 
-def _label_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
-    g = gauc(y, p, groups)
-    return {"auc": auc(y, p), "gauc": g.value, "logloss": logloss(y, p), "rows": int(len(y)),
-            "gauc_groups_used": g.groups_used, "gauc_groups_skipped": g.groups_skipped}
-
-
 def _teacher_notes(valid: dict[str, dict[str, Any]]) -> list[str]:
     """What a user must know before trusting the distilled student, from validation figures only."""
     teacher, control = valid["teacher"]["gauc"], valid["student_hard"]["gauc"]
@@ -305,17 +301,17 @@ def _stage_metrics(ctx: RunContext, retrieval: dict[str, Any]) -> dict[str, Any]
     for split in ("valid", "test"):
         frame = ctx.frames[split]
         y, groups = frame["_label"].to_numpy(), frame["_group"].to_numpy()
-        metrics[split] = {m: _label_metrics(y, _sigmoid(ctx.logits[split][m]), groups) for m in MODELS}
+        metrics[split] = {m: label_metrics(y, _sigmoid(ctx.logits[split][m]), groups) for m in MODELS}
         if "_oracle" in frame.columns:
-            metrics[split]["oracle"] = _label_metrics(y, frame["_oracle"].to_numpy(), groups)
+            metrics[split]["oracle"] = label_metrics(y, frame["_oracle"].to_numpy(), groups)
     metrics["test"]["retrieval"] = retrieval  # over the whole catalogue (coarserank.pipeline.recall_stage)
     notes = _teacher_notes(metrics["valid"])
     if notes:
         metrics["notes"] = notes
         for note in notes:
             warnings.warn(note, DistillWarning, stacklevel=2)
-    gates = {m: ctx.run.manifest["stages"][m]["field_gates"] for m in ("student", "student_hard")
-             if "field_gates" in ctx.run.manifest["stages"].get(m, {})}
+    gates = {m: facts["field_gates"] for m in ("student", "student_hard")
+             for facts in [ctx.run.manifest.stage_facts(m)] if "field_gates" in facts}
     if gates:
         metrics["field_gates"] = gates
     metrics["definitions"] = {
@@ -343,31 +339,22 @@ EXTRA_STAGES: list[tuple[str, str, str]] = [  # (stage, module, config sections 
 
 def load_context(run_dir: Path | str, *, progress: Progress = _quiet, device: str = "cpu",
                  require: tuple[str, ...] = ("metrics",)) -> tuple[RunContext, dict[str, torch.nn.Module]]:
-    """Rebuild a finished run in memory: its config, the prepared data (checked against the recorded
-    data fingerprint), the encoder, the models and their logits. Commands that read a run
-    directory (rank, report, sweep, ...) start here; nothing in the directory is executed."""
-    from coarserank.config import load_config
-
-    run_ = RunDir.open(run_dir, require=("config", "data", *require))
-    run_.check_intact()  # a command that reads a run never retrains a stage whose files changed
-    cfg = load_config(run_.verified_path("config.toml"))
-    cfg = replace(cfg, run=replace(cfg.run, device=device))
-    ctx = RunContext(cfg, run_, resolve_device(device), progress)
-    _stage_data(ctx)
-    models: dict[str, torch.nn.Module] = {}
-    if run_.is_done("teacher"):
-        models["teacher"] = _stage_teacher(ctx)
-    if run_.is_done("logits"):
-        _stage_logits(ctx, models["teacher"])
-    for stage, filename in (("student", "student.pt"), ("student_hard", "student_hard.pt")):
-        if run_.is_done(stage):
-            models[stage] = _stage_student(ctx, stage, filename, 0.0, None)
-            for split in SPLITS:
-                ctx.logits[split][stage] = predict(models[stage], ctx.tables[split], ctx.device)
-    if run_.is_done("gbdt"):
-        _stage_gbdt(ctx)
-    for model in models.values():
-        model.eval()
+    """A finished run in memory as a :class:`RunContext`, read through :class:`~coarserank.artifacts.Run`:
+    every file checked, nothing trained, nothing written (its ``run`` is not writable). The read
+    commands use :class:`~coarserank.artifacts.Run` directly; this serves code still written
+    against the context. A streaming run's train table is its in-memory sample."""
+    view = Run.open(run_dir, require=("config", "data", *require))
+    cfg = replace(view.config, run=replace(view.config.run, device=device))
+    ctx = RunContext(cfg, RunDir(view.path, view.manifest, writable=False), resolve_device(device), progress)
+    ctx.encoder, ctx.frame = view.encoder, view.frame()
+    models = {name: view.model(name, ctx.device) for name in MODEL_FILES if view.has(name)}
+    for split in SPLITS:
+        part = view.split(split)
+        ctx.frames[split], ctx.encoded[split], ctx.tables[split] = part.frame, part.fields(ctx.schema), split_table(part)
+        ctx.logits[split] = {"teacher": view.teacher_logits(split)} if view.has("logits") else {}
+        for name in ("student", "student_hard"):
+            if name in models:
+                ctx.logits[split][name] = predict(models[name], ctx.tables[split], ctx.device)
     return ctx, models
 
 
@@ -431,13 +418,12 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             metrics = _stage_metrics(ctx, retrieval)
             for name, module, sections in EXTRA_STAGES if extra_stages else []:
                 stage = name
-                wanted = "+".join(section_hash(cfg, section) for section in sections.split("+"))
-                if run_.is_done(name) and run_.manifest["stages"][name].get("section_hash") == wanted:
+                wanted = section_hash(cfg, sections)
+                if run_.is_done(name) and run_.manifest.stage_facts(name).get("section_hash") == wanted:
                     continue
                 importlib.import_module(module).run_stage(ctx, models)
-                if name in run_.manifest["stages"]:
-                    run_.manifest["stages"][name]["section_hash"] = wanted
-                    run_.save()
+                if run_.stage_status(name) is not None:
+                    run_.update_stage(name, section_hash=wanted)
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise

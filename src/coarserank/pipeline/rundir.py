@@ -1,9 +1,11 @@
-"""The run directory: layout, ``manifest.json`` (hashes, stage status, checks), open/refuse/resume.
+"""The run directory being written: create, refuse, replace or resume it, and record what stages write.
 
 A run directory is complete when every stage in ``manifest.json`` says ``done``; a stage that
 failed or was interrupted says ``failed`` or ``running``, so nothing half-written passes for
 complete. Every file written through :meth:`RunDir.record` gets its sha256 in the manifest and
-is verified by :meth:`RunDir.verified_path` before use.
+is verified by :meth:`RunDir.verified_path` before use. The manifest itself is a
+:class:`coarserank.artifacts.Manifest` (the one owner of its format and of the stage graph);
+reading a finished run is :class:`coarserank.artifacts.Run`'s job.
 
 One writer at a time: :meth:`RunDir.create` and :meth:`RunDir.writer` hold an exclusive lock on
 ``.coarserank.lock`` until :meth:`RunDir.close`; a second writer is refused at once. A writer that
@@ -19,51 +21,22 @@ run is built in a hidden sibling directory and the old run stays as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import torch
-
-from coarserank import __version__
+from coarserank.artifacts.manifest import MANIFEST, STAGE_INPUTS, Manifest, rebuild_message, sha256_file
+from coarserank.artifacts.run import load_checkpoint
 from coarserank.atomic import LockBusy, atomic_write_text, file_lock
-from coarserank.checksums import MANIFEST, PUBLISH_LOCK, WRITER_LOCK, sha256_file, verified_file
+from coarserank.checksums import PUBLISH_LOCK, WRITER_LOCK
 from coarserank.errors import ArtifactError, ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["RunDir", "sha256_file", "MANIFEST", "STAGE_INPUTS", "is_run_manifest"]
-
-
-#: stage -> the stages whose outputs it reads; a stage whose files changed is rebuilt with all
-#: stages downstream of it.
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "data": (), "teacher": ("data",), "logits": ("teacher",), "student": ("logits",), "student_hard": ("data",),
-    "gbdt": ("data",), "metrics": ("teacher", "logits", "student", "student_hard", "gbdt"),
-    "export": ("data", "teacher", "student"), "report": ("metrics", "export"),
-}
-
-
-def _downstream(stage: str) -> list[str]:
-    """Every stage that reads ``stage``'s outputs, directly or not, in :data:`STAGE_INPUTS` order."""
-    reached = {stage}
-    for s, inputs in STAGE_INPUTS.items():  # the table lists each stage after its inputs
-        if reached & set(inputs):
-            reached.add(s)
-    return [s for s in STAGE_INPUTS if s in reached and s != stage]
-
-
-def _load_reason(exc: BaseException) -> str:
-    """torch.load's failure in a few words, without its advice to load untrusted code."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        return text[text.index(marker):].splitlines()[0].strip()[:200]
-    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
-    return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
 
 
 def is_run_manifest(body: Any) -> bool:
@@ -72,12 +45,12 @@ def is_run_manifest(body: Any) -> bool:
             and isinstance(body.get("config_hash"), str))
 
 
-def _existing_manifest(path: Path) -> dict[str, Any] | None:
+def _existing_manifest(path: Path) -> Manifest | None:
     try:
-        body = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = Manifest.read(path)
+    except ArtifactError:
         return None
-    return body if is_run_manifest(body) else None
+    return manifest if manifest.config_hash is not None else None
 
 
 def _lock(directory: Path, name: str = WRITER_LOCK) -> contextlib.AbstractContextManager[bool]:
@@ -96,22 +69,13 @@ def _held_writer_lock(directory: Path, stack: contextlib.ExitStack) -> None:
                             "this command writes into it") from None
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-    import polars
-    import torch
-
-    return {"coarserank": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "polars": polars.__version__}
-
-
 class RunDir:
     """A run directory and its manifest. Use :meth:`create` to start or resume a run and
-    :meth:`open` to read a finished one."""
+    :meth:`open` or :meth:`writer` to reopen one for writing (reading: :class:`coarserank.artifacts.Run`)."""
 
-    def __init__(self, path: Path | str, manifest: dict[str, Any], *, writable: bool = True) -> None:
+    def __init__(self, path: Path | str, manifest: Manifest | Mapping[str, Any], *, writable: bool = True) -> None:
         self.path = Path(path)
-        self.manifest = manifest
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
         self.writable = writable  # False on distributed ranks other than 0: state is tracked, nothing written
         self.replaces: Path | None = None  # the run this one replaces once its data passed the checks
         self._locks = contextlib.ExitStack()
@@ -133,7 +97,7 @@ class RunDir:
                                   "give --out a new or empty directory")
             stack = contextlib.ExitStack()
             _held_writer_lock(path, stack)
-            if existing.get("config_hash") == config_hash and not overwrite:
+            if existing.config_hash == config_hash and not overwrite:
                 run = cls(path, existing)
                 run._locks = stack
                 return run
@@ -150,9 +114,7 @@ class RunDir:
 
     @classmethod
     def _fresh(cls, path: Path, config_hash: str) -> RunDir:
-        run = cls(path, {"format": 1, "config_hash": config_hash, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                         time.gmtime()), "versions": _versions(), "machine": platform.platform(),
-                         "stages": {}, "files": {}, "checks": {}})
+        run = cls(path, Manifest.new(config_hash))
         _held_writer_lock(path, run._locks)
         run.save()
         return run
@@ -202,10 +164,7 @@ class RunDir:
     def open(cls, path: Path | str, *, require: tuple[str, ...] = ()) -> RunDir:
         """Open an existing run directory; ``require`` names stages that must be done."""
         path = Path(path)
-        if not (path / MANIFEST).is_file():
-            raise ArtifactError(f"{path} is not a coarserank run directory (no {MANIFEST}); "
-                                "create one with `distill run --out DIR`")
-        run = cls(path, cls._read_manifest(path / MANIFEST))
+        run = cls(path, Manifest.read(path))
         for stage in require:
             status = run.stage_status(stage)
             if status != "done":
@@ -213,96 +172,53 @@ class RunDir:
                                     "finish the run first (`distill run` resumes it)")
         return run
 
-    @staticmethod
-    def _read_manifest(path: Path) -> dict[str, Any]:
-        try:
-            body = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
-        if not isinstance(body, dict) or "stages" not in body or "files" not in body:
-            raise ArtifactError(f"{path} is not a coarserank manifest")
-        return body
-
     def save(self) -> None:
         if not self.writable:
             return
-        atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=True))
+        atomic_write_text(self.path / MANIFEST, self.manifest.dumps())
 
     # -- stages ------------------------------------------------------------------------------
     def stage_status(self, stage: str) -> str | None:
-        return self.manifest["stages"].get(stage, {}).get("status")
+        return self.manifest.stage_status(stage)
 
     def is_done(self, stage: str) -> bool:
         """Done and every file it wrote still matches its recorded hash."""
-        entry = self.manifest["stages"].get(stage, {})
-        return entry.get("status") == "done" and self.changed_file(stage) is None
+        return self.manifest.intact(self.path, stage)
 
     def changed_file(self, stage: str) -> str | None:
         """The first output of ``stage`` that is missing or no longer matches its recorded hash."""
-        for rel in self.manifest["stages"].get(stage, {}).get("outputs", []):
-            p = self.path / rel
-            if not p.is_file() or sha256_file(p) != self.manifest["files"].get(rel):
-                return rel
-        return None
+        return self.manifest.changed_file(self.path, stage)
 
     def invalidate_changed(self) -> list[str]:
-        """Mark every finished stage whose files changed, and every stage downstream of it
-        (:data:`STAGE_INPUTS`), ``stale`` so that a resumed run rebuilds them; one message per
-        changed stage says which file, why, and what is rebuilt."""
-        stages = self.manifest["stages"]
-        changed = {s: rel for s in STAGE_INPUTS if stages.get(s, {}).get("status") == "done"
-                   for rel in [self.changed_file(s)] if rel is not None}
-        messages = []
-        for stage, rel in changed.items():
-            downstream = [s for s in _downstream(stage) if stages.get(s, {}).get("status") == "done"]
-            for s in (stage, *downstream):
-                stages[s]["status"] = "stale"
-            what = "is missing" if not (self.path / rel).is_file() else f"does not match its sha256 in {MANIFEST}"
-            then = f", then what depends on it: {', '.join(downstream)}" if downstream else ""
-            messages.append(f"run {self.path}: {rel} {what} (modified or corrupt); rebuilding stage "
-                            f"{stage!r}{then}")
-        if changed:
+        """Mark every finished stage whose files changed, and every stage downstream of it, ``stale``
+        so that a resumed run rebuilds them (:meth:`Manifest.invalidate_changed`); one message per
+        changed stage."""
+        messages = self.manifest.invalidate_changed(self.path)
+        if messages:
             self.save()
         return messages
 
     def check_intact(self) -> None:
         """For commands that only read a run: every finished stage's files match their hashes."""
-        for stage, entry in self.manifest["stages"].items():
-            rel = self.changed_file(stage) if entry.get("status") == "done" else None
+        for stage in self.manifest.stage_names():
+            rel = self.changed_file(stage) if self.stage_status(stage) == "done" else None
             if rel is not None:
-                raise ArtifactError(f"run {self.path}: {rel} is missing or does not match its sha256 in {MANIFEST} "
-                                    f"(modified or corrupt); `distill run --config {self.path / 'config.toml'} --out "
-                                    f"{self.path}` rebuilds stage {stage!r} and what depends on it")
+                raise ArtifactError(rebuild_message(self.path, rel, str(self.manifest.file_problem(self.path, rel)),
+                                                    stage))
 
     def load_state(self, rel: str, model: torch.nn.Module) -> torch.nn.Module:
         """Load the checkpoint ``rel`` (verified against the manifest) into ``model``: tensors only
         (``weights_only``), never code; a file that is not such a state dict, or one of another
         model, is a one-line :class:`ArtifactError`."""
-        path = self.verified_path(rel)
-        redo = "delete it and resume with `distill run` to retrain it"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            raise ArtifactError(f"run {self.path}: {rel} is not a checkpoint of tensors coarserank can load "
-                                f"({_load_reason(exc)}); {redo}") from None
-        if not isinstance(state, dict):
-            raise ArtifactError(f"run {self.path}: {rel} holds a {type(state).__name__}, not a state dict; {redo}")
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, KeyError, TypeError) as exc:
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            raise ArtifactError(f"run {self.path}: {rel} holds the weights of another model "
-                                f"({(lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]})"
-                                f"; {redo}") from None
-        return model
+        return load_checkpoint(self.verified_path(rel), model, f"run {self.path}: {rel}",
+                               "delete it and resume with `distill run` to retrain it")
 
     def begin(self, stage: str) -> None:
-        self.manifest["stages"][stage] = {"status": "running", "started": time.time(), "outputs": []}
+        self.manifest.begin(stage)
         self.save()
 
     def finish(self, stage: str, **facts: Any) -> None:
-        entry = self.manifest["stages"][stage]
-        entry.update(status="done", seconds=round(time.time() - entry.pop("started", time.time()), 3), **facts)
+        self.manifest.finish(stage, **facts)
         self.save()
         if stage == "data" and self.replaces is not None and self.writable:
             self._commit_replacement()
@@ -311,9 +227,16 @@ class RunDir:
         if self.replaces is not None and self.writable:
             self._abandon_replacement()
             return
-        entry = self.manifest["stages"].setdefault(stage, {"outputs": []})
-        entry.pop("started", None)
-        entry.update(status="failed", error=error)
+        self.manifest.fail(stage, error)
+        self.save()
+
+    def update_stage(self, stage: str, **facts: Any) -> None:
+        """Add facts to a stage already recorded (a section hash, a rebuilt index's kind)."""
+        self.manifest.update_stage(stage, **facts)
+        self.save()
+
+    def set_data_fingerprint(self, fingerprint: str) -> None:
+        self.manifest.set_data_fingerprint(fingerprint)
         self.save()
 
     # -- files -------------------------------------------------------------------------------
@@ -326,16 +249,13 @@ class RunDir:
             return
         for p in paths:
             rel = Path(p).resolve().relative_to(self.path.resolve()).as_posix()
-            self.manifest["files"][rel] = sha256_file(Path(p))
-            outputs = self.manifest["stages"][stage].setdefault("outputs", [])
-            if rel not in outputs:
-                outputs.append(rel)
+            self.manifest.record(stage, rel, sha256_file(Path(p)))
         self.save()
 
     def verified_path(self, rel: str) -> Path:
         """``path/rel`` after checking its sha256 against the manifest."""
-        return verified_file(self.path, self.manifest, rel)
+        return self.manifest.verified(self.path, rel)
 
     def set_check(self, name: str, value: Any) -> None:
-        self.manifest["checks"][name] = value
+        self.manifest.set_check(name, value)
         self.save()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import polars as pl
@@ -29,6 +29,9 @@ from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import predict
 from coarserank.errors import DataError
 
+if TYPE_CHECKING:
+    from coarserank.pipeline.run import RunContext
+
 __all__ = ["load_streaming_data", "train_logits_path", "streaming_train", "write_train_logits"]
 
 _HASH_RANGE = 1 << 32
@@ -43,7 +46,7 @@ def train_logits_path(run_path: Path, partition: int) -> Path:
     return run_path / "logits" / "train" / f"part-{partition:05d}.parquet"
 
 
-def load_streaming_data(ctx: Any) -> str:
+def load_streaming_data(ctx: RunContext) -> str:
     """Fill ``ctx`` (encoder, in-memory frames and tables, the streaming train source) from the
     partitioned log in two passes; returns the data fingerprint (sha256 over the partition files'
     bytes and the side tables)."""
@@ -96,16 +99,16 @@ def load_streaming_data(ctx: Any) -> str:
     return digest.hexdigest()
 
 
-def _train_rows(ctx: Any, partition: int) -> pl.DataFrame:
+def _train_rows(ctx: RunContext, partition: int) -> pl.DataFrame:
     return ctx.log.read(partition).filter(pl.col("_split") == "train")
 
 
-def _encode(ctx: Any, frame: pl.DataFrame, teacher: np.ndarray | None) -> TensorTable:
+def _encode(ctx: RunContext, frame: pl.DataFrame, teacher: np.ndarray | None) -> TensorTable:
     groups = frame["_group"].hash(0).reinterpret(signed=True).to_numpy()  # ids shared across partitions
     return make_table(ctx.encoder.transform(frame), frame["_label"].to_numpy(), groups, teacher, dense_groups=False)
 
 
-def streaming_train(ctx: Any, with_teacher: bool = False) -> StreamingTable:
+def streaming_train(ctx: RunContext, with_teacher: bool = False) -> StreamingTable:
     """The train rows of ``ctx``'s partitioned log (with the teacher's logits attached from
     ``logits/train/`` when ``with_teacher``)."""
 
@@ -127,7 +130,7 @@ def streaming_train(ctx: Any, with_teacher: bool = False) -> StreamingTable:
     return StreamingTable(read, ctx.log.train_rows_, ctx.cfg.data.shuffle_partitions)
 
 
-def write_train_logits(ctx: Any, teacher: torch.nn.Module) -> list[Path]:
+def write_train_logits(ctx: RunContext, teacher: torch.nn.Module) -> list[Path]:
     """Score every train row with the teacher, partition by partition; ranks share the partitions
     and rank 0 writes one parquet file per partition (``row``, ``logit``, ``soft`` = logit / T)."""
     info = current()

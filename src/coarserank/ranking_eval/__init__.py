@@ -14,13 +14,13 @@ from coarserank.ranking_eval.consistency import (
     recall_k_in_n,
     spearman,
 )
+from coarserank.ranking_eval.calibration import CalibrationResult, calibration
 from coarserank.ranking_eval.metrics import (
-    CalibrationResult,
     GaucResult,
     GroupMetric,
     auc,
-    calibration,
     gauc,
+    label_metrics,
     logloss,
     ndcg_at_k,
 )
@@ -35,6 +35,7 @@ __all__ = [
     "consistency_table",
     "gauc",
     "kendall_tau",
+    "label_metrics",
     "logloss",
     "ndcg_at_k",
     "ndcg_consistency",

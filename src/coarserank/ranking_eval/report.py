@@ -37,7 +37,8 @@ from coarserank.ranking_eval.consistency import (
     recall_k_in_n,
     spearman,
 )
-from coarserank.ranking_eval.metrics import GaucResult, GroupMetric, auc, calibration, gauc, logloss
+from coarserank.ranking_eval.calibration import calibration
+from coarserank.ranking_eval.metrics import GaucResult, GroupMetric, auc, gauc, logloss
 
 __all__ = ["DEFINITIONS", "SCHEMA", "SCHEMA_VERSION", "ReportSpec", "build_report", "validate_scores"]
 

@@ -29,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from coarserank.config import DataConfig, load_config
+from coarserank.artifacts.bundle import SERVING_FILE, ColdBundle
+from coarserank.config import DataConfig
 from coarserank.data.encode import Encoder
 from coarserank.data.history import NONE, HistoryStats, raw_values, row_means
 from coarserank.data.prepare import feature_column, history_stats
@@ -39,7 +40,7 @@ from coarserank.serving.kv import as_query_ids
 from coarserank.serving.onnx_export import read_metadata
 from coarserank.serving.onnx_inputs import feeds_from_frame, input_specs
 from coarserank.serving.ranker import CoarseRanker, Ranker, RankResult, UserFeeds, onnx_session, top_positions
-from coarserank.serving.run_files import SERVING_FILE, RunFiles
+from coarserank.serving.run_files import RunFiles
 
 __all__ = ["ColdRanker", "HistoryLookup", "HISTORY_FILE", "history_columns", "open_ranker"]
 
@@ -152,20 +153,22 @@ class ColdRanker:
         ``items.parquet`` and ``history.parquet`` (when its fields hold history crosses), each verified."""
         files = RunFiles(run_dir)
         with files.reading():
-            meta = files.json(SERVING_FILE)
-            if meta.get("family") != "cold":
-                raise ArtifactError(f"run {files.path} serves a {meta.get('family', 'two_tower')} student; "
-                                    "use CoarseRanker (towers: user vector x KV item vectors)")
-            cfg = load_config(files.verified("config.toml"))
-            encoder = Encoder.from_json(cfg.data, files.json("encoder.json"))
-            path = files.verified(meta["files"]["student"])
+            bundle = files.bundle()
+            if not isinstance(bundle, ColdBundle):
+                raise ArtifactError(f"run {files.path} serves a {bundle.family} student; use CoarseRanker (towers: "
+                                    "user vector x KV item vectors)")
+            encoder = files.encoder()
+            path = files.verified(bundle.file("student"))
             session = onnx_session(path, threads=threads)
             fields = read_metadata(path)["fields"].split(",")
-            catalogue = read_catalogue(files.verified(meta["files"]["catalogue"]), cfg.data)
+            catalogue = read_catalogue(files.verified(bundle.file("catalogue")), encoder.cfg)
             names = [s.name for s in input_specs(encoder, "cold", fields) if s.kind == "history"]
-            frame = pl.read_parquet(files.verified(meta["files"]["history"])) if names else None
-        history = {n: HistoryLookup.build(cfg.data, n, frame, catalogue, float(meta["history_base_rate"]))
-                   for n in names} if frame is not None else {}
+            frame = pl.read_parquet(files.verified(bundle.file("history"))) if names else None
+        if frame is not None and bundle.history_base_rate is None:
+            raise ArtifactError(f"run {files.path}: {SERVING_FILE} lacks history_base_rate, which the student's "
+                                f"history crosses ({', '.join(names)}) need")
+        history = {n: HistoryLookup.build(encoder.cfg, n, frame, catalogue, float(bundle.history_base_rate))
+                   for n in names} if frame is not None and bundle.history_base_rate is not None else {}
         return cls(session, encoder, catalogue, fields, history, files)
 
     def rows(self, candidate_ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +220,7 @@ def open_ranker(run_dir: Path | str, *, store: str | None = None, namespace: str
     ArtifactError
         A missing or modified artifact, or ``store`` given for a COLD student (it has no item vectors).
     """
-    meta = RunFiles(run_dir).json(SERVING_FILE)
-    if meta.get("family") == "cold":
+    if isinstance(RunFiles(run_dir).bundle(), ColdBundle):
         if store is not None:
             raise ArtifactError(f"run {run_dir} serves a COLD student, which scores candidate rows and has no "
                                 "item vectors; --store does not apply")

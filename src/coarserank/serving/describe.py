@@ -21,7 +21,7 @@ import onnx
 
 from coarserank.errors import ArtifactError
 from coarserank.serving.onnx_contract import read_contract
-from coarserank.serving.ranker import SERVING_FILE, RunFiles
+from coarserank.serving.ranker import RunFiles
 
 __all__ = ["ONNX_FILES", "describe_file", "describe_run", "format_description"]
 
@@ -49,8 +49,7 @@ def describe_run(run_dir: Path | str) -> dict[str, Any]:
     """The contract of every ONNX file of a finished run (those ``serving.json`` lists: the towers and the
     teacher, or a COLD student and the teacher), each checked against the manifest first."""
     files = RunFiles(run_dir)
-    meta = files.json(SERVING_FILE)
-    names = [n for n in meta.get("files", {}).values() if n.endswith(".onnx")] or list(ONNX_FILES)
+    names = [n for n in files.bundle().files.values() if n.endswith(".onnx")] or list(ONNX_FILES)
     described = [describe_file(files.verified(name)) for name in names]
     ids = sorted({d["properties"].get("run_id", "") for d in described})
     return {"run": str(files.path), "run_id": ids[0] if len(ids) == 1 else None, "files": described}

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from coarserank.artifacts.bundle import ColdBundle
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
@@ -288,24 +289,24 @@ class CoarseRanker:
         """
         files = RunFiles(run_dir)
         with files.reading():
-            meta = files.json(SERVING_FILE)
-            if meta.get("family") == "cold":
+            bundle = files.bundle()
+            if isinstance(bundle, ColdBundle):
                 raise ArtifactError(f"run {files.path} serves a COLD student: it scores candidate rows and has no "
                                     "user tower, item vectors or Faiss index (`distill rank` and `distill bench` "
                                     "serve it)")
             encoder = files.encoder()
-            session = onnx_session(files.verified(meta["files"]["user_tower"]), threads=threads)
-            kv = open_store(store if store is not None else files.verified(meta["files"]["kv"]),
-                            expected_dim=int(meta["dim"]), namespace=namespace)
+            session = onnx_session(files.verified(bundle.file("user_tower")), threads=threads)
+            kv = open_store(store if store is not None else files.verified(bundle.file("kv")),
+                            expected_dim=bundle.dim, namespace=namespace)
         found = kv.model_hash
-        if found != meta["model_hash"]:
-            shown = redact_uri(store) if store is not None else meta["files"]["kv"]
+        if found != bundle.model_hash:
+            shown = redact_uri(store) if store is not None else bundle.file("kv")
             kv.close()
             raise ArtifactError(f"KV store {shown} holds vectors of model {found!r}, but run {files.path} "
-                                f"serves model {meta['model_hash']!r}; publish this run's item vectors first "
+                                f"serves model {bundle.model_hash!r}; publish this run's item vectors first "
                                 "(`distill publish --run DIR --store URL`)")
-        kv.pin_model(meta["model_hash"])  # a store that follows new versions never switches to another model's
-        return cls(session, UserFeeds(encoder), kv, meta["score"]["a"], meta["score"]["b"], files)
+        kv.pin_model(bundle.model_hash)  # a store that follows new versions never switches to another model's
+        return cls(session, UserFeeds(encoder), kv, bundle.a, bundle.b, files)
 
     def user_vector(self, user: dict[str, Any]) -> np.ndarray:
         """The user tower's L2-normalised vector ``float32 [dim]`` for one request."""
@@ -337,7 +338,7 @@ class CoarseRanker:
             if self.files is None:
                 raise ArtifactError("this ranker was not loaded from a run directory; it has no Faiss index")
             with self.files.reading():
-                rel = self.files.json(SERVING_FILE)["files"]["index"]
+                rel = self.files.bundle().file("index")
                 sidecar = self.files.verified(sidecar_path(rel).as_posix())
                 self._index = ItemIndex.load(self.files.verified(rel), sidecar)
         return self._index

@@ -35,7 +35,7 @@ def has_recall_model(run_dir: Path | str) -> bool:
         files = RunFiles(run_dir, require=RECALL_STAGE)
     except ArtifactError:
         return False
-    return RECALL_META in files.manifest.get("files", {})
+    return files.manifest.file_hash(RECALL_META) is not None
 
 
 class Recaller:

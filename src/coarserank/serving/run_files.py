@@ -17,12 +17,14 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
+from coarserank.artifacts.bundle import SERVING_FILE, Bundle, ColdBundle, read_bundle
+from coarserank.artifacts.manifest import Manifest
 from coarserank.atomic import file_lock
-from coarserank.checksums import MANIFEST, PUBLISH_LOCK, verified_file
+from coarserank.checksums import PUBLISH_LOCK
 from coarserank.config import load_config
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ServingError
@@ -30,13 +32,10 @@ from coarserank.serving.kv import redact_uri
 
 __all__ = ["SERVING_FILE", "RunFiles", "Published", "publish_run"]
 
-SERVING_FILE: Final[str] = "serving.json"
-
-
 class RunFiles:
     """Files of a finished run, each checked against its sha256 in ``manifest.json`` before use.
 
-    (The same rule as ``pipeline.rundir.RunDir.verified_path``: ``coarserank.checksums``.)
+    (The same rule as everywhere: :meth:`coarserank.artifacts.Manifest.verified`.)
     """
 
     def __init__(self, run_dir: Path | str, *, require: str = "export") -> None:
@@ -46,12 +45,8 @@ class RunFiles:
 
     def reload(self) -> None:
         """Read ``manifest.json`` again (after ``distill index`` republished files, say)."""
-        try:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.path} is not a coarserank run directory (no readable {MANIFEST}); "
-                                "create one with `distill run --out DIR`") from exc
-        status = self.manifest.get("stages", {}).get(self.require, {}).get("status")
+        self.manifest = Manifest.read(self.path)
+        status = self.manifest.stage_status(self.require)
         if status != "done":
             raise ArtifactError(f"run {self.path}: stage {self.require!r} is {status or 'missing'}; the serving "
                                 "artifacts come from it (`distill run` resumes the run)")
@@ -66,10 +61,14 @@ class RunFiles:
 
     def verified(self, rel: str) -> Path:
         """``run_dir/rel`` after checking it against the manifest."""
-        return verified_file(self.path, self.manifest, rel)
+        return self.manifest.verified(self.path, rel)
 
     def json(self, rel: str) -> dict[str, Any]:
         return json.loads(self.verified(rel).read_text())
+
+    def bundle(self) -> Bundle:
+        """The run's ``serving.json``, verified and parsed (a COLD student's: :class:`ColdBundle`)."""
+        return read_bundle(self.verified(SERVING_FILE))
 
     def encoder(self) -> Encoder:
         cfg = load_config(self.verified("config.toml"))
@@ -110,15 +109,17 @@ def publish_run(run_dir: Path | str, url: str, *, namespace: str | None = None,
                            "or unix://); the run's items.kv already is its file store")
     files = RunFiles(run_dir)
     with files.reading():
-        meta = files.json(SERVING_FILE)
-        with FileKVStore(files.verified(meta["files"]["kv"]), expected_model_hash=meta["model_hash"]) as kv:
+        bundle = files.bundle()
+        if isinstance(bundle, ColdBundle):
+            raise ArtifactError(f"run {files.path} serves a COLD student, which has no item vectors to publish")
+        with FileKVStore(files.verified(bundle.file("kv")), expected_model_hash=bundle.model_hash) as kv:
             ids = np.array(kv.ids())
             vectors = kv.get_strict(ids)
     store = RedisKVStore(url, **({"namespace": namespace} if namespace else {}))
     try:
-        version = store.publish(ids, vectors, meta["model_hash"], meta["kv_dtype"], keep_previous=keep_previous,
-                                run_id=meta.get("run_id", ""))
-        return Published(version, int(ids.size), int(vectors.shape[1]), meta["kv_dtype"], meta["model_hash"],
+        version = store.publish(ids, vectors, bundle.model_hash, bundle.kv_dtype, keep_previous=keep_previous,
+                                run_id=bundle.run_id or "")
+        return Published(version, int(ids.size), int(vectors.shape[1]), bundle.kv_dtype, bundle.model_hash,
                          redact_uri(url), store.namespace)
     finally:
         store.close()
