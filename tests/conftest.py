@@ -65,3 +65,28 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(os, "open", guarded)
     return lambda directory: frozen.append(str(directory))
+
+
+API_FAST = ["synthetic.rows=1500", "teacher.epochs=1", "student.epochs=1", "teacher.hidden=[16]",
+            "student.hidden=[16]", "student.dim=8", "gbdt.rounds=15", "gbdt.early_stopping=5"]
+
+
+@pytest.fixture(scope="session")
+def api_overrides(tiny_overrides: list[str]) -> list[str]:
+    """The tiny run made smaller still, for the library calls' tests (1,500 rows, one epoch)."""
+    return [*tiny_overrides, *API_FAST]
+
+
+@pytest.fixture(scope="session")
+def api_cfg(api_overrides: list[str]):
+    from coarserank.config import load_config
+
+    return load_config(overrides=api_overrides)
+
+
+@pytest.fixture(scope="session")
+def api_dataset(api_cfg):
+    """``cr.Dataset`` of :func:`api_cfg`'s synthetic log."""
+    from coarserank.data.dataset_builder import Dataset
+
+    return Dataset.from_config(api_cfg)

@@ -56,3 +56,11 @@ def test_the_api_example_runs_and_matches_distill_run(ml100k_dir: Path, tmp_path
     for model in got:
         for key in ("auc", "gauc", "logloss"):
             assert got[model][key] == pytest.approx(expected[model][key], abs=1e-6), (model, key)
+
+
+def test_the_from_frame_example_splits_each_users_last_rows_by_time() -> None:
+    namespace: dict = {}
+    exec(compile(_example("from_frame"), str(DOC), "exec"), namespace)
+    train, valid, test = namespace["train"], namespace["valid"], namespace["test"]
+    assert (len(train), len(valid), len(test)) == (4, 2, 2)
+    assert sorted(test.frame["ts"].to_list()) == [4, 4] and sorted(valid.frame["ts"].to_list()) == [3, 3]

@@ -27,8 +27,13 @@ _EXPORTS: dict[str, str] = {
     "consistency": "coarserank.api",
     "export": "coarserank.api",
     "prepare_data": "coarserank.api",
+    "Dataset": "coarserank.data.dataset_builder",
     # training (distill's library calls)
     "train_teacher": "coarserank.distill.api",
+    "distill": "coarserank.distill",  # the subpackage, callable as coarserank.distill.api.distill (see there)
+    "train_gbdt": "coarserank.distill.api",
+    "GbdtReference": "coarserank.distill.gbdt",
+    "DistilledRanker": "coarserank.distill.estimator",
     "score_split": "coarserank.distill.api",
     "Trained": "coarserank.distill.api",
     "ExportResult": "coarserank.pipeline.export_stage",
@@ -39,6 +44,11 @@ _EXPORTS: dict[str, str] = {
     "RunData": "coarserank.pipeline.run_data",
     # configuration
     "RunConfig": "coarserank.config",
+    "TeacherConfig": "coarserank.config",
+    "StudentConfig": "coarserank.config",
+    "DistillConfig": "coarserank.config",
+    "GbdtConfig": "coarserank.config",
+    "FeatureConfig": "coarserank.config",
     "load_config": "coarserank.config",
     # the pipeline as one call
     "run": "coarserank.pipeline.run",
@@ -61,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "DataError": "coarserank.errors",
     "ArtifactError": "coarserank.errors",
     "ServingError": "coarserank.errors",
+    "NotFittedError": "coarserank.errors",
 }
 
 __all__ = [
@@ -72,9 +83,16 @@ __all__ = [
     "ColdRanker",
     "ConfigError",
     "DataError",
+    "Dataset",
+    "DistillConfig",
+    "DistilledRanker",
     "EncodedSplit",
     "Evaluation",
     "ExportResult",
+    "FeatureConfig",
+    "GbdtConfig",
+    "GbdtReference",
+    "NotFittedError",
     "PreparedData",
     "RankResult",
     "Recaller",
@@ -84,9 +102,12 @@ __all__ = [
     "SchemaError",
     "ServingBundle",
     "ServingError",
+    "StudentConfig",
+    "TeacherConfig",
     "Trained",
     "consistency",
     "describe_run",
+    "distill",
     "evaluate",
     "export",
     "format_description",
@@ -99,17 +120,37 @@ __all__ = [
     "read_candidates",
     "run",
     "score_split",
+    "train_gbdt",
     "train_teacher",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load lazily below
     from coarserank.api import Evaluation, consistency, evaluate, export, prepare_data
     from coarserank.artifacts import Run, ServingBundle
-    from coarserank.config import RunConfig, load_config
+    from coarserank.config import (
+        DistillConfig,
+        FeatureConfig,
+        GbdtConfig,
+        RunConfig,
+        StudentConfig,
+        TeacherConfig,
+        load_config,
+    )
     from coarserank.data.dataset import EncodedSplit, PreparedData
+    from coarserank.data.dataset_builder import Dataset
     from coarserank.data.splits import CandidateSets
-    from coarserank.distill.api import Trained, score_split, train_teacher
-    from coarserank.errors import ArtifactError, CoarseRankError, ConfigError, DataError, SchemaError, ServingError
+    from coarserank.distill.api import Trained, distill, score_split, train_gbdt, train_teacher
+    from coarserank.distill.estimator import DistilledRanker
+    from coarserank.distill.gbdt import GbdtReference
+    from coarserank.errors import (
+        ArtifactError,
+        CoarseRankError,
+        ConfigError,
+        DataError,
+        NotFittedError,
+        SchemaError,
+        ServingError,
+    )
     from coarserank.pipeline.export_stage import ExportResult
     from coarserank.pipeline.run import run
     from coarserank.pipeline.run_data import RunData
@@ -121,11 +162,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
 
 
 def __getattr__(name: str) -> Any:
-    """Load a public name from the module that defines it, once."""
+    """Load a public name from the module that defines it, once. A name that is itself a
+    subpackage (``distill``: a callable module) is that module, whichever was imported first."""
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'coarserank' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    loaded = importlib.import_module(module)
+    value = loaded if module == f"{__name__}.{name}" else getattr(loaded, name)
     globals()[name] = value
     return value
 

@@ -24,9 +24,8 @@ import torch
 
 from coarserank.artifacts import MODEL_FILES, Run
 from coarserank.config import ReportConfig, RunConfig, ServingConfig, load_config
-from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
-from coarserank.data.prepare import prepare
-from coarserank.data.sources import load_source
+from coarserank.data.dataset import EncodedSplit, PreparedData
+from coarserank.data.dataset_builder import Dataset
 from coarserank.distill.api import check_sampling
 from coarserank.data.splits import CandidateSets
 from coarserank.distill.tensors import make_table
@@ -144,9 +143,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     ConfigError, DataError, SchemaError
         A source that cannot be read or does not fit the declared features (one line, naming it).
     """
-    if cfg.data.streaming:
-        raise ConfigError("prepare_data holds the whole log in memory; a data.streaming log is read by `distill run`")
-    data = encode_splits(prepare(load_source(cfg.data, cfg.synthetic, cfg.run.seed), cfg.data), cfg.data)
+    data = Dataset.from_config(cfg).prepared
     check_sampling(cfg.distill, data.pairs)
     return data
 

@@ -13,6 +13,7 @@ __all__ = [
     "DataError",
     "ArtifactError",
     "ServingError",
+    "NotFittedError",
     "CoarseRankWarning",
     "DataWarning",
     "ArtifactWarning",
@@ -41,6 +42,10 @@ class ArtifactError(CoarseRankError):
 
 class ServingError(CoarseRankError):
     """A serving-time failure: unreachable store, missing ids, malformed request."""
+
+
+class NotFittedError(CoarseRankError, ValueError, AttributeError):
+    """An estimator used before ``fit`` (a ``ValueError`` and ``AttributeError`` as in scikit-learn)."""
 
 
 class CoarseRankWarning(UserWarning):

@@ -237,11 +237,12 @@ def check_splits(counts: dict[str, int], cfg: DataConfig) -> None:
                             f"valid_frac={cfg.valid_frac}, test_frac={cfg.test_frac} split ({cfg.split})")
 
 
-def prepare(raw: RawTables, cfg: DataConfig) -> pl.DataFrame:
-    """Join, label, split and add history crosses; checks every declared column exists."""
+def prepare(raw: RawTables, cfg: DataConfig, where: str = "exposure log") -> pl.DataFrame:
+    """Join, label, split and add history crosses; checks every declared column exists (errors
+    name the input as ``where``)."""
     if raw.exposures.height == 0:
-        raise DataError("the exposure log has no rows")
-    frame = annotate(raw, cfg)
+        raise DataError(f"the {where} has no rows")
+    frame = annotate(raw, cfg, where=where)
     if cfg.split == "global_time":
         split = split_by_time(frame["_time"], time_cutoffs(frame["_time"].to_numpy(), cfg.valid_frac, cfg.test_frac))
     else:

@@ -15,13 +15,13 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from coarserank.config import DistillConfig, StudentConfig, TeacherConfig
+from coarserank.config import DistillConfig, GbdtConfig, StudentConfig, TeacherConfig
 from coarserank.data.dataset import EncodedSplit
 from coarserank.data.pairs import ROW_ITEM, PairEncoder
 from coarserank.data.schema import Schema
@@ -37,7 +37,11 @@ from coarserank.errors import ConfigError
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
 
-__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "distill", "score_split", "sampling_generator"]
+if TYPE_CHECKING:
+    from coarserank.distill.gbdt import GbdtReference
+
+__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "train_gbdt", "distill", "score_split",
+           "sampling_generator"]
 
 
 @dataclass
@@ -89,6 +93,17 @@ def train_teacher(train: EncodedSplit | TensorTable | StreamingTable, valid: Enc
     result = fit(teacher, lambda m, b: hard_loss(m(b.inputs), b.label), _table(train), _table(valid),
                  settings, torch.device(device), progress, callbacks)
     return Trained(teacher, result)
+
+
+def train_gbdt(train: EncodedSplit, valid: EncodedSplit, schema: Schema, cfg: GbdtConfig, *, seed: int = 0,
+               threads: int = 0, progress: Callable[[str], None] | None = None) -> GbdtReference:
+    """The LightGBM reference on the teacher's features, early-stopped on validation AUC (what
+    ``distill run``'s ``gbdt`` stage fits). Its history: ``booster_.best_iteration`` and
+    ``valid_auc_``, the validation AUC after every round. ``threads = 0``: LightGBM's default."""
+    from coarserank.distill.gbdt import GbdtReference
+
+    return GbdtReference(schema, cfg, seed, threads).fit(train.inputs, train.label, valid.inputs, valid.label,
+                                                         progress)
 
 
 def score_split(model: nn.Module, split: EncodedSplit | TensorTable, device: torch.device | str = "cpu") -> np.ndarray:

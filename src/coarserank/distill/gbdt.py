@@ -92,7 +92,10 @@ def _reporter(progress: Callable[[str], None]) -> Callable[[Any], None]:
 
 @dataclass
 class GbdtReference:
-    """LightGBM binary classifier with early stopping on the validation split."""
+    """LightGBM binary classifier with early stopping on the validation split.
+
+    After :meth:`fit`: ``booster_`` (the round kept is ``booster_.best_iteration``) and
+    ``valid_auc_``, the validation AUC after every round trained (a loaded booster has none)."""
 
     schema: Schema
     cfg: GbdtConfig
@@ -111,10 +114,12 @@ class GbdtReference:
                   "cat_smooth": 10, "min_data_per_group": 50}
         dtrain = lgb.Dataset(xt, y_train, feature_name=names, categorical_feature=cats, free_raw_data=False)
         dvalid = lgb.Dataset(xv, y_valid, reference=dtrain)
-        callbacks = [lgb.early_stopping(self.cfg.early_stopping, verbose=False)]
+        evals: dict[str, Any] = {}
+        callbacks = [lgb.early_stopping(self.cfg.early_stopping, verbose=False), lgb.record_evaluation(evals)]
         if progress is not None:
             callbacks.append(_reporter(progress))
         self.booster_ = lgb.train(params, dtrain, self.cfg.rounds, valid_sets=[dvalid], callbacks=callbacks)
+        self.valid_auc_: list[float] = [float(x) for x in evals["valid_0"]["auc"]]
         if progress is not None:
             progress(f"gbdt: keeping round {self.booster_.best_iteration} of {self.booster_.current_iteration()} "
                      f"(valid auc {self.booster_.best_score['valid_0']['auc']:.4f}; early stopping after "
