@@ -201,6 +201,16 @@ def test_a_current_report_is_left_as_it_is(copied: Path) -> None:
     assert _snapshot(copied) == before
 
 
+def test_a_report_names_its_run_the_same_whichever_way_the_path_is_given(copied: Path, monkeypatch) -> None:
+    monkeypatch.chdir(copied.parent)
+    runner = CliRunner()
+    texts = []
+    for given in (copied.name, str(copied)):
+        assert runner.invoke(distill, ["report", "--run", given, "--force", "-q"]).exit_code == 0
+        texts.append((copied / "report" / "report.json").read_bytes())
+    assert texts[0] == texts[1]
+
+
 def test_a_report_missing_a_file_is_rebuilt(copied: Path) -> None:
     (copied / "report" / "report.html").unlink()
     result = CliRunner().invoke(distill, ["report", "--run", str(copied), "-q"])

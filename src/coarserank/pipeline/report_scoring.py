@@ -150,7 +150,8 @@ def build_scores(data: RunData, models: Mapping[str, torch.nn.Module], *, device
                      "a candidate set holds each item once (its first exposure)")
     if has_oracle and oracle is None:
         notes.append("the source cannot score unseen rows: the oracle is the exposures' _oracle only")
-    setup = {"mode": "run", "run_dir": str(data.path), "users": sets.users.height,
+    where = data.path.resolve()  # the same text whichever way the run directory was named
+    setup = {"mode": "run", "run_dir": str(where), "users": sets.users.height,
              "candidates": {"sampled_per_group": r.sampled, "sampling": r.sampling, "max_users": r.max_users,
                             "seed": cfg.run.seed, "excluded": "the user's test exposures",
                             "weights": "uniform: 1; popularity: train exposures + 1",
@@ -161,7 +162,7 @@ def build_scores(data: RunData, models: Mapping[str, torch.nn.Module], *, device
     spec = ReportSpec(reference="teacher", models=("student", "student_hard"), label_models=SCORED_MODELS,
                       gains=(("student", "student_hard"),), oracle="oracle" if has_oracle else None,
                       sizes=r.sizes, ks=r.ks, ns=r.ns, segments=segments, n_boot=r.bootstrap,
-                      seed=cfg.run.seed, source=str(data.path / "report" / "scores.parquet"),
+                      seed=cfg.run.seed, source=str(where / "report" / "scores.parquet"),
                       setup=setup, notes=tuple(notes))
     return scores, spec
 
