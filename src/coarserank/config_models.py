@@ -132,6 +132,8 @@ class StudentConfig(TowerObjective):
     inner product; ``dim`` is each tower's vector size (parallel: per channel). The ``cold`` family
     has no towers, so it trains only with ``objective = "pointwise"``."""
 
+    epochs: int = 30  # the distilled student fits lists over sampled items and learns through plateaus
+    patience: int = 6
     family: StudentFamily = "two_tower"
     senet: SenetOptions = field(default_factory=SenetOptions)
     shortcut: ShortcutOptions = field(default_factory=ShortcutOptions)
