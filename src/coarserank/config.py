@@ -161,7 +161,7 @@ class DataConfig:
 class SyntheticConfig:
     """Size and shape of the built-in synthetic exposure log (see ``coarserank.data.synthetic``)."""
 
-    rows: int = 200_000
+    rows: int = 100_000
     users: int = 0
     items: int = 0
     topics: int = 300
