@@ -76,7 +76,7 @@ def _toml(value: Any) -> str:
 
 def sequence_override(preset: str | None, sets: list[str]) -> list[str]:
     """``data.features=[...]`` adding ``hist_item`` (last 20 positive item ids) when no sequence is declared."""
-    cfg = load_config(preset=preset, overrides=sets)
+    cfg = load_config(preset=preset, overrides=[s for s in sets if not s.startswith("recall.")])  # checks need the sequence
     features = config_to_dict(cfg)["data"]["features"]
     if any(f["kind"] == "sequence" for f in features):
         return []
