@@ -113,7 +113,7 @@ class Serving:
                      else test.sample(PARITY_ROWS, seed=cfg.run.seed).sort("_row"))
         self.catalogue = build_catalogue(data.frame, cfg.data)
         self.rate = base_rate(data.frame)
-        ctx = SimpleNamespace(cfg=cfg, frame=data.frame, frames={"test": test}, encoder=data.encoder)
+        ctx = SimpleNamespace(cfg=cfg, frame=data.frame, test=test, encoder=data.encoder)  # what bench_requests reads
         self.requests = bench_requests(ctx, self.catalogue, [CANDIDATES], args.bench_users, cfg.run.seed)
         path = export_teacher(teacher, data.encoder, out / "teacher.onnx", run_hash="bench",
                               history_base_rate=self.rate)
