@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from coarserank.cli import distill
-from coarserank.pipeline.launch import current, join, relaunch, shutdown, sweep_relaunch_args
+from coarserank.pipeline.launch import barrier, current, join, relaunch, shutdown, sweep_relaunch_args
 from coarserank.pipeline.rundir import RunDir
 from coarserank.pipeline.sweep_stage import SWEEP_DEVICE, parse_ks, sweep_run
 
@@ -76,6 +76,7 @@ def sweep_command(run_dir: Path, family: str | None, ks: str | None, budget_ms: 
         with RunDir.writer(run_dir) if info.is_main else contextlib.nullcontext():  # rank 0 alone writes
             _sweep(run_dir, family, k_list, budget_ms, rank_by, candidate_mode, write_config,
                    quiet or not info.is_main)
+        barrier()  # rank 0 writes and prints after the others finish: leave the process group together
     finally:
         shutdown()
 

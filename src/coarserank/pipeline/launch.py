@@ -25,12 +25,12 @@ from typing import Iterator, Mapping, Sequence
 import torch.distributed as dist
 
 from coarserank.artifacts import Manifest
-from coarserank.distill.distributed import DistInfo, current, init_from_env, shutdown
+from coarserank.distill.distributed import DistInfo, barrier, current, init_from_env, shutdown
 from coarserank.distill.train import resolve_device
 from coarserank.errors import CoarseRankError
 from coarserank.pipeline.run import run
 
-__all__ = ["DistInfo", "current", "join", "shutdown", "relaunch", "sweep_relaunch_args", "peer_failures_reported"]
+__all__ = ["DistInfo", "barrier", "current", "join", "shutdown", "relaunch", "sweep_relaunch_args", "peer_failures_reported"]
 
 
 def join(environ: Mapping[str, str], device: str = "cpu") -> DistInfo:
