@@ -61,11 +61,13 @@ def grid_points(base: DistillConfig, grid: Mapping[str, Sequence[Any]]) -> list[
 
 def distill_grid(teacher: nn.Module, data: PreparedData, student: StudentConfig, points: Sequence[DistillConfig], *,
                  base: DistillConfig, seed: int = 0, users: int = 300, sampled: int = 1000, device: str = "cpu",
+                 train_logits: np.ndarray | None = None,
                  progress: Callable[[str], None] | None = None) -> list[GridPoint]:
-    """Train one student per point and measure it (see the module doc)."""
+    """Train one student per point and measure it (see the module doc); ``train_logits`` saves scoring
+    the train rows again when the caller has the teacher's."""
     sets = candidate_sets(data.valid, data.pairs, users=users, sampled=sampled, seed=seed)
     reference = score_candidates(teacher, data.valid, data.pairs, sets, device)
-    logits = score_split(teacher, data.train, device)
+    logits = train_logits if train_logits is not None else score_split(teacher, data.train, device)
     out = []
     for i, point in enumerate(points, start=1):
         changed = {k: getattr(point, k) for k in GRID_KEYS if getattr(point, k) != getattr(base, k)}

@@ -43,7 +43,7 @@ def run_stage(ctx: RunContext, models: dict[str, torch.nn.Module]) -> None:
     ctx.progress(f"distill grid: {len(points)} students over {', '.join(grid)}")
     measured = distill_grid(models["teacher"], ctx.data, cfg.student, points, base=cfg.distill, seed=cfg.run.seed,
                             users=cfg.report.max_users, sampled=cfg.report.sampled, device=str(ctx.device),
-                            progress=ctx.progress)
+                            train_logits=ctx.logits["train"]["teacher"], progress=ctx.progress)
     chosen = best_point(measured)
     body = grid_summary({k: getattr(cfg.distill, k) for k in GRID_KEYS}, {k: list(v) for k, v in grid.items()},
                         [p.to_json() for p in measured], chosen)
