@@ -7,7 +7,9 @@ Usage:
         --variant "m8:distill.sampled=8" --variant "pointwise:distill.sampled_loss=pointwise"
 
 For every data set and seed it runs the library calls `distill run` is made of (prepare, encode,
-train_teacher, distill with the configured defaults, the alpha = 0 control, the LightGBM reference)
+the alpha = 0 control, train_teacher, blend_teacher (the heavy model blended with the control at the
+``teacher.blend`` weight chosen on validation: the teacher that is distilled; the heavy model alone
+is reported as ``heavy``), distill with the configured defaults, the LightGBM reference)
 and measures on the test split: GAUC of every model; the paired distilled-minus-hard gain and its
 95% t-interval over seeds; the share of the hard-to-teacher gap closed (mean gain / mean gap) and
 the 95% interval of ``distilled - (hard + teacher) / 2`` (above zero: more than half the gap
@@ -39,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, mean_ci, run_all  # noqa: E402
+from common import machine, mean_ci, read_results, run_all  # noqa: E402
 
 from coarserank.config import RunConfig, config_to_dict, load_config  # noqa: E402
 from coarserank.data.dataset import PreparedData, encode_splits  # noqa: E402
@@ -47,7 +49,7 @@ from coarserank.data.pairs import ROW_ITEM  # noqa: E402
 from coarserank.data.prepare import prepare  # noqa: E402
 from coarserank.data.sources import load_source  # noqa: E402
 from coarserank.data.synthetic import oracle_probability  # noqa: E402
-from coarserank.distill.api import Trained, distill, score_split, train_teacher  # noqa: E402
+from coarserank.distill.api import Trained, blend_teacher, distill, score_split, train_teacher  # noqa: E402
 from coarserank.distill.candidates import CandidateSets, agreement, candidate_sets, score_candidates  # noqa: E402
 from coarserank.distill.gbdt import GbdtReference  # noqa: E402
 from coarserank.distill.train import FitResult  # noqa: E402
@@ -118,9 +120,16 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
     prep_seconds = time.perf_counter() - start
     sets = {s: candidate_sets(data.splits[s], data.pairs, users=args.users, sampled=1000, seed=seed)
             for s in ("valid", "test")}
+    hard_cfg = replace(cfg, distill=replace(cfg.distill, alpha=0.0))
     start = time.perf_counter()
-    teacher = _teacher(cfg, data, seed, args.teacher_cache)
+    hard = distill(None, data.train, data.valid, data.schema, hard_cfg.student, hard_cfg.distill, seed=seed)
+    hard_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    heavy = _teacher(cfg, data, seed, args.teacher_cache)
     teacher_seconds = time.perf_counter() - start
+    # the teacher that is distilled, as `distill run` builds it: blended with the control (teacher.blend)
+    blended = blend_teacher(heavy.model, hard.model, data.valid, cfg.teacher.blend)
+    teacher = replace(heavy, model=blended.model)
     teacher_scores = {s: score_candidates(teacher.model, data.splits[s], data.pairs, sets[s]) for s in sets}
     oracle = _oracle(cfg, data, sets["test"])
     train_logits = score_split(teacher.model, data.train)
@@ -142,17 +151,23 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
 
     record("teacher", teacher.model, teacher.history.train_seconds or teacher_seconds,
            {"prep_seconds": round(prep_seconds, 2), "rows_per_second": teacher.history.rows_per_second,
-            "best_epoch": teacher.history.best_epoch})
-    students = [("distilled", cfg), ("hard", replace(cfg, distill=replace(cfg.distill, alpha=0.0)))]
-    students += [_variant(spec, dataset, args, seed) for spec in args.variant]
+            "best_epoch": teacher.history.best_epoch, "blend_weight": blended.weight})
+    record("heavy", heavy.model, teacher.history.train_seconds or teacher_seconds, {})
+
+    def record_student(name: str, trained: Trained, seconds: float) -> None:
+        h = trained.history
+        record(name, trained.model, seconds, {
+            "epochs": len(h.history), "seconds_per_epoch": h.train_seconds / len(h.history),
+            "rows_per_second": h.rows_per_second, "sampled_rows_per_second": trained.sampled_rows_per_second})
+
+    students = [("distilled", cfg), *(_variant(spec, dataset, args, seed) for spec in args.variant)]
     for name, scfg in students:
         start = time.perf_counter()
         trained = distill(teacher.model if scfg.distill.alpha > 0 else None, data.train, data.valid, data.schema,
                           scfg.student, scfg.distill, train_logits=train_logits, pairs=data.pairs, seed=seed)
-        h = trained.history
-        record(name, trained.model, time.perf_counter() - start, {
-            "epochs": len(h.history), "seconds_per_epoch": h.train_seconds / len(h.history),
-            "rows_per_second": h.rows_per_second, "sampled_rows_per_second": trained.sampled_rows_per_second})
+        record_student(name, trained, time.perf_counter() - start)
+        if name == "distilled":
+            record_student("hard", hard, hard_seconds)
     start = time.perf_counter()
     gbdt = GbdtReference(data.schema, cfg.gbdt, seed, cfg.run.threads).fit(
         data.train.fields(data.schema), data.train.label, data.valid.fields(data.schema), data.valid.label)
@@ -176,7 +191,7 @@ def summarise(rows: list[dict[str, Any]], datasets: list[str]) -> str:
         models = list(dict.fromkeys(r["model"] for r in mine))
 
         def col(model: str, key: str) -> np.ndarray:
-            return np.array([by[(model, s)].get(key, np.nan) for s in seeds], dtype=float)
+            return np.array([by.get((model, s), {}).get(key, np.nan) for s in seeds], dtype=float)
 
         lines += [f"\n#### {dataset} ({len(seeds)} seeds: {seeds})\n",
                   "| model | valid GAUC | test GAUC | test Recall@10-in-100 vs teacher | test Kendall tau vs teacher "
@@ -193,6 +208,11 @@ def summarise(rows: list[dict[str, Any]], datasets: list[str]) -> str:
                          f"{_fmt(np.nanmean(rec), 3) if m != 'gbdt' else '–'} | {_fmt(np.nanmean(tau), 3) if m != 'gbdt' else '–'} | "
                          f"{oracle} | {np.nanmean(col(m, 'train_seconds')):.1f} | "
                          f"{np.nanmean(col(m, 'seconds_per_epoch')):.2f} | {speed} |")
+        weights = col("teacher", "blend_weight")
+        if not np.isnan(weights).all():
+            lines.append(f"\n- teacher = heavy model blended with the hard-label two-tower at the validation-chosen "
+                         f"weight (teacher.blend): per seed {', '.join(f'{w:g}' for w in weights)}; "
+                         "`heavy` is the heavy model alone")
         t, d, h = col("teacher", "test_gauc"), col("distilled", "test_gauc"), col("hard", "test_gauc")
         gain, low, high = mean_ci(d - h)
         half, half_low, half_high = mean_ci(d - (h + t) / 2)
@@ -201,7 +221,7 @@ def summarise(rows: list[dict[str, Any]], datasets: list[str]) -> str:
         lines.append(f"- share of the hard→teacher gap closed: **{gain / np.mean(t - h):.0%}** (mean gap "
                      f"{np.mean(t - h):.4f}); distilled − (hard + teacher)/2: {half:+.4f} [{half_low:+.4f}, {half_high:+.4f}]")
         for m in models:
-            if m in ("teacher", "hard", "gbdt"):
+            if m in ("teacher", "heavy", "hard", "gbdt"):
                 continue
             for split in ("valid", "test"):
                 g, lo, hi = mean_ci(col(m, f"{split}_gauc") - col("hard", f"{split}_gauc"))
@@ -210,6 +230,9 @@ def summarise(rows: list[dict[str, Any]], datasets: list[str]) -> str:
                              f"{r:+.4f} [{rlo:+.4f}, {rhi:+.4f}]")
         tg, tlo, thi = mean_ci(t - col("gbdt", "test_gauc"))
         lines.append(f"- teacher − gbdt (test GAUC): {tg:+.4f} [{tlo:+.4f}, {thi:+.4f}]")
+        if not np.isnan(col("heavy", "test_gauc")).all():
+            hg, hlo, hhi = mean_ci(col("heavy", "test_gauc") - col("gbdt", "test_gauc"))
+            lines.append(f"- heavy − gbdt (test GAUC): {hg:+.4f} [{hlo:+.4f}, {hhi:+.4f}]")
     return "\n".join(lines)
 
 
@@ -225,10 +248,17 @@ def main() -> None:
     ap.add_argument("--table-rows", type=int, default=50_000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--teacher-cache", default="", help="directory to keep teachers in (reused across runs)")
+    ap.add_argument("--tables-from", nargs="+", type=Path, default=[],
+                    help="only print the tables of these results.jsonl files (the last row per data set, seed "
+                         "and model wins)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run_all(args.datasets, args.seeds, lambda dataset, seed: run_seed(dataset, seed, args), args.out)
+    if args.tables_from:
+        rows = read_results(args.tables_from)
+        args.datasets = [d for d in args.datasets if any(r["dataset"] == d for r in rows)]
+    else:
+        rows = run_all(args.datasets, args.seeds, lambda dataset, seed: run_seed(dataset, seed, args), args.out)
     print(f"\n### `{' '.join(sys.argv)}`\n\nMachine: {machine()}")
     print(summarise(rows, args.datasets))
 

@@ -24,8 +24,10 @@ family, and measures:
   tower) + one matrix-vector product; cold = one ONNX call on the candidates' raw rows.
 
 Summaries: means per family, paired 95% t-intervals over seeds of each family minus the plain two-tower
-(test GAUC, Recall@10-in-100), the share of the two-tower-to-teacher gap each family closes, and
-p50 ratios (family / two-tower; teacher / cold). The COLD student reads ``--cold-features`` (default:
+(test GAUC, Recall@10-in-100), the share of the two-tower-to-teacher gap each family closes (the
+COLD student also: the share of the hard-only two-tower's gap to the teacher), and p50 ratios
+(family / two-tower; teacher / cold). ``--tables-from`` prints the tables of results files written
+by runs in parallel (e.g. seeds split over two processes). The COLD student reads ``--cold-features`` (default:
 every field) with the sizes and schedule of ``[cold]``, as ``distill sweep --write-config`` writes it.
 """
 
@@ -46,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, mean_ci, run_all  # noqa: E402
+from common import machine, mean_ci, read_results, run_all  # noqa: E402
 
 from coarserank.cold.cost import count_params  # noqa: E402
 from coarserank.config import ColdStudentOptions, RunConfig, StudentConfig, load_config  # noqa: E402
@@ -193,6 +195,12 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
     return rows
 
 
+def _closed(student: np.ndarray, control: np.ndarray, teacher: np.ndarray) -> str:
+    """The share of the control→teacher test GAUC gap that ``student`` closes (means over seeds)."""
+    gap = float(np.mean(teacher - control))
+    return f"{np.mean(student - control) / gap:.0%}" if gap > 0 else "n/a (the teacher is not above the control)"
+
+
 def _table(rows: list[dict[str, Any]], dataset: str, families: list[str]) -> list[str]:
     mine = [r for r in rows if r["dataset"] == dataset]
     seeds = sorted({r["seed"] for r in mine})
@@ -224,8 +232,9 @@ def _table(rows: list[dict[str, Any]], dataset: str, families: list[str]) -> lis
         closed = (f"{np.mean(col(f, 'distilled_gauc') - base) / gap:.0%}" if gap > 0
                   else "n/a (the teacher is not above the two-tower)")
         ratio = np.mean(col(f, "p50_ms")) / np.mean(col("two_tower", "p50_ms"))
-        speed = (f"; teacher p50 / cold p50 = {np.mean(col(f, 'teacher_p50_ms')) / np.mean(col(f, 'p50_ms')):.1f}x"
-                 if f == "cold" else "")
+        speed = (f"; teacher p50 / cold p50 = {np.mean(col(f, 'teacher_p50_ms')) / np.mean(col(f, 'p50_ms')):.1f}x; "
+                 f"{_closed(col(f, 'distilled_gauc'), col('two_tower', 'hard_gauc'), teacher)} of the hard-only "
+                 "two-tower→teacher gap closed" if f == "cold" else "")
         lines.append(f"- {f} − two_tower: test GAUC {g:+.4f} [{glo:+.4f}, {ghi:+.4f}], Recall@10-in-100 {r:+.4f} "
                      f"[{rlo:+.4f}, {rhi:+.4f}]; share of the two-tower→teacher gap closed: {closed}; p50 "
                      f"{ratio:.2f}x the two-tower's{speed}")
@@ -245,10 +254,16 @@ def main() -> None:
     ap.add_argument("--bench-users", type=int, default=20, help="requests cycled through when timing")
     ap.add_argument("--repeats", type=int, default=200, help="timed calls per latency figure")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--tables-from", nargs="+", type=Path, default=[],
+                    help="only print the tables of these results.jsonl files (e.g. seeds run in parallel)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run_all(args.datasets, args.seeds, lambda dataset, seed: run_seed(dataset, seed, args), args.out)
+    if args.tables_from:
+        rows = read_results(args.tables_from)
+        args.datasets = [d for d in args.datasets if any(r["dataset"] == d for r in rows)]
+    else:
+        rows = run_all(args.datasets, args.seeds, lambda dataset, seed: run_seed(dataset, seed, args), args.out)
     print(f"\n### `{' '.join(sys.argv)}`\n\nMachine: {machine()}")
     for dataset in args.datasets:
         print("\n".join(_table(rows, dataset, args.families)))

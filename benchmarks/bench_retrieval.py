@@ -29,6 +29,10 @@ Usage (the full benchmark: 2 data sets x 5 seeds x 2 runs, then the 1M-item inde
 
     python benchmarks/bench_retrieval.py --data-dir /work/shared/data/ml-100k --json benchmarks/out/retrieval.json
 
+The approximate-search part alone, on a finished run (its first seed's directory)::
+
+    python benchmarks/bench_retrieval.py --ann-run benchmarks/out/retrieval/synthetic-seed0
+
 A quick check at small scale::
 
     python benchmarks/bench_retrieval.py --small --data-dir /work/shared/data/ml-100k
@@ -183,6 +187,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="2 seeds, small data and models, 100k ANN items")
     ap.add_argument("--json", type=Path, help="also write the per-seed metrics here")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--ann-run", type=Path, help="only the approximate-search part, on this finished synthetic run "
+                    "with a recall model (e.g. benchmarks/out/retrieval/synthetic-seed0)")
     args = ap.parse_args()
     if args.small:
         args.seeds, args.ann_items = min(args.seeds, 2), min(args.ann_items, 100_000)
@@ -190,8 +196,8 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     lines = [f"Machine: {machine()}"]
     results: dict[str, Any] = {}
-    first_synthetic: Path | None = None
-    for dataset in args.datasets.split(","):
+    first_synthetic: Path | None = args.ann_run
+    for dataset in ([] if args.ann_run else args.datasets.split(",")):
         per_seed = []
         for seed in range(args.seeds):
             metrics, run_dir = one_seed(dataset, seed, args)

@@ -50,3 +50,8 @@ def run_all(datasets: Sequence[str], seeds: Sequence[int], run_seed: Callable[[s
             with results.open("a") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in new)
     return rows
+
+
+def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Every row of these ``results.jsonl`` files (e.g. seeds run in parallel, or by separate runs)."""
+    return [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -60,9 +62,14 @@ def test_fit_gives_the_student_that_train_teacher_then_distill_give(
     fitted: cr.DistilledRanker, api_cfg: cr.RunConfig, api_dataset: cr.Dataset
 ) -> None:
     train, valid, test = api_dataset.splits()
-    teacher = cr.train_teacher(train, valid, api_dataset.schema, api_cfg.teacher, seed=7).model
+    hard = dataclasses.replace(api_cfg.distill, alpha=0.0)
+    control = cr.distill(None, train, valid, api_dataset.schema, api_cfg.student, hard, seed=7).model
+    heavy = cr.train_teacher(train, valid, api_dataset.schema, api_cfg.teacher, seed=7).model
+    teacher = cr.blend_teacher(heavy, control, valid, api_cfg.teacher.blend)
+    assert fitted.blend_weight_ == teacher.weight
     student = cr.distill(
-        teacher, train, valid, api_dataset.schema, api_cfg.student, api_cfg.distill, pairs=api_dataset.pairs, seed=7
+        teacher.model, train, valid, api_dataset.schema, api_cfg.student, api_cfg.distill, pairs=api_dataset.pairs,
+        seed=7
     ).model
     np.testing.assert_array_equal(fitted.predict(test), cr.score_split(student, test))
     assert fitted.history_["student"].best_valid_gauc == pytest.approx(cr.evaluate(student, valid).gauc, abs=1e-12)

@@ -30,6 +30,8 @@ _EXPORTS: dict[str, str] = {
     "Dataset": "coarserank.data.dataset_builder",
     # training (distill's library calls)
     "train_teacher": "coarserank.distill.api",
+    "blend_teacher": "coarserank.distill.api",
+    "Blended": "coarserank.distill.api",
     "distill": "coarserank.distill",  # the subpackage, callable as coarserank.distill.api.distill (see there)
     "train_gbdt": "coarserank.distill.api",
     "GbdtReference": "coarserank.distill.gbdt",
@@ -77,6 +79,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "__version__",
     "ArtifactError",
+    "Blended",
     "CandidateSets",
     "CoarseRankError",
     "CoarseRanker",
@@ -107,6 +110,7 @@ __all__ = [
     "Trained",
     "consistency",
     "describe_run",
+    "blend_teacher",
     "distill",
     "evaluate",
     "export",
@@ -139,7 +143,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time names load laz
     from coarserank.data.dataset import EncodedSplit, PreparedData
     from coarserank.data.dataset_builder import Dataset
     from coarserank.data.splits import CandidateSets
-    from coarserank.distill.api import Trained, distill, score_split, train_gbdt, train_teacher
+    from coarserank.distill.api import (
+        Blended,
+        Trained,
+        blend_teacher,
+        distill,
+        score_split,
+        train_gbdt,
+        train_teacher,
+    )
     from coarserank.distill.estimator import DistilledRanker
     from coarserank.distill.gbdt import GbdtReference
     from coarserank.errors import (

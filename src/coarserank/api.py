@@ -35,7 +35,6 @@ from coarserank.pipeline.export_stage import ExportResult, export_models
 from coarserank.pipeline.run_data import RunData
 from coarserank.ranking_eval import consistency_table, label_metrics
 from coarserank.student import TwoTower
-from coarserank.teacher import DeepFM
 
 __all__ = ["Evaluation", "evaluate", "consistency", "export", "model_hash", "prepare_data"]
 
@@ -164,7 +163,7 @@ def _run_data(student: torch.nn.Module, dataset: Run | RunData | PreparedData, s
     return replace(dataset, test_logits={**dataset.test_logits, "student": logits})
 
 
-def export(student: TwoTower, teacher: DeepFM, dataset: Run | RunData | PreparedData, out_dir: Path | str, *,
+def export(student: TwoTower, teacher: torch.nn.Module, dataset: Run | RunData | PreparedData, out_dir: Path | str, *,
            serving: ServingConfig | None = None, seed: int = 0, progress: Callable[[str], None] | None = None,
            check: bool = True) -> ExportResult:
     """Write what a run exports, for these models, into ``out_dir``: ``user_tower.onnx``,

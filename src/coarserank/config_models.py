@@ -42,12 +42,17 @@ class ModelTrainingConfig:
 class TeacherConfig(ModelTrainingConfig):
     """The teacher over every field, crosses included: ``family`` DeepFM (FM + DNN) or DCN-v2 (cross
     network + DNN). With ``attention``, each behaviour sequence is pooled by DIN-style target
-    attention against the candidate item (``attention_hidden``: the activation unit's widths)."""
+    attention against the candidate item (``attention_hidden``: the activation unit's widths).
+
+    ``blend``: weights ``w`` of the run's hard-label two-tower in the teacher that is distilled,
+    ``(1 - w) * heavy + w * two_tower``; the one with the best validation GAUC is used (0, the heavy
+    model alone, is always tried; ``[]`` never blends). See :mod:`coarserank.teacher.blend`."""
 
     family: Literal["deepfm", "dcn"] = "deepfm"
     attention: bool = True
     attention_hidden: tuple[int, ...] = (64, 32)
     cross_layers: int = 3
+    blend: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 
 
 # -- student families ([student.<family>] sub-tables; rules in config_rules: _student_family) ------

@@ -12,7 +12,8 @@ from coarserank.pipeline.run import run
 
 
 def test_a_teacher_weaker_than_the_hard_student_on_validation_is_reported(tmp_path: Path, tiny_overrides):
-    weak = [*tiny_overrides, "teacher.lr=1e-7", "teacher.epochs=1", "distill.sampled=0", "report.enabled=false"]
+    weak = [*tiny_overrides, "teacher.lr=1e-7", "teacher.epochs=1", "teacher.blend=[]", "distill.sampled=0",
+            "report.enabled=false"]
     with pytest.warns(DistillWarning, match="the teacher is not stronger than the hard-label student on validation"):
         result = run(load_config(overrides=weak), tmp_path / "run")
     valid = result.metrics["valid"]

@@ -12,7 +12,15 @@ files through them; nothing else knows the file layout.
 
 from coarserank.artifacts.bundle import SERVING_FILE, Bundle, ColdBundle, ServingBundle, read_bundle
 from coarserank.artifacts.manifest import MANIFEST, Manifest, rebuild_command, sha256_file
-from coarserank.artifacts.run import MODEL_FILES, Run, logits_file, prepared_file, write_prepared
+from coarserank.artifacts.run import (
+    MODEL_FILES,
+    Run,
+    build_run_teacher,
+    logits_file,
+    prepared_file,
+    write_prepared,
+)
 
 __all__ = ["MANIFEST", "MODEL_FILES", "SERVING_FILE", "Bundle", "ColdBundle", "Manifest", "Run", "ServingBundle",
-           "logits_file", "prepared_file", "read_bundle", "rebuild_command", "sha256_file", "write_prepared"]
+           "build_run_teacher", "logits_file", "prepared_file", "read_bundle", "rebuild_command", "sha256_file",
+           "write_prepared"]

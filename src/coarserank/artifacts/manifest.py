@@ -28,7 +28,8 @@ __all__ = ["FORMAT", "MANIFEST", "STAGE_INPUTS", "Manifest", "downstream", "rebu
 
 FORMAT = 1
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "data": (), "teacher": ("data",), "logits": ("teacher",), "student": ("logits",), "student_hard": ("data",),
+    "data": (), "teacher": ("data", "student_hard"), "logits": ("teacher",), "student": ("logits",),
+    "student_hard": ("data",),
     "gbdt": ("data",), "recall": ("data", "teacher", "logits"),
     "metrics": ("teacher", "logits", "student", "student_hard", "gbdt", "recall"),
     "export": ("data", "teacher", "student"), "distill_grid": ("data", "teacher"),

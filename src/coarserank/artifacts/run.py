@@ -45,7 +45,8 @@ from coarserank.errors import ArtifactError, CoarseRankError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Run", "MODEL_FILES", "load_checkpoint", "prepared_file", "logits_file", "write_prepared"]
+__all__ = ["Run", "MODEL_FILES", "build_run_teacher", "load_checkpoint", "prepared_file", "logits_file",
+           "write_prepared"]
 
 MODEL_FILES: dict[str, str] = {"teacher": "teacher.pt", "student": "student.pt", "student_hard": "student_hard.pt"}
 _MODEL_STAGES = {"teacher": "teacher", "student": "student", "student_hard": "student_hard"}
@@ -60,6 +61,17 @@ def _load_reason(exc: BaseException) -> str:
         return text[text.index(marker):].splitlines()[0].strip()[:200]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
     return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
+
+
+def build_run_teacher(schema: Schema, cfg: RunConfig, blend_weight: float) -> torch.nn.Module:
+    """The untrained module a run's ``teacher.pt`` holds: the heavy model of ``teacher.family``, blended
+    with the hard-label student at ``blend_weight`` (the ``teacher`` stage's ``blend_weight`` fact) when it is above 0."""
+    from coarserank.student import build_student
+    from coarserank.teacher import build_teacher
+    from coarserank.teacher.blend import TeacherBlend
+
+    heavy = build_teacher(schema, cfg.teacher)
+    return TeacherBlend(heavy, build_student(schema, cfg.student), blend_weight) if blend_weight > 0 else heavy
 
 
 def load_checkpoint(path: Path, module: torch.nn.Module, label: str, redo: str) -> torch.nn.Module:
@@ -282,9 +294,8 @@ class Run:
 
     def _build(self, name: str) -> torch.nn.Module:
         if name == "teacher":
-            from coarserank.teacher import build_teacher
-
-            return build_teacher(self.schema, self.config.teacher)
+            return build_run_teacher(self.schema, self.config,
+                                     float(self.manifest.stage_facts("teacher").get("blend_weight", 0.0)))
         from coarserank.student import build_student
 
         return build_student(self.schema, self.config.student)

@@ -34,14 +34,16 @@ from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable, make_table
 from coarserank.distill.train import Callback, EpochInfo, FitResult, FitSettings, fit, predict_shared
 from coarserank.errors import ConfigError
+from coarserank.ranking_eval.metrics import gauc
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
+from coarserank.teacher.blend import TeacherBlend
 
 if TYPE_CHECKING:
     from coarserank.distill.gbdt import GbdtReference
 
-__all__ = ["Trained", "check_sampling", "split_table", "train_teacher", "train_gbdt", "distill", "score_split",
-           "sampling_generator"]
+__all__ = ["Blended", "Trained", "blend_teacher", "check_sampling", "split_table", "train_teacher", "train_gbdt",
+           "distill", "score_split", "sampling_generator"]
 
 
 @dataclass
@@ -93,6 +95,36 @@ def train_teacher(train: EncodedSplit | TensorTable | StreamingTable, valid: Enc
     result = fit(teacher, lambda m, b: hard_loss(m(b.inputs), b.label), _table(train), _table(valid),
                  settings, torch.device(device), progress, callbacks)
     return Trained(teacher, result)
+
+
+@dataclass
+class Blended:
+    """The teacher to distil from: ``heavy`` alone (``weight = 0``) or a :class:`TeacherBlend` with the
+    hard-label two-tower, and the validation GAUC of every weight tried."""
+
+    model: nn.Module
+    weight: float
+    valid_gauc: dict[float, float]
+
+
+def blend_teacher(heavy: nn.Module, tower: nn.Module | None, valid: EncodedSplit | TensorTable,
+                  weights: Sequence[float], device: torch.device | str = "cpu") -> Blended:
+    """``(1 - w) * heavy + w * tower`` for the ``w`` among ``weights`` (0 is always tried) with the best
+    validation GAUC; ties go to the smaller ``w``. ``tower`` ``None`` or no positive weight: ``heavy``.
+
+    The tower is the run's hard-label student: a teacher that blends it in is at least as good on
+    validation as either, and still carries the crosses (:mod:`coarserank.teacher.blend`).
+    """
+    table = valid if isinstance(valid, TensorTable) else split_table(valid)
+    label, group = table.label.numpy(), table.group.numpy()
+    tried = sorted({0.0, *(float(w) for w in weights)}) if tower is not None else [0.0]
+    z_heavy = score_split(heavy, table, device)
+    z_tower = score_split(tower, table, device) if len(tried) > 1 else z_heavy
+    scores = {w: gauc(label, (1.0 - w) * z_heavy + w * z_tower, group).value for w in tried}
+    best = max(tried, key=lambda w: (scores[w], -w))
+    if best == 0.0 or tower is None:
+        return Blended(heavy, 0.0, scores)
+    return Blended(TeacherBlend(heavy, tower, best).eval(), best, scores)
 
 
 def train_gbdt(train: EncodedSplit, valid: EncodedSplit, schema: Schema, cfg: GbdtConfig, *, seed: int = 0,

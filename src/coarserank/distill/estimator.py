@@ -27,7 +27,7 @@ from coarserank.data.dataset import EncodedSplit
 from coarserank.data.dataset_builder import Dataset
 from coarserank.data.pairs import PairEncoder
 from coarserank.data.schema import Schema
-from coarserank.distill.api import check_sampling, score_split, train_teacher
+from coarserank.distill.api import blend_teacher, check_sampling, score_split, train_teacher
 from coarserank.distill.api import distill as distill_student
 from coarserank.distill.train import EpochInfo, FitResult
 from coarserank.errors import ConfigError, NotFittedError
@@ -114,8 +114,8 @@ class DistilledRanker:
     def fit(self, X: EncodedSplit | Dataset, eval_set: EncodedSplit | None = None, *, schema: Schema | None = None,
             pairs: PairEncoder | None = None, progress: Callable[[EpochInfo], None] | None = None
             ) -> DistilledRanker:
-        """Train the teacher on ``X`` (early-stopped on ``eval_set``), then distil the student
-        from it. ``X`` is a :class:`Dataset` (its train and valid splits, schema and pairs) or
+        """Train the teacher on ``X`` (early-stopped on ``eval_set``; blended with a hard-label student
+        as ``teacher.blend`` says, like ``distill run``), then distil the student from it. ``X`` is a :class:`Dataset` (its train and valid splits, schema and pairs) or
         the train :class:`EncodedSplit` with ``eval_set`` and ``schema`` (and ``pairs`` when
         ``distill.sampled > 0``). Bad parameters or missing inputs fail before any training."""
         self._checked()
@@ -133,14 +133,23 @@ class DistilledRanker:
                               "or set distill__sampled=0")
         if entire and pairs is not None:
             check_sampling(self.distill, pairs)
+        history: dict[str, FitResult] = {}
+        control = None
+        if self.distill.alpha > 0 and any(w > 0 for w in self.teacher.blend):  # as `distill run`: teacher.blend
+            hard = distill_student(None, train, eval_set, schema, self.student,
+                                   dataclasses.replace(self.distill, alpha=0.0), seed=self.seed, device=self.device,
+                                   progress=progress)
+            control, history["student_hard"] = hard.model.eval(), hard.history
         teacher = train_teacher(train, eval_set, schema, self.teacher, seed=self.seed, device=self.device,
                                 progress=progress)
-        student = distill_student(teacher.model if self.distill.alpha > 0 else None, train, eval_set, schema,
+        blended = blend_teacher(teacher.model, control, eval_set, self.teacher.blend, self.device)
+        student = distill_student(blended.model if self.distill.alpha > 0 else None, train, eval_set, schema,
                                   self.student, self.distill, pairs=pairs, seed=self.seed, device=self.device,
                                   progress=progress)
-        self.teacher_: nn.Module = teacher.model.eval()
+        self.teacher_: nn.Module = blended.model.eval()
         self.student_: nn.Module = student.model.eval()
-        self.history_: dict[str, FitResult] = {"teacher": teacher.history, "student": student.history}
+        self.blend_weight_ = blended.weight
+        self.history_: dict[str, FitResult] = {"teacher": teacher.history, "student": student.history, **history}
         self.schema_ = schema
         return self
 

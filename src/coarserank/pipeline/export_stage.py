@@ -76,7 +76,6 @@ from coarserank.serving.ranker import (
     onnx_session,
 )
 from coarserank.student import TwoTower, has_towers
-from coarserank.teacher import DeepFM
 
 if TYPE_CHECKING:
     import torch
@@ -168,8 +167,8 @@ def _faiss_vs_kv(index: ItemIndex, store: FileKVStore, users: np.ndarray) -> flo
     return float(np.max(np.abs(ip[valid] - kv_ip))) if kv_ip.size else 0.0
 
 
-def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: DeepFM, hashes: Mapping[str, str],
-                run_id: str) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
+def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: torch.nn.Module,
+                hashes: Mapping[str, str], run_id: str) -> tuple[dict[str, Any], pl.DataFrame, np.ndarray]:
     """Export the three graphs (tagged with ``run_id``); return their parity on up to
     :data:`PARITY_ROWS` test rows, those rows and their positions in the test split."""
     opset, tagged = data.cfg.serving.opset, {"run_id": run_id}
@@ -189,8 +188,8 @@ def _onnx_files(out_dir: Path, data: RunData, student: TwoTower, teacher: DeepFM
     return parity, rows, positions
 
 
-def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher: DeepFM, *, student_hash: str,
-                  teacher_hash: str, run_id: str = "", progress: Progress = _quiet) -> ExportResult:
+def export_models(out_dir: Path | str, data: RunData, student: TwoTower, teacher: torch.nn.Module, *,
+                  student_hash: str, teacher_hash: str, run_id: str = "", progress: Progress = _quiet) -> ExportResult:
     """Write every serving file of ``student`` and ``teacher`` into ``out_dir`` and check them.
 
     ``data.test_logits["student"]`` are the PyTorch student's test logits the score path is held
@@ -249,7 +248,7 @@ def run_stage(ctx: RunContext, models: Mapping[str, torch.nn.Module]) -> None:
     run = ctx.run
     run.begin("export")
     student, teacher = models["student"], models["teacher"]
-    assert isinstance(student, TwoTower) and isinstance(teacher, DeepFM)
+    assert isinstance(student, TwoTower)
     result = export_models(run.path, RunData.from_context(ctx), student, teacher,
                            student_hash=str(run.manifest.file_hash("student.pt")),
                            teacher_hash=str(run.manifest.file_hash("teacher.pt")), run_id=run.manifest.run_id,

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from coarserank.artifacts import MODEL_FILES, Run, write_prepared
+from coarserank.artifacts import MODEL_FILES, Run, build_run_teacher, write_prepared
 from coarserank.atomic import atomic_write_text, atomic_write_with
 from coarserank.config import DistillConfig, ModelTrainingConfig, RunConfig, config_hash, config_to_dict, dump_config, section_hash
 from coarserank.data.dataset import EncodedSplit, PreparedData, encode_splits
@@ -32,7 +32,7 @@ from coarserank.distill.gbdt import GbdtReference
 from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable
 from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
-from coarserank.distill.api import Trained, check_sampling, distill, split_table, train_teacher
+from coarserank.distill.api import Trained, blend_teacher, check_sampling, distill, split_table, train_teacher
 from coarserank.distill.families import gate_means
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
 from coarserank.errors import ArtifactWarning, CoarseRankError, DistillWarning
@@ -42,7 +42,6 @@ from coarserank.threads import apply_threads, explain_threads
 from coarserank.pipeline.stream_data import load_streaming_data, streaming_train, write_train_logits
 from coarserank.ranking_eval.metrics import label_metrics
 from coarserank.student import build_student
-from coarserank.teacher import build_teacher
 
 __all__ = ["RunResult", "RunContext", "run", "load_context", "train_student", "default_run_dir", "EXTRA_STAGES", "MODELS"]
 
@@ -183,18 +182,25 @@ def _settings(ctx: RunContext, section: ModelTrainingConfig, grouped: bool = Fal
                        ctx.cfg.run.seed, grouped, bf16=ctx.cfg.run.precision == "bf16")
 
 
-def _stage_teacher(ctx: RunContext) -> torch.nn.Module:
+def _stage_teacher(ctx: RunContext, control: torch.nn.Module) -> torch.nn.Module:
+    """The teacher that is distilled: the heavy model, blended with the hard-label ``control`` at the
+    ``teacher.blend`` weight with the best validation GAUC (:func:`coarserank.distill.api.blend_teacher`)."""
     torch.manual_seed(ctx.cfg.run.seed)
-    teacher = build_teacher(ctx.schema, ctx.cfg.teacher)
     if ctx.run.is_done("teacher"):
-        return _load_model(ctx, "teacher.pt", teacher)
+        weight = float(ctx.run.manifest.stage_facts("teacher").get("blend_weight", 0.0))
+        return _load_model(ctx, "teacher.pt", build_run_teacher(ctx.schema, ctx.cfg, weight))
     ctx.run.begin("teacher")
     train = ctx.stream if ctx.stream is not None else ctx.tables["train"]
     trained = train_teacher(train, ctx.tables["valid"], ctx.schema, ctx.cfg.teacher, seed=ctx.cfg.run.seed,
                             device=ctx.device, bf16=ctx.cfg.run.precision == "bf16",
                             progress=_epoch_printer(ctx, "teacher"))
-    _save_model(ctx, "teacher", "teacher.pt", trained.model, trained.history)
-    return trained.model
+    blended = blend_teacher(trained.model, control, ctx.tables["valid"], ctx.cfg.teacher.blend, ctx.device)
+    if len(blended.valid_gauc) > 1:
+        tried = ", ".join(f"w={w:g} {g:.4f}" for w, g in blended.valid_gauc.items())
+        ctx.progress(f"teacher: blend with the hard-label two-tower at w = {blended.weight:g} (valid gauc {tried})")
+    _save_model(ctx, "teacher", "teacher.pt", blended.model, trained.history, blend_weight=blended.weight,
+                blend_valid_gauc={f"{w:g}": round(g, 6) for w, g in blended.valid_gauc.items()})
+    return blended.model
 
 
 def _sample_logits(ctx: RunContext, teacher: torch.nn.Module) -> None:
@@ -396,14 +402,14 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
     try:
         _stage_data(ctx)
         recall_stage.check(ctx)  # recall settings this data cannot train fail before the teacher trains
+        stage = "student_hard"  # first: the teacher may blend it in (teacher.blend)
+        control = _stage_student(ctx, "student_hard", "student_hard.pt", 0.0, None)
         stage = "teacher"
-        teacher = _stage_teacher(ctx)
+        teacher = _stage_teacher(ctx, control)
         stage = "logits"
         _stage_logits(ctx, teacher)
         stage = "student"
         student = _stage_student(ctx, "student", "student.pt", cfg.distill.alpha, teacher)
-        stage = "student_hard"
-        control = _stage_student(ctx, "student_hard", "student_hard.pt", 0.0, None)
         models: dict[str, torch.nn.Module] = {"teacher": teacher, "student": student, "student_hard": control}
         for split in SPLITS:
             ctx.logits[split]["student"] = predict_shared(student, ctx.tables[split], device)
