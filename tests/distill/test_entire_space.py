@@ -12,11 +12,12 @@ from coarserank.data.pairs import ROW_ITEM
 from coarserank.data.prepare import prepare
 from coarserank.data.sources import load_source
 from coarserank.distill.api import distill, split_table, train_teacher
-from coarserank.distill.entire_space import PairScorer
+from coarserank.distill.entire_space import PairScorer, TeacherPairs
 from coarserank.distill.losses import list_kl_loss, ranking_loss, sampled_pointwise_loss
 from coarserank.distill.sampling import CandidateSampler
 from coarserank.errors import ConfigError
 from coarserank.student import build_student
+from coarserank.teacher.blend import TeacherBlend
 
 GROUP = torch.tensor([0, 0, 1, 1, 2, 3])
 ITEM = torch.tensor([0, 1, 2, 0, 3, 4])
@@ -112,6 +113,21 @@ def test_pair_scorer_scores_pairs_like_the_student_on_the_pair_rows(tiny):
         rows = {k: v.numpy()[row.numpy()] for k, v in batch.inputs.items()}
         direct = student({k: torch.from_numpy(v) for k, v in data.pairs.encode(rows, item.numpy()).items()})
     torch.testing.assert_close(scored, direct)
+
+
+def test_a_blended_teacher_scores_pairs_as_it_scores_the_pair_rows(tiny):
+    cfg, data, teacher = tiny
+    blend = TeacherBlend(teacher, build_student(data.schema, cfg.student), 0.25).eval()
+    batch = split_table(data.valid).take(torch.arange(8))
+    row, item = torch.arange(8).repeat_interleave(3), torch.arange(24) % data.pairs.n_items
+    catalogue = {k: torch.from_numpy(v) for k, v in data.pairs.item_inputs(np.arange(data.pairs.n_items)).items()
+                 if data.schema[k].side == "item"}
+    rows = {k: v.numpy()[row.numpy()] for k, v in batch.inputs.items()}
+    encoded = {k: torch.from_numpy(v) for k, v in data.pairs.encode(rows, item.numpy()).items()}
+    with torch.no_grad():
+        fast = TeacherPairs(blend, catalogue)(encoded, batch.inputs, row, item)
+        direct = blend(encoded)
+    torch.testing.assert_close(fast, direct)
 
 
 def test_entire_space_distillation_trains_and_counts_its_sampled_rows(tiny):

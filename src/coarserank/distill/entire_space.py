@@ -30,8 +30,9 @@ from coarserank.distill.losses import distill_loss, list_kl_loss, ranking_loss, 
 from coarserank.distill.sampling import CandidateSampler
 from coarserank.distill.tensors import TensorTable
 from coarserank.student import has_towers
+from coarserank.teacher.blend import TeacherBlend
 
-__all__ = ["PairScorer", "RowPairScorer", "pair_scorer", "entire_space_loss"]
+__all__ = ["PairScorer", "RowPairScorer", "pair_scorer", "entire_space_loss", "TeacherPairs"]
 
 
 class PairScorer(nn.Module):
@@ -97,6 +98,7 @@ def entire_space_loss(teacher: nn.Module, pairs: PairEncoder, sampler: Candidate
     teacher.eval()
     item_fields = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pairs.items_.items()
                    if k in pairs.encoder.schema_.select(("item",)).names}
+    teacher_scorer = TeacherPairs(teacher, item_fields)
     t = cfg.temperature
 
     def loss(module: nn.Module, batch: TensorTable) -> torch.Tensor:
@@ -106,13 +108,14 @@ def entire_space_loss(teacher: nn.Module, pairs: PairEncoder, sampler: Candidate
         encoded = _pair_inputs(pairs, batch, drawn.row.numpy(), drawn.item.numpy(), device)
         if stats is not None:  # the teacher's share: its inputs are the pairs' encoded fields
             stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
+        row = drawn.row.to(device)
         if rows:
             s, s_pairs = module(batch.inputs, encoded)
         else:
             unique, local = torch.unique(drawn.item, return_inverse=True)
             items = {k: v[unique].to(device) for k, v in item_fields.items()}
-            s, s_pairs = module(batch.inputs, items, drawn.row.to(device), local.to(device))
-        z_pairs = _teacher_logits(teacher, encoded, stats)
+            s, s_pairs = module(batch.inputs, items, row, local.to(device))
+        z_pairs = teacher_scorer(encoded, batch.inputs, row, drawn.item.to(device), stats)
         valid = drawn.valid.to(device)
         if stats is not None:
             stats["sampled_rows"] = stats.get("sampled_rows", 0.0) + float(valid.sum())
@@ -152,11 +155,34 @@ def _pair_inputs(pairs: PairEncoder, batch: TensorTable, row: np.ndarray, item: 
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in encoded.items()}
 
 
-@torch.no_grad()
-def _teacher_logits(teacher: nn.Module, encoded: dict[str, torch.Tensor],
-                    stats: dict[str, float] | None) -> torch.Tensor:
-    start = time.perf_counter()
-    z = teacher(encoded).float()
-    if stats is not None:
-        stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
-    return z
+class TeacherPairs:
+    """The teacher's logits of sampled (row, item) pairs. A teacher blended with a two-tower
+    (:class:`~coarserank.teacher.blend.TeacherBlend`) scores its frozen tower member from one user
+    vector per batch row and the catalogue's item vectors, computed once here, instead of running
+    both towers on every pair; the heavy member reads the encoded pairs."""
+
+    def __init__(self, teacher: nn.Module, item_fields: dict[str, torch.Tensor]) -> None:
+        self.teacher = teacher
+        self.item_vectors: torch.Tensor | None = None
+        if isinstance(teacher, TeacherBlend) and has_towers(teacher.tower):
+            device = teacher.weight.device
+            with torch.no_grad():
+                self.item_vectors = teacher.tower.item_tower({k: v.to(device) for k, v in item_fields.items()})
+
+    @torch.no_grad()
+    def __call__(self, encoded: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], row: torch.Tensor,
+                 item: torch.Tensor, stats: dict[str, float] | None = None) -> torch.Tensor:
+        """``encoded``: the pairs' encoded fields; ``inputs``: the batch's; ``row``: each pair's batch row;
+        ``item``: each pair's catalogue index."""
+        start = time.perf_counter()
+        t = self.teacher
+        if self.item_vectors is not None:
+            tower = t.tower
+            u = torch.index_select(tower.user_tower(inputs), 0, row)
+            v = torch.index_select(self.item_vectors.to(u.device), 0, item)
+            z = ((1.0 - t.weight) * t.heavy(encoded) + t.weight * tower.score(u, v)).float()
+        else:
+            z = t(encoded).float()
+        if stats is not None:
+            stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
+        return z
