@@ -115,7 +115,9 @@ def test_pair_scorer_scores_pairs_like_the_student_on_the_pair_rows(tiny):
     torch.testing.assert_close(scored, direct)
 
 
-def test_a_blended_teacher_scores_pairs_as_it_scores_the_pair_rows(tiny):
+@pytest.mark.parametrize("chunk", [65_536, 7])  # 7: the catalogue is encoded in several item-tower calls
+def test_a_blended_teacher_scores_pairs_as_it_scores_the_pair_rows(tiny, chunk, monkeypatch):
+    monkeypatch.setattr("coarserank.distill.entire_space._CHUNK", chunk)
     cfg, data, teacher = tiny
     blend = TeacherBlend(teacher, build_student(data.schema, cfg.student), 0.25).eval()
     batch = split_table(data.valid).take(torch.arange(8))

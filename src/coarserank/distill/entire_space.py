@@ -155,6 +155,9 @@ def _pair_inputs(pairs: PairEncoder, batch: TensorTable, row: np.ndarray, item: 
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in encoded.items()}
 
 
+_CHUNK = 65_536  # catalogue items per item-tower call when TeacherPairs encodes the catalogue
+
+
 class TeacherPairs:
     """The teacher's logits of sampled (row, item) pairs. A teacher blended with a two-tower
     (:class:`~coarserank.teacher.blend.TeacherBlend`) scores its frozen tower member from one user
@@ -165,9 +168,11 @@ class TeacherPairs:
         self.teacher = teacher
         self.item_vectors: torch.Tensor | None = None
         if isinstance(teacher, TeacherBlend) and has_towers(teacher.tower):
-            device = teacher.weight.device
-            with torch.no_grad():
-                self.item_vectors = teacher.tower.item_tower({k: v.to(device) for k, v in item_fields.items()})
+            device, n = teacher.weight.device, len(next(iter(item_fields.values())))
+            with torch.no_grad():  # in chunks: a large catalogue's hidden activations stay bounded
+                self.item_vectors = torch.cat([
+                    teacher.tower.item_tower({k: v[lo:lo + _CHUNK].to(device) for k, v in item_fields.items()})
+                    for lo in range(0, n, _CHUNK)])
 
     @torch.no_grad()
     def __call__(self, encoded: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], row: torch.Tensor,
