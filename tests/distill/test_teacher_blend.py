@@ -73,3 +73,11 @@ def test_no_tower_or_no_weights_never_blends(rng) -> None:
     heavy = Column("good")
     assert blend_teacher(heavy, None, table, [0.5]).model is heavy
     assert blend_teacher(heavy, Column("other"), table, []).valid_gauc.keys() == {0.0}
+
+
+def test_the_report_names_the_teacher_it_compares_against() -> None:
+    from coarserank.pipeline.report_scoring import _teacher_text
+
+    assert _teacher_text("deepfm", Column("good")) == "deepfm alone"
+    assert "blended with the hard-label two-tower at w = 0.25" in _teacher_text(
+        "deepfm", TeacherBlend(Column("good"), Column("other"), 0.25))

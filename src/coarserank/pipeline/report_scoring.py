@@ -28,6 +28,7 @@ from coarserank.pipeline.report_stage import SCORED_MODELS, Progress, ReportOutp
 from coarserank.pipeline.run_data import RunData
 from coarserank.ranking_eval.report import ReportSpec
 from coarserank.student import Tower, TwoTower
+from coarserank.teacher.blend import TeacherBlend
 
 __all__ = ["build_scores", "build_run_report", "report_oracle"]
 
@@ -121,6 +122,14 @@ def _with_segments(scores: pl.DataFrame, sets: ReportCandidates,
     )
 
 
+def _teacher_text(family: str, teacher: torch.nn.Module | None) -> str:
+    """Which teacher the report's reference is: the heavy model alone or blended (``teacher.blend``)."""
+    if isinstance(teacher, TeacherBlend):
+        return (f"{family} blended with the hard-label two-tower at w = {float(teacher.weight):g} "
+                "(teacher.blend, chosen on validation GAUC)")
+    return f"{family} alone"
+
+
 def report_oracle(data: RunData) -> Oracle | None:
     """The data source's oracle when the run's rows carry the columns it reads."""
     oracle = ORACLES.get(data.cfg.data.source)
@@ -157,6 +166,7 @@ def build_scores(data: RunData, models: Mapping[str, torch.nn.Module], *, device
                             "weights": "uniform: 1; popularity: train exposures + 1",
                             "context": "a sampled candidate copies the user's first test row"},
              "scores": "probabilities: sigmoid of each model's logit",
+             "teacher": _teacher_text(cfg.teacher.family, models.get("teacher")),
              "oracle_definition": ("noise-free click probability of the data generator" if oracle
                                    else "the exposures' _oracle" if has_oracle else None)}
     spec = ReportSpec(reference="teacher", models=("student", "student_hard"), label_models=SCORED_MODELS,
