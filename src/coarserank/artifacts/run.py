@@ -63,13 +63,14 @@ def _load_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:200] if first else type(exc).__name__
 
 
-def build_run_teacher(schema: Schema, cfg: RunConfig, blend_weight: float) -> torch.nn.Module:
+def build_run_teacher(schema: Schema, cfg: RunConfig, manifest: Manifest) -> torch.nn.Module:
     """The untrained module a run's ``teacher.pt`` holds: the heavy model of ``teacher.family``, blended
-    with the hard-label student at ``blend_weight`` (the ``teacher`` stage's ``blend_weight`` fact) when it is above 0."""
+    with the hard-label student when the ``teacher`` stage recorded a ``blend_weight`` above 0."""
     from coarserank.student import build_student
     from coarserank.teacher import build_teacher
     from coarserank.teacher.blend import TeacherBlend
 
+    blend_weight = float(manifest.stage_facts("teacher").get("blend_weight", 0.0))
     heavy = build_teacher(schema, cfg.teacher)
     return TeacherBlend(heavy, build_student(schema, cfg.student), blend_weight) if blend_weight > 0 else heavy
 
@@ -294,8 +295,7 @@ class Run:
 
     def _build(self, name: str) -> torch.nn.Module:
         if name == "teacher":
-            return build_run_teacher(self.schema, self.config,
-                                     float(self.manifest.stage_facts("teacher").get("blend_weight", 0.0)))
+            return build_run_teacher(self.schema, self.config, self.manifest)
         from coarserank.student import build_student
 
         return build_student(self.schema, self.config.student)

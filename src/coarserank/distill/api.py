@@ -37,7 +37,7 @@ from coarserank.errors import ConfigError
 from coarserank.ranking_eval.metrics import gauc
 from coarserank.student import build_student
 from coarserank.teacher import build_teacher
-from coarserank.teacher.blend import TeacherBlend
+from coarserank.teacher.blend import TeacherBlend, mix
 
 if TYPE_CHECKING:
     from coarserank.distill.gbdt import GbdtReference
@@ -120,7 +120,7 @@ def blend_teacher(heavy: nn.Module, tower: nn.Module | None, valid: EncodedSplit
     tried = sorted({0.0, *(float(w) for w in weights)}) if tower is not None else [0.0]
     z_heavy = score_split(heavy, table, device)
     z_tower = score_split(tower, table, device) if len(tried) > 1 else z_heavy
-    scores = {w: gauc(label, (1.0 - w) * z_heavy + w * z_tower, group).value for w in tried}
+    scores = {w: gauc(label, mix(z_heavy, z_tower, w), group).value for w in tried}
     best = max(tried, key=lambda w: (scores[w], -w))
     if best == 0.0 or tower is None:
         return Blended(heavy, 0.0, scores)

@@ -30,7 +30,7 @@ from coarserank.distill.losses import distill_loss, list_kl_loss, ranking_loss, 
 from coarserank.distill.sampling import CandidateSampler
 from coarserank.distill.tensors import TensorTable
 from coarserank.student import has_towers
-from coarserank.teacher.blend import TeacherBlend
+from coarserank.teacher.blend import TeacherBlend, mix
 
 __all__ = ["PairScorer", "RowPairScorer", "pair_scorer", "entire_space_loss", "TeacherPairs"]
 
@@ -185,7 +185,7 @@ class TeacherPairs:
             tower = t.tower
             u = torch.index_select(tower.user_tower(inputs), 0, row)
             v = torch.index_select(self.item_vectors.to(u.device), 0, item)
-            z = ((1.0 - t.weight) * t.heavy(encoded) + t.weight * tower.score(u, v)).float()
+            z = mix(t.heavy(encoded), tower.score(u, v), t.weight).float()
         else:
             z = t(encoded).float()
         if stats is not None:

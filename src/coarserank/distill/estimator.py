@@ -115,8 +115,9 @@ class DistilledRanker:
             pairs: PairEncoder | None = None, progress: Callable[[EpochInfo], None] | None = None
             ) -> DistilledRanker:
         """Train the teacher on ``X`` (early-stopped on ``eval_set``; blended with a hard-label student
-        as ``teacher.blend`` says, like ``distill run``), then distil the student from it. ``X`` is a :class:`Dataset` (its train and valid splits, schema and pairs) or
-        the train :class:`EncodedSplit` with ``eval_set`` and ``schema`` (and ``pairs`` when
+        as ``teacher.blend`` says, like ``distill run``), then distil the student from it. ``X`` is a
+        :class:`Dataset` (its train and valid splits, schema and pairs) or the train
+        :class:`EncodedSplit` with ``eval_set`` and ``schema`` (and ``pairs`` when
         ``distill.sampled > 0``). Bad parameters or missing inputs fail before any training."""
         self._checked()
         if isinstance(X, Dataset):

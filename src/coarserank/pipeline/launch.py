@@ -30,7 +30,8 @@ from coarserank.distill.train import resolve_device
 from coarserank.errors import CoarseRankError
 from coarserank.pipeline.run import run
 
-__all__ = ["DistInfo", "barrier", "current", "join", "shutdown", "relaunch", "sweep_relaunch_args", "peer_failures_reported"]
+__all__ = ["DistInfo", "barrier", "current", "join", "shutdown", "relaunch", "sweep_relaunch_args",
+           "peer_failures_reported"]
 
 
 def join(environ: Mapping[str, str], device: str = "cpu") -> DistInfo:

@@ -187,8 +187,7 @@ def _stage_teacher(ctx: RunContext, control: torch.nn.Module) -> torch.nn.Module
     ``teacher.blend`` weight with the best validation GAUC (:func:`coarserank.distill.api.blend_teacher`)."""
     torch.manual_seed(ctx.cfg.run.seed)
     if ctx.run.is_done("teacher"):
-        weight = float(ctx.run.manifest.stage_facts("teacher").get("blend_weight", 0.0))
-        return _load_model(ctx, "teacher.pt", build_run_teacher(ctx.schema, ctx.cfg, weight))
+        return _load_model(ctx, "teacher.pt", build_run_teacher(ctx.schema, ctx.cfg, ctx.run.manifest))
     ctx.run.begin("teacher")
     train = ctx.stream if ctx.stream is not None else ctx.tables["train"]
     trained = train_teacher(train, ctx.tables["valid"], ctx.schema, ctx.cfg.teacher, seed=ctx.cfg.run.seed,

@@ -10,12 +10,22 @@ student's own hypothesis class and adds the crosses on top. ``w`` is chosen on v
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
 from torch import nn
 
 from coarserank.data.schema import Schema
 
-__all__ = ["TeacherBlend"]
+__all__ = ["TeacherBlend", "mix"]
+
+Logits = TypeVar("Logits", torch.Tensor, np.ndarray)
+
+
+def mix(heavy: Logits, tower: Logits, weight: float | torch.Tensor) -> Logits:
+    """``(1 - weight) * heavy + weight * tower``: the blend's logit from its members' logits."""
+    return (1.0 - weight) * heavy + weight * tower
 
 
 class TeacherBlend(nn.Module):
@@ -40,4 +50,4 @@ class TeacherBlend(nn.Module):
         return self.heavy.embedding.schema
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return (1.0 - self.weight) * self.heavy(inputs) + self.weight * self.tower(inputs)
+        return mix(self.heavy(inputs), self.tower(inputs), self.weight)
