@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from coarserank.config import load_config
 from coarserank.distill.api import blend_teacher
 from coarserank.distill.tensors import make_table
+from coarserank.errors import ConfigError
 from coarserank.teacher.blend import TeacherBlend
 
 
@@ -81,3 +84,8 @@ def test_the_report_names_the_teacher_it_compares_against() -> None:
     assert _teacher_text("deepfm", Column("good")) == "deepfm alone"
     assert "blended with the hard-label two-tower at w = 0.25" in _teacher_text(
         "deepfm", TeacherBlend(Column("good"), Column("other"), 0.25))
+
+
+def test_a_blend_weight_outside_zero_to_one_fails_at_load_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"teacher\.blend"):
+        load_config(overrides=["teacher.blend=[0.5, 1.0]"])
