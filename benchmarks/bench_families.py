@@ -7,7 +7,9 @@ Tiny smoke run (seconds per family):
     python benchmarks/bench_families.py --datasets synthetic --seeds 0 1 --repeats 5 --users 20 \
         --set synthetic.rows=3000 --set teacher.epochs=1 --set student.epochs=1 --set cold.epochs=1
 
-For every data set and seed it prepares the data and trains one teacher, then for every family of
+For every data set and seed it prepares the data, trains the hard-label two-tower and one heavy
+teacher and blends them as ``distill run`` does (``teacher.blend``, weight chosen on validation; the
+two-tower is also that family's control), then for every family of
 ``student.family`` (``two_tower``, ``senet``, ``shortcut``, ``parallel``, ``dat``, ``cold``) it
 distils a student (the configured ``[distill]`` loss) and trains the hard-label control of the same
 family, and measures:
@@ -55,7 +57,7 @@ from coarserank.config import ColdStudentOptions, RunConfig, StudentConfig, load
 from coarserank.data.dataset import PreparedData, encode_splits  # noqa: E402
 from coarserank.data.prepare import base_rate, prepare  # noqa: E402
 from coarserank.data.sources import load_source  # noqa: E402
-from coarserank.distill.api import distill, score_split, train_teacher  # noqa: E402
+from coarserank.distill.api import blend_teacher, distill, score_split, train_teacher  # noqa: E402
 from coarserank.distill.candidates import agreement, candidate_sets, score_candidates  # noqa: E402
 from coarserank.errors import DataError  # noqa: E402
 from coarserank.pipeline.export_stage import bench_requests  # noqa: E402
@@ -158,9 +160,15 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
     cfg = _config(dataset, args, seed)
     data = encode_splits(prepare(load_source(cfg.data, cfg.synthetic, seed), cfg.data), cfg.data)
     sets = candidate_sets(data.test, data.pairs, users=args.users, sampled=1000, seed=seed)
+    hard_cfg = replace(cfg.distill, alpha=0.0)
     start = time.perf_counter()
-    teacher = train_teacher(data.train, data.valid, data.schema, cfg.teacher, seed=seed).model
-    teacher_seconds = time.perf_counter() - start
+    control = distill(None, data.train, data.valid, data.schema, _student(cfg, "two_tower", [], []), hard_cfg,
+                      pairs=data.pairs, seed=seed)
+    control_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    heavy = train_teacher(data.train, data.valid, data.schema, cfg.teacher, seed=seed).model
+    blended = blend_teacher(heavy, control.model, data.valid, cfg.teacher.blend)
+    teacher, teacher_seconds = blended.model, time.perf_counter() - start
     teacher_scores = score_candidates(teacher, data.test, data.pairs, sets)
     train_logits = score_split(teacher, data.train)
     serving = Serving(cfg, data, teacher, Path(args.out) / f"{dataset}-seed{seed}", args)
@@ -170,11 +178,16 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
         return gauc(test.label, score_split(model, test), test.group).value
 
     rows = [{"dataset": dataset, "seed": seed, "family": "teacher", "gauc": test_gauc(teacher),
+             "heavy_gauc": test_gauc(heavy), "blend_weight": blended.weight,
              "params": count_params(teacher), "train_seconds": round(teacher_seconds, 2)}]
     for family in args.families:
         student_cfg = _student(cfg, family, args.cold_features, data.schema.names)
         out: dict[str, Any] = {"dataset": dataset, "seed": seed, "family": family}
         for name, alpha in (("distilled", cfg.distill.alpha), ("hard", 0.0)):
+            if name == "hard" and family == "two_tower":  # the control the teacher was blended with
+                out["hard_seconds"] = round(control_seconds, 2)
+                out["hard_gauc"] = test_gauc(control.model)
+                continue
             start = time.perf_counter()
             trained = distill(teacher if alpha > 0 else None, data.train, data.valid, data.schema, student_cfg,
                               replace(cfg.distill, alpha=alpha), train_logits=train_logits, pairs=data.pairs,
@@ -211,7 +224,8 @@ def _table(rows: list[dict[str, Any]], dataset: str, families: list[str]) -> lis
 
     teacher = col("teacher", "gauc")
     lines = [f"\n#### {dataset} ({len(seeds)} seeds: {seeds}); teacher test GAUC {np.mean(teacher):.4f}, "
-             f"p50 {np.nanmean(col(families[0], 'teacher_p50_ms')):.2f} ms / {CANDIDATES} candidates\n",
+             f"p50 {np.nanmean(col(families[0], 'teacher_p50_ms')):.2f} ms / {CANDIDATES} candidates; blend weight "
+             f"per seed {', '.join(f'{w:g}' for w in col('teacher', 'blend_weight'))}\n",
              "| family | test GAUC distilled | hard-only | Recall@10-in-100 vs teacher | parameters | served vector "
              "| p50 / p99 ms (1,000 cand.) | export parity |", "|---|---|---|---|---|---|---|---|"]
     for f in families:
