@@ -124,7 +124,7 @@ class HistoryStats:
         history only); entries with a :data:`NONE` key or value have no history: ``base_rate``."""
         out = np.full(key.shape, self.base_rate, dtype=np.float64)
         asked = (key != NONE) & (value != NONE)
-        at = self._pair_index(key[asked], value[asked])
+        at = self.pair_index(key[asked], value[asked])
         stride = len(self.times) + 1
         query = at * stride + np.searchsorted(self.times, time[asked], side="left")  # ranks strictly before
         last = np.searchsorted(self.composite, query, side="left") - 1
@@ -136,7 +136,7 @@ class HistoryStats:
             out[asked] = np.where(denominator > 0, (pos + self.prior * self.base_rate) / denominator, self.base_rate)
         return out
 
-    def _pair_index(self, key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    def pair_index(self, key: np.ndarray, value: np.ndarray) -> np.ndarray:
         """Index into :attr:`pairs` of each (key, value) code pair, :data:`NONE` for pairs never seen."""
         code = key * max(len(self.values), 1) + value
         if self.dense is not None:

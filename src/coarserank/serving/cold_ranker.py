@@ -75,6 +75,8 @@ class HistoryLookup:
     key_dtype: pl.DataType
     now: int
     key_strings: np.ndarray  # the statistics' sorted key dictionary, for one-key lookups per request
+    end_rates: np.ndarray  # [pairs] each seen (key, value) pair's rate at ``now``; unseen pairs: base rate
+    item_rates: np.ndarray | None  # [n_items] the whole cross when key and ``over`` are both item-side
 
     @classmethod
     def build(cls, cfg: DataConfig, name: str, history: pl.DataFrame, catalogue: pl.DataFrame,
@@ -89,12 +91,31 @@ class HistoryLookup:
         item_values = (stats.value_codes(raw_values(catalogue[over_col], sep))
                        if by_name[h.over].side == "item" else None)
         now = int(history["_time"].max()) + 1 if history.height else 0
-        return cls(stats, h.key, h.over, key_col, over_col, sep, item_keys, item_values, history[key_col].dtype, now,
-                   stats.keys.to_numpy().astype(str))
+        width = max(len(stats.values), 1)
+        end_rates = stats.rates(stats.pairs // width, stats.pairs % width, np.full(len(stats.pairs), now))
+        lookup = cls(stats, h.key, h.over, key_col, over_col, sep, item_keys, item_values, history[key_col].dtype,
+                     now, stats.keys.to_numpy().astype(str), end_rates, None)
+        if item_keys is not None and item_values is not None:  # no request feature involved: once per catalogue
+            lookup.item_rates = lookup._rates(np.broadcast_to(item_keys[:, None], item_values.shape), item_values)
+        return lookup
+
+    def _rates(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The cross (float64 ``[n]``) from key and value codes ``[n, width]``, read at ``now``: what
+        ``stats.rates`` gives at that time, from the pairs' final rates."""
+        seen = (keys != NONE) & (values != NONE)
+        at = self.stats.pair_index(np.where(seen, keys, 0), np.where(seen, values, 0))
+        rates = np.where(seen & (at != NONE), self.end_rates[np.maximum(at, 0)], self.stats.base_rate)
+        return row_means(rates, values != NONE, self.stats.base_rate)
 
     def _code(self, value: Any, dictionary: np.ndarray) -> int:
         """Code of one raw value in a sorted dictionary of strings (:data:`NONE` when absent)."""
-        raw = pl.Series(self.key_col, [value]).cast(self.key_dtype, strict=False).cast(pl.Utf8)[0]
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) \
+                and self.key_dtype.is_integer():
+            raw: str | None = str(int(value))  # what the cast below gives, without building a series
+        elif isinstance(value, str) and self.key_dtype == pl.Utf8:
+            raw = value
+        else:
+            raw = pl.Series(self.key_col, [value]).cast(self.key_dtype, strict=False).cast(pl.Utf8)[0]
         if raw is None or dictionary.size == 0:
             return NONE
         at = int(np.searchsorted(dictionary, raw))
@@ -103,6 +124,8 @@ class HistoryLookup:
     def values(self, user: dict[str, Any], rows: np.ndarray) -> np.ndarray:
         """The cross for catalogue rows ``rows`` and the request's ``user`` (float64 ``[n]``)."""
         n = len(rows)
+        if self.item_rates is not None:
+            return self.item_rates[rows]
         if self.item_values is not None:
             values = self.item_values[rows]
         else:
@@ -113,9 +136,7 @@ class HistoryLookup:
             keys = self.item_keys[rows]
         else:
             keys = np.full(n, self._code(user.get(self.key), self.key_strings), dtype=np.int64)
-        keys = np.broadcast_to(keys[:, None], values.shape)
-        times = np.full(values.shape, self.now, dtype=np.int64)
-        return row_means(self.stats.rates(keys, values, times), values != NONE, self.stats.base_rate)
+        return self._rates(np.broadcast_to(keys[:, None], values.shape), values)
 
 
 class ColdRanker:
