@@ -177,6 +177,9 @@ def main() -> None:
     ap.add_argument("--datasets", default="synthetic,movielens-100k")
     ap.add_argument("--data-dir", default="/work/shared/data/ml-100k")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds - 1")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="--json files of earlier seeds (e.g. run in parallel) to put in the same tables")
     ap.add_argument("--interests", type=int, default=4)
     ap.add_argument("--ann-items", type=int, default=1_000_000, help="0 = skip the approximate-search part")
     ap.add_argument("--ann-kinds", default="ivf,hnsw")
@@ -198,8 +201,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     first_synthetic: Path | None = args.ann_run
     for dataset in ([] if args.ann_run else args.datasets.split(",")):
-        per_seed = []
-        for seed in range(args.seeds):
+        per_seed = [m for f in args.merge for m in json.loads(f.read_text()).get(dataset, [])]
+        for seed in range(args.first_seed, args.seeds):
             metrics, run_dir = one_seed(dataset, seed, args)
             per_seed.append(metrics)
             first_synthetic = first_synthetic or (run_dir if dataset == "synthetic" else None)
