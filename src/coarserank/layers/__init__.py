@@ -2,10 +2,10 @@
 squeeze-and-excitation gates."""
 
 from coarserank.layers.attention import SequenceAttention, TargetAttention
-from coarserank.layers.blocks import MLP, fm_interaction
+from coarserank.layers.blocks import MLP, fm_interaction, sum_fields
 from coarserank.layers.cross import CrossNetwork
 from coarserank.layers.embedding import EmbeddedFields, FeatureEmbedding, masked_mean
 from coarserank.layers.se import FieldExcitation, SEGate
 
 __all__ = ["CrossNetwork", "EmbeddedFields", "FeatureEmbedding", "FieldExcitation", "MLP", "SEGate", "SequenceAttention",
-           "TargetAttention", "fm_interaction", "masked_mean"]
+           "TargetAttention", "fm_interaction", "masked_mean", "sum_fields"]

@@ -1,11 +1,21 @@
-"""Small tensor-only blocks: MLP and the FM second-order interaction."""
+"""Small tensor-only blocks: MLP, the FM second-order interaction, and a sum over fields that exports well."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "fm_interaction"]
+__all__ = ["MLP", "fm_interaction", "sum_fields"]
+
+
+def sum_fields(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(dim=1)`` for ``[B, F, d]``. Exported to ONNX as one matrix product with a stacked
+    identity: ONNX Runtime's ReduceSum over a middle axis took 2.5x as long (1,000 x 6 x 16 floats,
+    one thread), and every multi-valued field of every served graph pays it. Training keeps the sum."""
+    if not torch.onnx.is_in_onnx_export():
+        return x.sum(dim=1)
+    f, d = x.shape[1], x.shape[2]
+    return x.flatten(1) @ torch.eye(d, dtype=x.dtype, device=x.device).repeat(f, 1)
 
 
 class MLP(nn.Module):
@@ -32,6 +42,6 @@ class MLP(nn.Module):
 
 def fm_interaction(v: torch.Tensor) -> torch.Tensor:
     """FM second-order term over fields: 0.5 * sum_k((sum_f v)^2 - sum_f v^2), ``[B, F, k] -> [B]``."""
-    square_of_sum = v.sum(dim=1).pow(2)
-    sum_of_square = v.pow(2).sum(dim=1)
+    square_of_sum = sum_fields(v).pow(2)
+    sum_of_square = sum_fields(v.pow(2))
     return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from coarserank.data.schema import PAD, Field, Schema
+from coarserank.layers.blocks import sum_fields
 
 __all__ = ["FeatureEmbedding", "EmbeddedFields", "masked_mean"]
 
@@ -13,7 +14,7 @@ __all__ = ["FeatureEmbedding", "EmbeddedFields", "masked_mean"]
 def masked_mean(e: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Mean of ``e`` ``[B, L, d]`` over the non-padding slots of ``codes`` ``[B, L]`` (all padding -> 0)."""
     count = (codes != PAD).sum(dim=1, keepdim=True).clamp(min=1).to(e.dtype)
-    return e.sum(dim=1) / count
+    return sum_fields(e) / count
 
 
 class FeatureEmbedding(nn.Module):

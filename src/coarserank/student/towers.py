@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coarserank.layers import MLP, CrossNetwork, EmbeddedFields, FeatureEmbedding, FieldExcitation
+from coarserank.layers import MLP, CrossNetwork, EmbeddedFields, FeatureEmbedding, FieldExcitation, sum_fields
 
 __all__ = ["SENetTower", "ShortcutTower", "ParallelTower", "DATTower", "CHANNELS"]
 
@@ -117,7 +117,7 @@ class _Pooled(nn.Module):
     two sides' channels is FM's sum of every user-field x item-field interaction ``<e_f, e_g>``."""
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return e.sum(dim=1)
+        return sum_fields(e)
 
 
 def channel(name: str, n_fields: int, embed_dim: int, hidden: tuple[int, ...], dropout: float, dim: int,
