@@ -10,7 +10,7 @@ __all__ = ["MLP", "fm_interaction", "sum_fields"]
 
 def sum_fields(x: torch.Tensor) -> torch.Tensor:
     """``x.sum(dim=1)`` for ``[B, F, d]``. Exported to ONNX as one matrix product with a stacked
-    identity: ONNX Runtime's ReduceSum over a middle axis took 2.5x as long (1,000 x 6 x 16 floats,
+    identity: ONNX Runtime's ReduceSum over a middle axis took 2.7x as long (1,000 x 6 x 16 floats,
     one thread), and every multi-valued field of every served graph pays it. Training keeps the sum."""
     if not torch.onnx.is_in_onnx_export():
         return x.sum(dim=1)
