@@ -73,9 +73,7 @@ class HistoryLookup:
     item_keys: np.ndarray | None  # [n_items] when the key is item-side
     item_values: np.ndarray | None  # [n_items, width] when ``over`` is item-side
     key_dtype: pl.DataType
-    now: int
     key_strings: np.ndarray  # the statistics' sorted key dictionary, for one-key lookups per request
-    end_rates: np.ndarray  # [pairs] each seen (key, value) pair's rate at ``now``; unseen pairs: base rate
     item_rates: np.ndarray | None  # [n_items] the whole cross when key and ``over`` are both item-side
 
     @classmethod
@@ -90,22 +88,15 @@ class HistoryLookup:
         item_keys = stats.key_codes(catalogue[key_col]) if by_name[h.key].side == "item" else None
         item_values = (stats.value_codes(raw_values(catalogue[over_col], sep))
                        if by_name[h.over].side == "item" else None)
-        now = int(history["_time"].max()) + 1 if history.height else 0
-        width = max(len(stats.values), 1)
-        end_rates = stats.rates(stats.pairs // width, stats.pairs % width, np.full(len(stats.pairs), now))
         lookup = cls(stats, h.key, h.over, key_col, over_col, sep, item_keys, item_values, history[key_col].dtype,
-                     now, stats.keys.to_numpy().astype(str), end_rates, None)
+                     stats.keys.to_numpy().astype(str), None)
         if item_keys is not None and item_values is not None:  # no request feature involved: once per catalogue
             lookup.item_rates = lookup._rates(np.broadcast_to(item_keys[:, None], item_values.shape), item_values)
         return lookup
 
     def _rates(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """The cross (float64 ``[n]``) from key and value codes ``[n, width]``, read at ``now``: what
-        ``stats.rates`` gives at that time, from the pairs' final rates."""
-        seen = (keys != NONE) & (values != NONE)
-        at = self.stats.pair_index(np.where(seen, keys, 0), np.where(seen, values, 0))
-        rates = np.where(seen & (at != NONE), self.end_rates[np.maximum(at, 0)], self.stats.base_rate)
-        return row_means(rates, values != NONE, self.stats.base_rate)
+        """The cross (float64 ``[n]``) from key and value codes ``[n, width]``, after every history row."""
+        return row_means(self.stats.final_rates(keys, values), values != NONE, self.stats.base_rate)
 
     def _code(self, value: Any, dictionary: np.ndarray) -> int:
         """Code of one raw value in a sorted dictionary of strings (:data:`NONE` when absent)."""
