@@ -132,6 +132,18 @@ def test_a_blended_teacher_scores_pairs_as_it_scores_the_pair_rows(tiny, chunk, 
     torch.testing.assert_close(fast, direct)
 
 
+def test_the_deepfm_teacher_alone_scores_pairs_as_it_scores_the_pair_rows(tiny):
+    _, data, teacher = tiny
+    batch = split_table(data.valid).take(torch.arange(8))
+    row, item = torch.arange(8).repeat_interleave(3), (torch.arange(24) * 7) % data.pairs.n_items
+    catalogue = {k: torch.from_numpy(v) for k, v in data.pairs.item_inputs(np.arange(data.pairs.n_items)).items()}
+    rows = {k: v.numpy()[row.numpy()] for k, v in batch.inputs.items()}
+    encoded = {k: torch.from_numpy(v) for k, v in data.pairs.encode(rows, item.numpy()).items()}
+    with torch.no_grad():
+        torch.testing.assert_close(TeacherPairs(teacher.eval(), catalogue)(encoded, batch.inputs, row, item),
+                                   teacher(encoded))
+
+
 def test_entire_space_distillation_trains_and_counts_its_sampled_rows(tiny):
     cfg, data, teacher = tiny
     trained = distill(teacher, data.train, data.valid, data.schema, StudentConfig(epochs=1),

@@ -31,6 +31,7 @@ from coarserank.distill.sampling import CandidateSampler
 from coarserank.distill.tensors import TensorTable
 from coarserank.student import has_towers
 from coarserank.teacher.blend import TeacherBlend, mix
+from coarserank.teacher.deepfm import DeepFM
 
 __all__ = ["PairScorer", "RowPairScorer", "pair_scorer", "entire_space_loss", "TeacherPairs"]
 
@@ -166,6 +167,7 @@ class TeacherPairs:
 
     def __init__(self, teacher: nn.Module, item_fields: dict[str, torch.Tensor]) -> None:
         self.teacher = teacher
+        self.item_fields = item_fields
         self.item_vectors: torch.Tensor | None = None
         if isinstance(teacher, TeacherBlend) and has_towers(teacher.tower):
             device, n = teacher.weight.device, len(next(iter(item_fields.values())))
@@ -185,9 +187,20 @@ class TeacherPairs:
             tower = t.tower
             u = torch.index_select(tower.user_tower(inputs), 0, row)
             v = torch.index_select(self.item_vectors.to(u.device), 0, item)
-            z = mix(t.heavy(encoded), tower.score(u, v), t.weight).float()
+            z = mix(self._heavy(t.heavy, encoded, inputs, row, item), tower.score(u, v), t.weight).float()
         else:
-            z = t(encoded).float()
+            z = self._heavy(t, encoded, inputs, row, item).float()
         if stats is not None:
             stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
         return z
+
+    def _heavy(self, heavy: nn.Module, encoded: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+               row: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """A DeepFM reads each side's fields once (:meth:`~coarserank.teacher.deepfm.DeepFM.pair_logits`);
+        any other heavy model reads the pairs' full inputs."""
+        if not (isinstance(heavy, DeepFM) and heavy.scores_pairs):
+            return heavy(encoded)
+        unique, local = torch.unique(item, return_inverse=True)
+        at = unique.to(self.item_fields[next(iter(self.item_fields))].device)
+        items = {k: torch.index_select(v, 0, at).to(row.device) for k, v in self.item_fields.items()}
+        return heavy.pair_logits(inputs, items, encoded, row, local)

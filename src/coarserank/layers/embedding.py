@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -53,8 +55,13 @@ class FeatureEmbedding(nn.Module):
         return self.tables[f.name] if f.name in self.tables else self.tables[f.of]
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.embed(inputs, self.schema.fields)
+
+    def embed(self, inputs: dict[str, torch.Tensor], fields: Sequence[Field]) -> torch.Tensor:
+        """``[B, len(fields), dim]``: those fields of the schema only, in that order (``inputs`` may hold
+        only them)."""
         vectors = []
-        for f in self.schema.fields:
+        for f in fields:
             x = inputs[f.name]
             if f.kind == "numeric":
                 vectors.append(x.unsqueeze(-1) * self.scales[f.name])
