@@ -140,8 +140,9 @@ def test_the_deepfm_teacher_alone_scores_pairs_as_it_scores_the_pair_rows(tiny):
     rows = {k: v.numpy()[row.numpy()] for k, v in batch.inputs.items()}
     encoded = {k: torch.from_numpy(v) for k, v in data.pairs.encode(rows, item.numpy()).items()}
     with torch.no_grad():
-        torch.testing.assert_close(TeacherPairs(teacher.eval(), catalogue)(encoded, batch.inputs, row, item),
-                                   teacher(encoded))
+        for per_row in (None, 3):  # the sampler's pairs are row-major, three to a row here
+            torch.testing.assert_close(TeacherPairs(teacher.eval(), catalogue)(encoded, batch.inputs, row, item,
+                                                                               per_row=per_row), teacher(encoded))
 
 
 def test_entire_space_distillation_trains_and_counts_its_sampled_rows(tiny):

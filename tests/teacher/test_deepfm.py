@@ -77,15 +77,18 @@ def _pair_batch(rows: int, items: int, pairs: int) -> tuple[dict, dict, dict, to
     return row_inputs, item_inputs, cross, torch.randint(0, rows, (pairs,), generator=g), torch.randint(0, items, (pairs,), generator=g)
 
 
-def test_pair_logits_equal_the_forward_pass_on_the_pairs_full_rows():
+@pytest.mark.parametrize("per_row", [None, 3])  # 3: row-major pairs, three to a row (the row side broadcast)
+def test_pair_logits_equal_the_forward_pass_on_the_pairs_full_rows(per_row):
     torch.manual_seed(0)
     teacher = build_teacher(PAIR_SCHEMA, TeacherConfig(embed_dim=4, hidden=(8, 6), attention=False)).eval()
     with torch.no_grad():
         for p in teacher.parameters():
             p.normal_(0, 0.5)  # trained-like weights: every term of the logit matters
-        rows, items, cross, row, item = _pair_batch(rows=6, items=5, pairs=17)
+        rows, items, cross, row, item = _pair_batch(rows=6, items=5, pairs=18)
+        if per_row is not None:
+            row = torch.arange(6).repeat_interleave(per_row)
         full = {**{k: v[row] for k, v in rows.items()}, **{k: v[item] for k, v in items.items()}, **cross}
-        torch.testing.assert_close(teacher.pair_logits(rows, items, cross, row, item), teacher(full))
+        torch.testing.assert_close(teacher.pair_logits(rows, items, cross, row, item, per_row=per_row), teacher(full))
 
 
 def test_pair_logits_refuse_a_teacher_attending_over_a_sequence():

@@ -47,13 +47,16 @@ class DeepFM(nn.Module):
         return not self.attention.pairs
 
     def pair_logits(self, rows: dict[str, torch.Tensor], items: dict[str, torch.Tensor],
-                    pairs: dict[str, torch.Tensor], row: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+                    pairs: dict[str, torch.Tensor], row: torch.Tensor, item: torch.Tensor, *,
+                    per_row: int | None = None) -> torch.Tensor:
         """``forward`` on the pairs (``rows`` row ``row[p]``, ``items`` row ``item[p]``), each side's
         fields embedded once: user and context fields per row, item fields per item, only the cross
         fields per pair (``pairs``). Every term of DeepFM is a sum over fields up to the first ReLU, so
         each side's share of the first-order term, the FM sums and the first DNN layer is computed
-        where its fields live and gathered per pair: entire-space distillation scores M pairs per
-        exposure with many fewer products. Equal to ``forward`` up to float summation order."""
+        where its fields live and added to the pairs': entire-space distillation scores M pairs per
+        exposure with many fewer products. ``per_row``: the pairs are row-major, ``per_row`` to a row
+        (``row[p] == p // per_row``), so the row side is broadcast instead of gathered. Equal to
+        ``forward`` up to float summation order."""
         if not self.scores_pairs:
             raise ValueError("pair_logits needs a DeepFM without target attention over sequences")
         fields = self.embedding.schema.fields
@@ -61,19 +64,27 @@ class DeepFM(nn.Module):
         item_side = [f for f in fields if f.side == "item"]
         pair_side = [f for f in fields if f not in row_side and f not in item_side]
         layer, d = self.dnn.net[0], self.embedding.dim
-        first = fm_sum = fm_square = 0.0
-        hidden: torch.Tensor | None = None  # [pairs, width]: added to in place, the largest tensor here
-        for side, inputs, at in ((pair_side, pairs, None), (row_side, rows, row), (item_side, items, item)):
+        # per pair: first-order term, FM sum and sum of squares, first DNN layer before its ReLU
+        acc: list[torch.Tensor] = []
+        broadcast = per_row is not None
+        for side, inputs, at, spread in ((pair_side, pairs, None, False), (item_side, items, item, False),
+                                         (row_side, rows, row, broadcast)):
             if not side:
                 continue
             v = self.embedding.embed(inputs, side)
             cols = torch.cat([torch.arange(fields.index(f) * d, (fields.index(f) + 1) * d) for f in side])
             parts = [self.first_order.embed(inputs, side).sum(dim=(1, 2)), sum_fields(v), sum_fields(v.pow(2)),
                      v.flatten(1) @ layer.weight[:, cols.to(v.device)].T]
-            if at is not None:
-                parts = [torch.index_select(x, 0, at) for x in parts]
-            first, fm_sum, fm_square = first + parts[0], fm_sum + parts[1], fm_square + parts[2]
-            hidden = parts[3] + layer.bias if hidden is None else hidden.add_(parts[3])
+            if not acc:  # fresh tensors: the other sides are added to them in place
+                acc = [x if at is None else torch.index_select(x, 0, at) for x in parts]
+                acc[3].add_(layer.bias)
+            elif spread:
+                for total, x in zip(acc, parts):
+                    total.view(len(x), per_row, *x.shape[1:]).add_(x.unsqueeze(1))
+            else:
+                for total, x in zip(acc, parts):
+                    total.add_(torch.index_select(x, 0, at))
+        first, fm_sum, fm_square, hidden = acc
         for module in self.dnn.net[1:]:  # the DNN after its first layer; ReLU in place on the pairs' widths
             hidden = torch.relu_(hidden) if isinstance(module, nn.ReLU) else module(hidden)
         deep = hidden.squeeze(-1)
