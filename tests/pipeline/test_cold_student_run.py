@@ -114,13 +114,27 @@ def test_distill_bench_times_the_cold_student_beside_the_teacher(run_dir: Path, 
     assert body["candidates"]["50"]["student"]["p50_ms"] > 0 and "ratio p50" in out
 
 
-def test_a_cold_run_has_no_item_vectors_to_recall_index_or_store(run_dir: Path, tmp_path: Path) -> None:
+def test_a_cold_run_has_no_student_item_vectors_to_index_or_store(run_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ids.txt").write_text("1\n")
     user, ids = json.dumps(USER), str(tmp_path / "ids.txt")
-    for args in (("recall", "--run", str(run_dir), "--user", user), ("index", "--run", str(run_dir)),
+    for args in (("index", "--run", str(run_dir)),
                  ("rank", "--run", str(run_dir), "--user", user, "--candidates", ids, "--store", str(tmp_path / "x"))):
         code, _, err = _invoke(*args)
         assert code == 1 and "COLD student" in err and "Traceback" not in err, args
+
+
+def test_a_cold_run_recalls_through_its_recall_model(run_dir: Path) -> None:
+    code, out, err = _invoke("recall", "--run", str(run_dir), "--user", json.dumps(USER), "--k", "5")
+    assert code == 0, err
+    body = json.loads(out)
+    assert body["model"] == "recall" and len(body["ids"]) == 5
+
+
+def test_a_cold_run_without_a_recall_model_has_nothing_to_recall_from(chosen: Path, tmp_path: Path) -> None:
+    path = tmp_path / "run"
+    run(load_config(chosen, overrides=["recall.enabled=false", "report.enabled=false"]), path)
+    code, _, err = _invoke("recall", "--run", str(path), "--user", json.dumps(USER))
+    assert code == 1 and "COLD student" in err and "Traceback" not in err
 
 
 def test_the_report_scores_the_cold_student_on_sampled_candidate_rows(run_dir: Path) -> None:

@@ -10,6 +10,8 @@ the run directory.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "current", "init_from_env", "gather_strided", "gather_objects", "broadcast_object", "barrier",
+__all__ = ["DistInfo", "current", "alone", "init_from_env", "gather_strided", "gather_objects", "broadcast_object",
+           "barrier",
            "shutdown"]
 
 
@@ -33,10 +36,26 @@ class DistInfo:
         return self.rank == 0
 
 
+_ALONE = False  # inside alone(): this process works as if it were the only one
+
+
 def current() -> DistInfo:
-    if dist.is_available() and dist.is_initialized():
+    if not _ALONE and dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size())
     return DistInfo()
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Within the block :func:`current` reports a single process, so training and scoring run no
+    collectives: for stages that only the main rank runs (the others wait at a barrier) that still
+    train a model, such as the recall model."""
+    global _ALONE
+    before, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = before
 
 
 def init_from_env(env: Mapping[str, str], device: str, timeout_s: float = 600.0) -> DistInfo:

@@ -31,7 +31,7 @@ from coarserank.data.sources import load_source
 from coarserank.distill.gbdt import GbdtReference
 from coarserank.distill.stream_table import StreamingTable
 from coarserank.distill.tensors import TensorTable
-from coarserank.distill.distributed import DistInfo, barrier, broadcast_object, current
+from coarserank.distill.distributed import DistInfo, alone, barrier, broadcast_object, current
 from coarserank.distill.api import Trained, blend_teacher, check_sampling, distill, split_table, train_teacher
 from coarserank.distill.families import gate_means
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, predict, predict_shared, resolve_device
@@ -415,20 +415,21 @@ def run(cfg: RunConfig, run_dir: Path | str | None = None, *, overwrite: bool = 
             ctx.logits[split]["student_hard"] = predict_shared(control, ctx.tables[split], device)
         metrics: dict[str, Any] = {}
         if info.is_main:  # single-process stages: the reference model, metrics, exports, report
-            stage = "gbdt"
-            _stage_gbdt(ctx)
-            stage = recall_stage.STAGE
-            retrieval = recall_stage.run_recall(ctx, models)
-            stage = "metrics"
-            metrics = _stage_metrics(ctx, retrieval)
-            for name, module, sections in EXTRA_STAGES if extra_stages else []:
-                stage = name
-                wanted = section_hash(cfg, sections)
-                if run_.is_done(name) and run_.manifest.stage_facts(name).get("section_hash") == wanted:
-                    continue
-                importlib.import_module(module).run_stage(ctx, models)
-                if run_.stage_status(name) is not None:
-                    run_.update_stage(name, section_hash=wanted)
+            with alone():  # no collectives: the recall model and grid students train here without the other ranks
+                stage = "gbdt"
+                _stage_gbdt(ctx)
+                stage = recall_stage.STAGE
+                retrieval = recall_stage.run_recall(ctx, models)
+                stage = "metrics"
+                metrics = _stage_metrics(ctx, retrieval)
+                for name, module, sections in EXTRA_STAGES if extra_stages else []:
+                    stage = name
+                    wanted = section_hash(cfg, sections)
+                    if run_.is_done(name) and run_.manifest.stage_facts(name).get("section_hash") == wanted:
+                        continue
+                    importlib.import_module(module).run_stage(ctx, models)
+                    if run_.stage_status(name) is not None:
+                        run_.update_stage(name, section_hash=wanted)
     except BaseException as exc:
         run_.fail(stage, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
