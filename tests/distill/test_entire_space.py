@@ -145,10 +145,11 @@ def test_the_deepfm_teacher_alone_scores_pairs_as_it_scores_the_pair_rows(tiny):
                                                                                per_row=per_row), teacher(encoded))
 
 
-def test_entire_space_distillation_trains_and_counts_its_sampled_rows(tiny):
+@pytest.mark.parametrize("bf16", [False, True])  # bf16: the teacher's pair path under autocast too
+def test_entire_space_distillation_trains_and_counts_its_sampled_rows(tiny, bf16):
     cfg, data, teacher = tiny
     trained = distill(teacher, data.train, data.valid, data.schema, StudentConfig(epochs=1),
-                      DistillConfig(sampled=3), pairs=data.pairs)
+                      DistillConfig(sampled=3), pairs=data.pairs, bf16=bf16)
     assert 0.9 * 3 * len(data.train) <= trained.sampled_rows <= 3 * len(data.train)
     assert trained.history.best_valid_gauc > 0.5
 
