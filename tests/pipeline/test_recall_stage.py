@@ -122,3 +122,11 @@ def test_sampled_softmax_batches_without_positives_fail_before_the_teacher_train
     with pytest.raises(ConfigError, match="student.batch_size = 2 holds 0.[0-9]+ positive rows per batch"):
         run(cfg, tmp_path / "run")
     assert "teacher" not in json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+
+
+def test_a_default_recall_model_this_data_cannot_train_fails_first_and_says_how_to_skip_it(
+        tmp_path: Path, tiny_overrides: list[str]) -> None:
+    cfg = load_config(overrides=[*tiny_overrides, "recall.batch_size=2"])  # recall.enabled: the default
+    with pytest.raises(ConfigError, match=r"recall.batch_size = 2 holds .*; or set recall.enabled = false"):
+        run(cfg, tmp_path / "run")
+    assert "student_hard" not in json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]

@@ -31,6 +31,7 @@ from coarserank.distill.api import Trained
 from coarserank.distill.losses import distill_loss
 from coarserank.distill.recall import RecallFields, check_recall_inputs, fit_recall
 from coarserank.distill.tensors import TensorTable
+from coarserank.errors import CoarseRankError
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, ProgressCallback, fit
 from coarserank.pipeline.recall_export import export_recall
 from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, retrieval_table, tower_vectors
@@ -71,7 +72,10 @@ def check(ctx: RunContext) -> None:
         if family(schema, cfg.recall) == "multi_interest":
             sequence_field(schema, cfg.recall.sequence)
         if cfg.recall.objective == "sampled_softmax":
-            check_recall_inputs(schema, ctx.tables["train"], cfg.recall, fields, "recall")
+            try:
+                check_recall_inputs(schema, ctx.tables["train"], cfg.recall, fields, "recall")
+            except CoarseRankError as exc:  # the recall model is on by default: say how to do without it
+                raise type(exc)(f"{exc}; or set recall.enabled = false to train no recall model") from None
     if cfg.student.objective == "sampled_softmax":
         check_recall_inputs(schema, ctx.tables["train"], cfg.student, fields, "student")
 
