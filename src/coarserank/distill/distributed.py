@@ -20,8 +20,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "current", "alone", "init_from_env", "gather_strided", "gather_objects", "broadcast_object",
-           "barrier",
-           "shutdown"]
+           "barrier", "shutdown"]
 
 
 @dataclass(frozen=True)

@@ -110,13 +110,14 @@ def entire_space_loss(teacher: nn.Module, pairs: PairEncoder, sampler: Candidate
         if stats is not None:  # the teacher's share: its inputs are the pairs' encoded fields
             stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
         row = drawn.row.to(device)
+        unique, local = torch.unique(drawn.item, return_inverse=True)  # the distinct sampled items, for both models
+        items, local = {k: v[unique].to(device) for k, v in item_fields.items()}, local.to(device)
         if rows:
             s, s_pairs = module(batch.inputs, encoded)
         else:
-            unique, local = torch.unique(drawn.item, return_inverse=True)
-            items = {k: v[unique].to(device) for k, v in item_fields.items()}
-            s, s_pairs = module(batch.inputs, items, row, local.to(device))
-        z_pairs = teacher_scorer(encoded, batch.inputs, row, drawn.item.to(device), stats, per_row=drawn.m)
+            s, s_pairs = module(batch.inputs, items, row, local)
+        z_pairs = teacher_scorer(encoded, batch.inputs, row, drawn.item.to(device), stats, per_row=drawn.m,
+                                 distinct=(items, local))
         valid = drawn.valid.to(device)
         if stats is not None:
             stats["sampled_rows"] = stats.get("sampled_rows", 0.0) + float(valid.sum())
@@ -178,31 +179,35 @@ class TeacherPairs:
 
     @torch.no_grad()
     def __call__(self, encoded: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor], row: torch.Tensor,
-                 item: torch.Tensor, stats: dict[str, float] | None = None, *,
-                 per_row: int | None = None) -> torch.Tensor:
+                 item: torch.Tensor, stats: dict[str, float] | None = None, *, per_row: int | None = None,
+                 distinct: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``encoded``: the pairs' encoded fields; ``inputs``: the batch's; ``row``: each pair's batch row;
         ``item``: each pair's catalogue index; ``per_row``: set when the pairs are row-major,
-        ``per_row`` to a row (as :class:`~coarserank.distill.sampling.CandidateSampler` draws them)."""
+        ``per_row`` to a row (as :class:`~coarserank.distill.sampling.CandidateSampler` draws them);
+        ``distinct``: the distinct items' encoded item fields and each pair's index into them, when the
+        caller has them already (else derived from ``item``)."""
         start = time.perf_counter()
         t = self.teacher
         if self.item_vectors is not None:
             tower = t.tower
             u = torch.index_select(tower.user_tower(inputs), 0, row)
             v = torch.index_select(self.item_vectors.to(u.device), 0, item)
-            z = mix(self._heavy(t.heavy, encoded, inputs, row, item, per_row), tower.score(u, v), t.weight).float()
+            z = mix(self._heavy(t.heavy, encoded, inputs, row, item, per_row, distinct), tower.score(u, v), t.weight).float()
         else:
-            z = self._heavy(t, encoded, inputs, row, item, per_row).float()
+            z = self._heavy(t, encoded, inputs, row, item, per_row, distinct).float()
         if stats is not None:
             stats["teacher_seconds"] = stats.get("teacher_seconds", 0.0) + time.perf_counter() - start
         return z
 
     def _heavy(self, heavy: nn.Module, encoded: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
-               row: torch.Tensor, item: torch.Tensor, per_row: int | None) -> torch.Tensor:
+               row: torch.Tensor, item: torch.Tensor, per_row: int | None,
+               distinct: tuple[dict[str, torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """A DeepFM reads each side's fields once (:meth:`~coarserank.teacher.deepfm.DeepFM.pair_logits`);
         any other heavy model reads the pairs' full inputs."""
         if not (isinstance(heavy, DeepFM) and heavy.scores_pairs):
             return heavy(encoded)
-        unique, local = torch.unique(item, return_inverse=True)
-        at = unique.to(self.item_fields[next(iter(self.item_fields))].device)
-        items = {k: torch.index_select(v, 0, at).to(row.device) for k, v in self.item_fields.items()}
+        if distinct is None:
+            unique, local = torch.unique(item.cpu(), return_inverse=True)
+            distinct = {k: v[unique].to(row.device) for k, v in self.item_fields.items()}, local.to(row.device)
+        items, local = distinct
         return heavy.pair_logits(inputs, items, encoded, row, local, per_row=per_row)

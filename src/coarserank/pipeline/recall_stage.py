@@ -31,8 +31,8 @@ from coarserank.distill.api import Trained
 from coarserank.distill.losses import distill_loss
 from coarserank.distill.recall import RecallFields, check_recall_inputs, fit_recall
 from coarserank.distill.tensors import TensorTable
-from coarserank.errors import CoarseRankError
 from coarserank.distill.train import EpochInfo, FitResult, FitSettings, ProgressCallback, fit
+from coarserank.errors import CoarseRankError
 from coarserank.pipeline.recall_export import export_recall
 from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, retrieval_table, tower_vectors
 from coarserank.ranking_eval.retrieval import evaluate_retrieval

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from coarserank.config import TeacherConfig
-from coarserank.data.schema import Schema
+from coarserank.data.schema import STUDENT_ITEM_SIDES, STUDENT_USER_SIDES, Schema
 from coarserank.layers import MLP, FeatureEmbedding, SequenceAttention, fm_interaction, sum_fields
 
 __all__ = ["DeepFM", "build_deepfm"]
@@ -59,22 +59,22 @@ class DeepFM(nn.Module):
         ``forward`` up to float summation order."""
         if not self.scores_pairs:
             raise ValueError("pair_logits needs a DeepFM without target attention over sequences")
-        fields = self.embedding.schema.fields
-        row_side = [f for f in fields if f.side in ("user", "context")]
-        item_side = [f for f in fields if f.side == "item"]
-        pair_side = [f for f in fields if f not in row_side and f not in item_side]
-        layer, d = self.dnn.net[0], self.embedding.dim
+        schema, d = self.embedding.schema, self.embedding.dim
+        row_side = schema.select(STUDENT_USER_SIDES).fields
+        item_side = schema.select(STUDENT_ITEM_SIDES).fields
+        pair_side = tuple(f for f in schema.fields if f not in row_side and f not in item_side)
+        layer = self.dnn.net[0]
+        columns = torch.arange(len(schema) * d, device=layer.weight.device).view(len(schema), d)  # per field
         # per pair: first-order term, FM sum and sum of squares, first DNN layer before its ReLU
         acc: list[torch.Tensor] = []
-        broadcast = per_row is not None
         for side, inputs, at, spread in ((pair_side, pairs, None, False), (item_side, items, item, False),
-                                         (row_side, rows, row, broadcast)):
+                                         (row_side, rows, row, per_row is not None)):
             if not side:
                 continue
             v = self.embedding.embed(inputs, side)
-            cols = torch.cat([torch.arange(fields.index(f) * d, (fields.index(f) + 1) * d) for f in side])
+            cols = columns[[schema.names.index(f.name) for f in side]].flatten()
             parts = [self.first_order.embed(inputs, side).sum(dim=(1, 2)), sum_fields(v), sum_fields(v.pow(2)),
-                     v.flatten(1) @ layer.weight[:, cols.to(v.device)].T]
+                     v.flatten(1) @ layer.weight[:, cols].T]
             if not acc:  # fresh tensors: the other sides are added to them in place
                 acc = [x if at is None else torch.index_select(x, 0, at) for x in parts]
                 acc[3].add_(layer.bias)
