@@ -153,7 +153,9 @@ class RecallConfig(TowerObjective):
     ``multi_interest`` user tower (``auto``: multi-interest when the data has a sequence feature)
     (``interests`` vectors from the behaviour ``sequence`` feature, "" = the first one, by
     self-attention or capsule ``routing``; trained with label-aware attention of the given
-    ``sharpness``), and retrieval metrics at ``ks`` over up to ``max_users`` test users (0 = all)."""
+    ``sharpness``), and retrieval metrics at ``ks`` over up to ``max_users`` test users (0 = all).
+    ``match_channel``: both towers end with a shared embedding of each user x item match cross's
+    value (:mod:`coarserank.student.matched`), so equal values score high for every value."""
 
     enabled: bool = False
     objective: Literal["pointwise", "sampled_softmax"] = "sampled_softmax"
@@ -165,5 +167,6 @@ class RecallConfig(TowerObjective):
     routing_iterations: int = 3
     ks: tuple[int, ...] = (50, 100, 500)
     max_users: int = 0
+    match_channel: bool = True
 
 

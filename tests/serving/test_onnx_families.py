@@ -18,7 +18,8 @@ from coarserank.data.prepare import prepare
 from coarserank.data.schema import OOV, PAD
 from coarserank.data.sources import load_source
 from coarserank.serving.onnx_export import export_item_tower, export_model, export_user_tower, onnx_parity
-from coarserank.student import build_student
+from coarserank.data.matches import match_pairs
+from coarserank.student import build_student, with_match_channel
 
 TOLERANCE = 1e-5
 COLD_FIELDS = ("user_id", "gender", "hour", "item_id", "tags", "price", "topic_match", "region_x_category",
@@ -107,3 +108,19 @@ def test_the_cold_student_exports_at_parity_on_raw_rows(data: Data, tmp_path: Pa
     inputs = {k: torch.from_numpy(v) for k, v in data.encoder.transform(data.rows).items()}
     with torch.no_grad():
         assert float(np.std(student(inputs).numpy())) > 0.01
+
+
+def test_towers_with_a_match_channel_export_at_parity_on_raw_rows(data: Data, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    pairs = match_pairs(data.encoder)
+    assert [p.name for p in pairs] == ["topic_match"]
+    student = _scrambled(with_match_channel(build_student(data.encoder.schema_, _small(STUDENT)), pairs, 4))
+    with torch.no_grad():
+        student.user_tower.match.tables["topic_match"].weight[0].zero_()  # no match: the zero vector, as trained
+    for kind, export in (("user", export_user_tower), ("item", export_item_tower)):
+        path = export(student, data.encoder, tmp_path / f"{kind}.onnx", run_hash="test")
+        assert onnx_parity(student, data.encoder, path, data.rows, kind) <= TOLERANCE, kind
+    inputs = {k: torch.from_numpy(v) for k, v in data.encoder.transform(data.rows).items()}
+    with torch.no_grad():
+        match = student.user_tower.match.side("user", inputs)
+    assert (match.abs().sum(dim=1) == 0).any() and (match.abs().sum(dim=1) > 0).any()  # unseen topics: none

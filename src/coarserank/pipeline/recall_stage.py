@@ -19,13 +19,14 @@ import copy
 import hashlib
 import time
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from coarserank.atomic import atomic_write_with
 from coarserank.config import RecallConfig, RunConfig, StudentConfig, TowerObjective, section_hash
+from coarserank.data.matches import MatchPair, match_pairs
 from coarserank.data.schema import STUDENT_USER_SIDES, Schema
 from coarserank.distill.api import Trained
 from coarserank.distill.losses import distill_loss
@@ -36,7 +37,7 @@ from coarserank.errors import CoarseRankError
 from coarserank.pipeline.recall_export import export_recall
 from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, retrieval_table, tower_vectors
 from coarserank.ranking_eval.retrieval import evaluate_retrieval
-from coarserank.student import build_student, has_towers
+from coarserank.student import build_student, has_towers, with_match_channel
 from coarserank.student.multi_interest import build_multi_interest, sequence_field
 
 if TYPE_CHECKING:
@@ -80,13 +81,17 @@ def check(ctx: RunContext) -> None:
         check_recall_inputs(schema, ctx.tables["train"], cfg.student, fields, "student")
 
 
-def build_recall_model(schema: Schema, cfg: RecallConfig) -> nn.Module:
+def build_recall_model(schema: Schema, cfg: RecallConfig, matches: Sequence[MatchPair] = ()) -> nn.Module:
     """The untrained recall model of ``cfg``: multi-interest, or the plain two-tower student with the
-    recall section's tower and objective keys (``student.family`` never applies to it)."""
+    recall section's tower and objective keys (``student.family`` never applies to it); with
+    ``cfg.match_channel``, its towers end with shared embeddings of the ``matches`` values
+    (:func:`coarserank.data.matches.match_pairs` of the run's encoder)."""
     if family(schema, cfg) == "multi_interest":
-        return build_multi_interest(schema, cfg)
-    shared = {f.name: getattr(cfg, f.name) for f in fields(TowerObjective)}
-    return build_student(schema, StudentConfig(**shared, family="two_tower"))
+        model: nn.Module = build_multi_interest(schema, cfg)
+    else:
+        shared = {f.name: getattr(cfg, f.name) for f in fields(TowerObjective)}
+        model = build_student(schema, StudentConfig(**shared, family="two_tower"))
+    return with_match_channel(model, matches, cfg.embed_dim) if cfg.match_channel else model
 
 
 def _printer(progress: Callable[[str], None], selection: RetrievalSelection) -> Callable[[EpochInfo], None]:
@@ -130,7 +135,7 @@ def train_recall(ctx: RunContext, teacher: nn.Module | None) -> tuple[nn.Module,
     cfg = ctx.cfg
     r = cfg.recall
     torch.manual_seed(cfg.run.seed)
-    model = build_recall_model(ctx.schema, r)
+    model = build_recall_model(ctx.schema, r, match_pairs(ctx.encoder))
     valid = retrieval_data(ctx.frames, ctx.frame, ctx.encoder, cfg.data, max_users=r.max_users, seed=cfg.run.seed,
                            split="valid")
     k = 100 if 100 in r.ks else max(r.ks)
@@ -182,7 +187,7 @@ def train_student_recall(ctx: RunContext, stage: str, teacher: nn.Module | None,
 def load_recall(ctx: RunContext) -> nn.Module:
     """The run's trained recall model from ``recall.pt`` (verified against the manifest)."""
     torch.manual_seed(ctx.cfg.run.seed)
-    model = build_recall_model(ctx.schema, ctx.cfg.recall)
+    model = build_recall_model(ctx.schema, ctx.cfg.recall, match_pairs(ctx.encoder))
     state = torch.load(ctx.run.verified_path(MODEL_FILE), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.to(ctx.device).eval()
