@@ -166,10 +166,11 @@ def format_index(facts: dict) -> str:
 def recall_command(run_dir: Path, user_text: str, k: int, model: str) -> None:
     """Recall the top-k catalogue items for one user from a Faiss index: the recall model's (one search per
     interest, merged by score) or the coarse student's. Prints JSON {ids, scores, score_kind, model}: the
-    recall model's scores are cosines (the maximum over interests), the student's its logits (a * <u, v> + b)."""
+    recall model's scores are inner products of its vectors (the maximum over interests), the student's
+    its logits (a * <u, v> + b)."""
     use_recall = model == "recall" or (model == "auto" and has_recall_model(run_dir))
     ranker = Recaller.from_run(run_dir) if use_recall else CoarseRanker.from_run(run_dir)
     body = ranker.recall(_user(user_text), k).to_json()
     click.echo(json.dumps({"ids": body["ids"], "scores": body["scores"],
-                           "score_kind": "cosine" if use_recall else SCORE_KIND,
+                           "score_kind": "inner_product" if use_recall else SCORE_KIND,
                            "model": "recall" if use_recall else "student"}))

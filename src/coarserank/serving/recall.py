@@ -4,8 +4,8 @@ one Faiss search per interest, merged by score (``distill recall``).
 A run trained with ``recall.enabled`` carries ``recall_user_tower.onnx`` (raw user and context
 features, behaviour sequence included, in; ``[N, K, dim]`` out), ``recall_items.kv``,
 ``recall_items.faiss`` and ``recall.json`` (written by :mod:`coarserank.pipeline.recall_export`). An
-item's score for a user is the maximum over the user's interests of ``<u_k, v>`` (cosines: both
-towers L2-normalise). :meth:`Recaller.recall` returns the top-k catalogue items by that score;
+item's score for a user is the maximum over the user's interests of ``<u_k, v>`` (a cosine of the
+L2-normalised tower outputs, plus the match-cross terms when ``recall.match_channel`` appended them). :meth:`Recaller.recall` returns the top-k catalogue items by that score;
 :meth:`Recaller.rank` scores given candidates by it (coarse ranking with several interests).
 """
 

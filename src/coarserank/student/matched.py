@@ -17,6 +17,7 @@ from torch import nn
 
 from coarserank.data.matches import MatchPair
 from coarserank.data.schema import Schema
+from coarserank.errors import SchemaError
 from coarserank.layers import MatchEmbedding
 
 __all__ = ["MatchedTower", "with_match_channel"]
@@ -29,7 +30,7 @@ class MatchedTower(nn.Module):
         super().__init__()
         missing = sorted(set(match.fields[side]) - set(tower.schema.names))
         if missing:
-            raise ValueError(f"the {side} tower does not read the match fields {missing}")
+            raise SchemaError(f"the {side} tower does not read the match-cross fields {missing}")
         self.tower = tower
         self.match = match
         self.side = side
