@@ -69,7 +69,7 @@ def test_the_k_interest_user_tower_is_exported_with_parity_on_raw_rows(run_dir: 
     meta = json.loads((run_dir / RECALL_META).read_text())
     assert meta["interests"] == 3 and manifest["stages"]["recall"]["family"] == "multi_interest"
     session = onnx_session(run_dir / "recall_user_tower.onnx")
-    assert session.get_outputs()[0].shape[1:] == [3, 16 + 16]  # dim + the topic_match channel's embed_dim
+    assert session.get_outputs()[0].shape[1:] == [3, 16 + 16 + 1]  # dim, topic_match's embed_dim, the norm coordinate
 
 
 def test_recall_returns_the_exact_top_k_by_the_maximum_over_interests(run_dir: Path) -> None:

@@ -84,7 +84,7 @@ def test_the_towers_vectors_end_with_the_shared_embeddings_of_their_sides_values
     model, inputs = _model(), _inputs()
     assert isinstance(model.user_tower, MatchedTower) and model.user_tower.match is model.item_tower.match
     u, v = model.user_tower(inputs), model.item_tower(inputs)
-    assert u.shape == v.shape == (4, 8 + 2 * 4)
+    assert u.shape == v.shape == (4, 8 + 2 * 4 + 1)
     torch.testing.assert_close(u[:, :8], model.user_tower.tower(inputs))
     match = model.user_tower.match
     city = match.tables["city_match"]
@@ -100,6 +100,21 @@ def test_a_user_and_an_item_with_equal_values_score_the_shared_vectors_squared_n
     code_b = int(model.user_tower.match.user_city_match[inputs["city"][1]])
     assert float(u[1, 8:12] @ v[0, 8:12]) == pytest.approx(float(e[code_b] @ e[code_b]), rel=1e-6)
     assert float(u[0, 8:12].abs().sum()) == 0.0  # city "a": no item has it
+
+
+def test_every_item_vector_has_the_same_norm_and_the_inner_product_is_unchanged():
+    model, inputs = _model(), _inputs()
+    unseen = {**inputs, "shop_city": torch.tensor([0, 1, 0, 1]), "genre": torch.tensor([1, 0, 1, 0])}
+    match = model.user_tower.match
+    bound = 1.01 * (1.0 + sum(float((t.weight ** 2).sum(dim=1).max()) for t in match.tables.values()))
+    for rows in (inputs, unseen):
+        v = model.item_tower(rows)
+        torch.testing.assert_close((v * v).sum(dim=1), torch.full((4,), bound))
+    u, v = model.user_tower(inputs), model.item_tower(inputs)
+    assert float(u[:, -1].abs().sum()) == 0.0
+    want = (model.user_tower.tower(inputs) @ model.item_tower.tower(inputs).T
+            + match.side("user", inputs) @ match.side("item", inputs).T)
+    torch.testing.assert_close(u @ v.T, want)
 
 
 def test_changing_item_features_never_changes_the_user_vector_with_a_match_channel():

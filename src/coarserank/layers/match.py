@@ -37,6 +37,10 @@ class MatchEmbedding(nn.Module):
             self.register_buffer(f"user_{p.name}", torch.from_numpy(p.user_codes.copy()))
             self.register_buffer(f"item_{p.name}", torch.from_numpy(p.item_codes.copy()))
 
+    def largest_squared_norms(self) -> torch.Tensor:
+        """``[len(pairs)]``: each table's largest squared row norm (a bound for any value's vector)."""
+        return torch.stack([(t.weight * t.weight).sum(dim=1).max() for t in self.tables.values()])
+
     def side(self, side: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.tables[name](getattr(self, f"{side}_{name}")[inputs[field]])
                  for name, field in zip(self.names, self.fields[side])]

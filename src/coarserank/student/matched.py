@@ -22,6 +22,8 @@ from coarserank.layers import MatchEmbedding
 
 __all__ = ["MatchedTower", "with_match_channel"]
 
+_MARGIN = 1.01  # M^2 a little above the largest |v|^2: the root near 0 would magnify float error (parity)
+
 
 class MatchedTower(nn.Module):
     """``tower``'s vector(s) ``[B, d]`` or ``[B, K, d]`` followed by ``match.side(side, ...)``."""
@@ -50,7 +52,13 @@ class MatchedTower(nn.Module):
         m = self.match.side(self.side, inputs).to(t.dtype)
         if t.dim() == 3:
             m = m.unsqueeze(1).expand(-1, t.shape[1], -1)
-        return torch.cat([t, m], dim=-1)
+        x = torch.cat([t, m], dim=-1)
+        if self.side == "user":
+            last = torch.zeros_like(x[..., :1])
+        else:  # no gradient: the user side's 0 multiplies it in every score
+            bound = (1.0 + self.match.largest_squared_norms().sum()) * _MARGIN
+            last = (bound - (x * x).sum(dim=-1, keepdim=True)).clamp(min=0).sqrt().detach()
+        return torch.cat([x, last], dim=-1)
 
 
 def with_match_channel(model: nn.Module, pairs: Sequence[MatchPair], dim: int) -> nn.Module:
