@@ -20,7 +20,9 @@ from coarserank.serving.faiss_index import (
     evaluate,
     exact_search,
     recall_at_k,
+    recall_per_query,
     sidecar_path,
+    tune,
 )
 
 DIM = 16
@@ -66,6 +68,37 @@ def test_approximate_kinds_reach_recall_target_after_tuning(kind, items, rng) ->
     facts = evaluate(index, ids, x, _clustered(rng, 200), target=0.95, repeats=1)
     assert facts["recall@100"] >= 0.9
     assert facts["tune_recall"] >= 0.95
+
+
+def test_recall_per_query_matches_a_naive_set_intersection(items, rng) -> None:
+    ids, x = items
+    index = ItemIndex.build(ids, x, "ivf")
+    index.set_search(nprobe=2)
+    q = _clustered(rng, 30)
+    truth, found = _exact_top(ids, x, q, 50), index.search(q, 50)[1]
+    naive = [len(set(t) & set(f)) / len(t) for t, f in zip(truth.tolist(), found.tolist())]
+    np.testing.assert_allclose(recall_per_query(truth, found, 50), naive)
+    assert recall_at_k(truth, found, 50) == pytest.approx(np.mean(naive))
+
+
+def test_tuning_stops_at_the_first_setting_whose_95_percent_lower_bound_reaches_the_target(items, rng) -> None:
+    from scipy import stats
+
+    ids, x = items
+    index = ItemIndex.build(ids, x, "ivf")
+    q = _clustered(rng, 100)
+    truth = _exact_top(ids, x, q, 100)
+    got = tune(index, q, truth, k=100, target=0.9)
+
+    def lower(nprobe: int) -> float:
+        index.set_search(nprobe=nprobe)
+        r = np.array([len(set(t) & set(f)) / 100 for t, f in zip(truth.tolist(), index.search(q, 100)[1].tolist())])
+        return float(r.mean() - stats.norm.ppf(0.95) * stats.sem(r))
+
+    assert got["tune_recall_lower"] == pytest.approx(lower(got["nprobe"]), abs=1e-3) and got["tune_recall_lower"] >= 0.9
+    smaller = [p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if p < got["nprobe"]]
+    assert smaller and all(lower(p) < 0.9 for p in smaller)  # it did not stop late
+    assert got["tune_recall"] > got["tune_recall_lower"]
 
 
 def test_evaluate_reports_recall_qps_and_the_tuned_parameter(items, rng) -> None:
