@@ -4,8 +4,14 @@
 ``item_tower`` by :class:`MatchedTower` wrappers over one :class:`~coarserank.layers.MatchEmbedding`:
 the user vector gains the embedding of the user's value of each match pair, the item vector the
 embedding of the item's value, so ``<u, v>`` gains ``sum over pairs <e(a_u), e(b_i)>`` — largest when
-the values are equal — and serving is still one inner product (the vectors are longer by
-``len(pairs) * dim``). A multi-interest user tower's ``K`` vectors all end with the same part.
+the values are equal — and serving is still one inner product. A multi-interest user tower's ``K``
+vectors all end with the same part.
+
+The towers' own vectors are unit-norm, the match parts are not. One last coordinate gives every item
+vector the same norm ``M`` (Bachrach et al., RecSys 2014), as inner-product indexes assume:
+``sqrt(M^2 - |v|^2)`` on the item side, 0 on the user side, ``M^2 = 1.01 (1 + sum over pairs of the
+largest squared norm in the pair's table)`` — a bound for any item, unseen ones included — so inner
+products are unchanged. The vectors are longer by ``len(pairs) * dim + 1``.
 """
 
 from __future__ import annotations
