@@ -15,6 +15,7 @@ had. Raw values are compared as the cross compares them (as strings when the dty
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def match_pairs(encoder: Encoder) -> tuple[MatchPair, ...]:
     """The match crosses of ``encoder.cfg`` between a user/context-side and an item-side categorical
     feature, in declaration order; other match crosses (both operands on one side) are left out."""
     sides = {f.name: f.side for f in encoder.cfg.features}
-    out = []
+    out: list[MatchPair] = []
     for c in encoder.cfg.crosses:
         if c.op != "match":
             continue
@@ -62,7 +63,8 @@ def match_pairs(encoder: Encoder) -> tuple[MatchPair, ...]:
     return tuple(out)
 
 
-def _codes(keys: list, shared: dict) -> np.ndarray:
+def _codes(keys: list[Any], shared: dict[Any, int]) -> np.ndarray:
+    """Field code -> shared index (0 for padding, OOV and values the other side lacks)."""
     codes = np.zeros(len(keys) + FIRST_ID, dtype=np.int64)
     codes[FIRST_ID:] = [shared.get(k, 0) for k in keys]
     return codes
