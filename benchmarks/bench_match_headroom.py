@@ -23,13 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_retrieval import sequence_override  # noqa: E402
+from bench_retrieval import recall_only_run  # noqa: E402
 
-from coarserank.config import load_config  # noqa: E402
 from coarserank.data.synthetic import generate  # noqa: E402
-from coarserank.pipeline.recall_stage import load_recall  # noqa: E402
-from coarserank.pipeline.retrieval_data import retrieval_data, tower_vectors  # noqa: E402
-from coarserank.pipeline.run import load_context, run  # noqa: E402
 from coarserank.ranking_eval.retrieval import evaluate_retrieval  # noqa: E402
 
 GAMMAS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -41,21 +37,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="run directory (default benchmarks/out/headroom-...)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra config overrides")
     args = ap.parse_args()
-    sets = [f"run.seed={args.seed}", "report.enabled=false", "recall.enabled=true", 'recall.family="multi_interest"',
-            "run.threads=1", "recall.interests=4", "teacher.epochs=1", "student.epochs=1", "teacher.blend=[]",
-            *args.sets]
-    cfg = load_config(overrides=[*sets, *sequence_override(None, sets)])
-    out = args.out or Path(f"benchmarks/out/headroom-seed{args.seed}-match{str(cfg.recall.match_channel).lower()}")
-    run(cfg, out, extra_stages=False)
-    ctx, _ = load_context(out)
-    model = load_recall(ctx)
+    tag = "-".join(x.replace("=", "_") for x in args.sets) or "defaults"
+    cfg, splits = recall_only_run(args.seed, args.out or Path(f"benchmarks/out/headroom-seed{args.seed}-{tag}"),
+                                  args.sets)
     raw = generate(cfg.synthetic, args.seed)
     fav = dict(zip(raw.users["user_id"].to_list(), raw.users["fav_topic"].to_list()))
     topic = dict(zip(raw.items["item_id"].to_list(), raw.items["topic"].to_list()))
     result: dict[str, dict[str, float]] = {}
-    for split in ("valid", "test"):
-        data = retrieval_data(ctx.frames, ctx.frame, ctx.encoder, cfg.data, max_users=0, seed=args.seed, split=split)
-        u, v = tower_vectors(model, data, ctx.device)
+    for split, sv in splits.items():
+        data = sv.data
         users = np.array([fav[x] for x in data.users.tolist()])
         items = np.array([topic[x] for x in data.item_ids.tolist()])
         user_hot = np.zeros((users.size, cfg.synthetic.topics), np.float32)
@@ -68,7 +58,7 @@ def main() -> None:
         def recall(a: np.ndarray, b: np.ndarray) -> float:
             return round(evaluate_retrieval(a, b, data.heldout, data.known, (100,), data.counts).recall[100], 4)
 
-        row = {"recall_model": recall(u, v), "popularity": recall(ones, prior)}
+        row = {"recall_model": recall(sv.users, sv.items), "popularity": recall(ones, prior)}
         for g in GAMMAS:
             row[f"popularity+{g}*match"] = recall(np.concatenate([ones, g * user_hot], 1),
                                                   np.concatenate([prior, item_hot], 1))

@@ -22,12 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_retrieval import sequence_override  # noqa: E402
+from bench_retrieval import recall_only_run  # noqa: E402
 
-from coarserank.config import load_config  # noqa: E402
-from coarserank.pipeline.recall_stage import load_recall  # noqa: E402
-from coarserank.pipeline.retrieval_data import retrieval_data, tower_vectors  # noqa: E402
-from coarserank.pipeline.run import load_context, run  # noqa: E402
 from coarserank.ranking_eval.retrieval import evaluate_retrieval  # noqa: E402
 
 BETAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -38,17 +34,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/prior-seed0"))
     args = ap.parse_args()
-    sets = [f"run.seed={args.seed}", "report.enabled=false", "recall.enabled=true", 'recall.family="multi_interest"',
-            "run.threads=1", "recall.interests=4", "teacher.epochs=1", "student.epochs=1", "teacher.blend=[]"]
-    cfg = load_config(overrides=[*sets, *sequence_override(None, sets)])
-    run(cfg, args.out, extra_stages=False)
-    ctx, _ = load_context(args.out)
-    model = load_recall(ctx)
+    _, splits = recall_only_run(args.seed, args.out)
     out: dict[str, dict[str, float]] = {}
-    for split in ("valid", "test"):
-        data = retrieval_data(ctx.frames, ctx.frame, ctx.encoder, cfg.data, max_users=cfg.recall.max_users,
-                              seed=args.seed, split=split)
-        u, v = tower_vectors(model, data, ctx.device)
+    for split, sv in splits.items():
+        data, u, v = sv.data, sv.users, sv.items
         prior = np.log1p(data.counts.astype(np.float64))[:, None]
         score = {f"beta={b}": evaluate_retrieval(
             np.concatenate([u, np.full(u.shape[:-1] + (1,), b)], axis=-1).astype(np.float32),

@@ -44,6 +44,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,11 @@ import torch  # noqa: E402
 from bench_faiss import synthetic_catalogue  # noqa: E402
 from common import machine, mean_ci  # noqa: E402
 
-from coarserank.config import config_to_dict, load_config  # noqa: E402
+from coarserank.config import RunConfig, config_to_dict, load_config  # noqa: E402
 from coarserank.data.schema import STUDENT_ITEM_SIDES  # noqa: E402
 from coarserank.pipeline.export_stage import user_sample  # noqa: E402
 from coarserank.pipeline.recall_stage import load_recall  # noqa: E402
+from coarserank.pipeline.retrieval_data import RetrievalData, retrieval_data, tower_vectors  # noqa: E402
 from coarserank.pipeline.run import load_context, run  # noqa: E402
 from coarserank.serving.catalogue import catalogue_ids  # noqa: E402
 from coarserank.serving.faiss_index import ItemIndex, evaluate  # noqa: E402
@@ -88,6 +91,33 @@ def sequence_override(preset: str | None, sets: list[str]) -> list[str]:
                      "max_len": 20})
     tables = ", ".join("{" + ", ".join(f"{k} = {_toml(v)}" for k, v in f.items()) + "}" for f in features)
     return [f"data.features=[{tables}]"]
+
+
+@dataclass(frozen=True)
+class SplitVectors:
+    """One split's retrieval data with the recall model's user and item vectors."""
+
+    data: RetrievalData
+    users: np.ndarray
+    items: np.ndarray
+
+
+def recall_only_run(seed: int, out: Path, sets: Sequence[str] = ()) -> tuple[RunConfig, dict[str, SplitVectors]]:
+    """``distill run`` on the synthetic set with the multi-interest recall model (K = 4, over an added
+    ``hist_item`` sequence) and teacher and students cut to one epoch (the recall model does not read
+    them), then the recall model's vectors on the valid and test splits (all evaluated users)."""
+    base = [f"run.seed={seed}", "report.enabled=false", "recall.enabled=true", 'recall.family="multi_interest"',
+            "run.threads=1", "recall.interests=4", "teacher.epochs=1", "student.epochs=1", "teacher.blend=[]",
+            *sets]
+    cfg = load_config(overrides=[*base, *sequence_override(None, base)])
+    run(cfg, out, extra_stages=False)
+    ctx, _ = load_context(out)
+    model = load_recall(ctx)
+    splits = {}
+    for split in ("valid", "test"):
+        data = retrieval_data(ctx.frames, ctx.frame, ctx.encoder, cfg.data, max_users=0, seed=seed, split=split)
+        splits[split] = SplitVectors(data, *tower_vectors(model, data, ctx.device))
+    return cfg, splits
 
 
 def one_seed(dataset: str, seed: int, args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], Path]:
