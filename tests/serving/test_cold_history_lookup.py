@@ -15,6 +15,7 @@ from coarserank.serving.catalogue import build_catalogue
 from coarserank.serving.cold_ranker import HistoryLookup
 
 CROSSES = (HistoryCrossConfig("user_category_rate", "user_id", "category", 5.0),  # user key, item values
+           HistoryCrossConfig("user_tag_rate", "user_id", "tags", 4.0),  # user key, item values (multi)
            HistoryCrossConfig("item_tag_rate", "item_id", "tags", 2.0),  # item key, item values (multi)
            HistoryCrossConfig("category_region_rate", "category", "region", 3.0))  # item key, user values
 
@@ -72,3 +73,15 @@ def test_a_user_key_given_as_a_string_reads_the_same_rates_as_the_integer(world)
     rows = np.arange(catalogue.height)
     np.testing.assert_array_equal(lookup.values({"user_id": str(user)}, rows), lookup.values({"user_id": user}, rows))
     assert np.all(lookup.values({"user_id": 10**12}, rows) == base)
+
+
+@pytest.mark.parametrize("name", ["user_category_rate", "user_tag_rate"])
+def test_a_request_key_reads_the_same_rates_for_many_candidates_as_for_a_few(world, name) -> None:
+    """Many candidates read every value's rate once and gather; a few look each pair up (the naive test)."""
+    data, labelled, catalogue, base = world
+    lookup = HistoryLookup.build(data, name, labelled, catalogue, base)
+    user = {"user_id": int(labelled["user_id"][11])}
+    rows = np.arange(catalogue.height)
+    few = np.concatenate([lookup.values(user, rows[i:i + 2]) for i in range(0, rows.size, 2)])
+    assert len(lookup.stats.values) > 2 and len(lookup.stats.values) <= rows.size  # both paths are taken
+    np.testing.assert_allclose(lookup.values(user, rows), few, rtol=0, atol=1e-15)

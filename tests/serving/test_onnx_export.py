@@ -370,3 +370,55 @@ def test_exporting_leaves_the_module_in_its_training_mode(exported: Exported, tm
         assert tower.training
     finally:
         tower.eval()
+
+
+def _request_inputs(exported: Exported, kind: str) -> list[str]:
+    return [s.name for s in input_specs(exported.encoder, kind) if s.shape[0] == "R"]
+
+
+def test_a_row_scorers_user_and_context_inputs_take_the_request_axis(exported: Exported) -> None:
+    sides = {f.name: f.side for f in exported.encoder.cfg.features}
+    for s in input_specs(exported.encoder, "teacher"):
+        want = "N" if s.kind == "history" or sides[s.name] == "item" else "R"
+        assert s.shape[0] == want, s.name
+    assert all(s.shape[0] == "N" for kind in ("user", "item") for s in input_specs(exported.encoder, kind))
+
+
+@pytest.mark.parametrize("request_row", [0, 5], ids=["unseen_and_missing_user_values", "known_user_values"])
+@pytest.mark.parametrize("kind", ["teacher", "cold"])
+def test_a_row_scorer_given_the_request_once_scores_like_that_row_repeated(exported: Exported, tmp_path: Path,
+                                                                           kind: str, request_row: int) -> None:
+    """One row of user and context values is broadcast to every candidate, string match crosses included."""
+    from coarserank.student.cold import build_cold_model
+
+    model = exported.models["teacher"] if kind == "teacher" else \
+        _scrambled(build_cold_model(exported.encoder.schema_, 4, (16,)))
+    path = exported.paths["teacher"] if kind == "teacher" else \
+        export_model(model, exported.encoder, tmp_path / "cold.onnx", "cold")
+    request = _request_inputs(exported, kind)
+    assert {"region", "device", "hour", "age"} <= set(request)  # the string and bucketed match operands
+    rows = exported.rows.with_columns(pl.col(c).gather(request_row).first().alias(c) for c in request)
+    repeated = feeds_from_frame(exported.encoder, rows, kind)
+    once = {k: v[:1] if k in request else v for k, v in repeated.items()}
+    got = _session(path).run(None, once)[0]
+    assert got.shape == (1000,)
+    np.testing.assert_array_equal(got, _session(path).run(None, repeated)[0])
+    inputs = {k: torch.from_numpy(v) for k, v in exported.encoder.transform(rows, model.embedding.schema.names).items()}
+    with torch.no_grad():
+        want = model.eval()(inputs).numpy()
+    assert np.std(want) > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+
+
+def test_the_benchmarked_teacher_gets_the_request_once_and_scores_as_per_row(exported: Exported) -> None:
+    from coarserank.serving.ranker import TeacherScorer
+
+    request = _request_inputs(exported, "teacher")
+    rows = exported.rows.with_columns(pl.col(c).first().alias(c) for c in request)
+    feeds = feeds_from_frame(exported.encoder, rows, "teacher")
+    teacher = TeacherScorer(_session(exported.paths["teacher"]))
+    once = teacher.one_request(feeds)
+    assert {k for k, v in once.items() if v.shape[0] == 1} == set(request)
+    np.testing.assert_array_equal(teacher.scores(once), teacher.scores(feeds))
+    legacy = TeacherScorer(_session(exported.paths["user"]))  # a graph without the request axis
+    assert legacy.one_request(feeds_from_frame(exported.encoder, rows, "user"))["user_id"].shape == (1000,)

@@ -73,9 +73,24 @@ def sequenced(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str
 
 def test_sequence_inputs_take_the_dtype_of_their_items_vocabulary(sequenced: Sequenced) -> None:
     specs = {s.name: s for s in input_specs(sequenced.encoder, "teacher")}
-    assert (specs["hist_item"].dtype, specs["hist_item"].shape, specs["hist_item"].kind) == ("int64", ("N", 5),
+    assert (specs["hist_item"].dtype, specs["hist_item"].shape, specs["hist_item"].kind) == ("int64", ("R", 5),
                                                                                           "sequence")
-    assert (specs["hist_cat"].dtype, specs["hist_cat"].shape) == ("string", ("N", 3))
+    assert (specs["hist_cat"].dtype, specs["hist_cat"].shape) == ("string", ("R", 3))  # the request's history
+    user = {s.name: s for s in input_specs(sequenced.encoder, "user")}
+    assert (user["hist_item"].shape, user["hist_cat"].shape) == (("N", 5), ("N", 3))
+
+
+def test_the_teacher_given_one_requests_histories_once_scores_like_them_repeated(sequenced: Sequenced) -> None:
+    """Target attention over a user's history broadcast to every candidate inside the graph."""
+    request = [s.name for s in input_specs(sequenced.encoder, "teacher") if s.shape[0] == "R"]
+    rows = sequenced.rows.with_columns(pl.col(c).gather(2).first().alias(c) for c in request)
+    feeds = feeds_from_frame(sequenced.encoder, rows, "teacher")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(sequenced.paths["teacher"]), options, providers=["CPUExecutionProvider"])
+    once = session.run(None, {k: v[:1] if k in request else v for k, v in feeds.items()})[0]
+    np.testing.assert_array_equal(once, session.run(None, feeds)[0])
+    assert once.shape == (rows.height,) and np.std(once) > 0
     assert {"hist_item", "hist_cat"} <= {s.name for s in input_specs(sequenced.encoder, "user")}
 
 

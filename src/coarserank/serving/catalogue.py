@@ -30,10 +30,11 @@ from coarserank.errors import ArtifactError, DataError, ServingError
 from coarserank.serving.onnx_inputs import feeds_from_frame
 
 __all__ = ["item_columns", "user_columns", "build_catalogue", "write_catalogue", "read_catalogue",
-           "catalogue_ids",
+           "catalogue_ids", "RowIndex",
            "encode_items", "gather_items", "teacher_frame"]
 
 _ENCODE_CHUNK: Final[int] = 65_536
+_DIRECT_SPREAD: Final[int] = 8
 
 
 def user_columns(cfg: DataConfig) -> dict[str, str]:
@@ -104,6 +105,38 @@ def encode_items(session: Any, encoder: Encoder, items: pl.DataFrame) -> np.ndar
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+class RowIndex:
+    """The catalogue row of each item id: a direct table when the ids are non-negative and dense
+    enough (at most :data:`_DIRECT_SPREAD` slots per item), else a binary search over the sorted ids.
+
+    A request's 1,000 candidates are a gather from the table, where a search costs ``log2(n)``
+    probes per id through an indirection.
+    """
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self._order = np.argsort(self.ids, kind="stable")
+        self._table: np.ndarray | None = None
+        if self.ids.size and int(self.ids.min()) >= 0 and int(self.ids.max()) < _DIRECT_SPREAD * self.ids.size:
+            self._table = np.full(int(self.ids.max()) + 1, -1, dtype=np.int64)
+            unique, first = np.unique(self.ids, return_index=True)  # the first row of a repeated id wins
+            self._table[unique] = first
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, found)``: the catalogue row of each id (meaningless where not found) and the mask
+        of ids in the catalogue."""
+        if self.ids.size == 0:
+            return np.zeros(ids.size, dtype=np.int64), np.zeros(ids.size, dtype=bool)
+        if self._table is not None:
+            inside = (ids >= 0) & (ids < self._table.size)
+            rows = self._table[np.where(inside, ids, 0)]
+            found = inside & (rows >= 0)
+            return np.maximum(rows, 0), found
+        at = np.searchsorted(self.ids, ids, sorter=self._order).clip(max=self.ids.size - 1)
+        rows = self._order[at]
+        return rows, self.ids[rows] == ids
+
+
 def gather_items(catalogue: pl.DataFrame, cfg: DataConfig, ids: np.ndarray) -> pl.DataFrame:
     """Catalogue rows for ``ids`` in the order given.
 
@@ -112,11 +145,7 @@ def gather_items(catalogue: pl.DataFrame, cfg: DataConfig, ids: np.ndarray) -> p
     ServingError
         If some ids are not in the catalogue (naming the first few).
     """
-    all_ids = catalogue_ids(catalogue, cfg)
-    order = np.argsort(all_ids, kind="stable")
-    pos = np.searchsorted(all_ids, ids, sorter=order).clip(max=max(all_ids.size - 1, 0))
-    rows = order[pos]
-    hit = all_ids[rows] == ids
+    rows, hit = RowIndex(catalogue_ids(catalogue, cfg)).lookup(ids)
     if not hit.all():
         raise ServingError(f"{int((~hit).sum())} item id(s) are not in the catalogue, "
                            f"e.g. {ids[~hit][:5].tolist()}")

@@ -4,8 +4,8 @@ A COLD student reads user x item cross fields, so it has no item vectors to prec
 one row per candidate. A request still carries the user and context features once (the same JSON
 object as for the towers); :class:`ColdRanker` builds the rows itself, columnar:
 
-- user and context inputs: one row of feeds (:class:`~coarserank.serving.ranker.UserFeeds`),
-  repeated per candidate;
+- user and context inputs: one row of feeds (:class:`~coarserank.serving.ranker.UserFeeds`), which
+  the graph broadcasts to every candidate (their request axis, ``docs/serving.md``);
 - item inputs: gathered from feeds of the whole catalogue (``items.parquet``), built once at load;
   candidate ids not in the catalogue are dropped and counted (``RankResult.dropped``), never scored;
 - product and match crosses: computed inside ``student.onnx`` from those raw inputs;
@@ -35,7 +35,7 @@ from coarserank.data.encode import Encoder
 from coarserank.data.history import NONE, HistoryStats, raw_values, row_means
 from coarserank.data.prepare import feature_column, history_stats
 from coarserank.errors import ArtifactError, ServingError
-from coarserank.serving.catalogue import catalogue_ids, read_catalogue
+from coarserank.serving.catalogue import RowIndex, catalogue_ids, read_catalogue
 from coarserank.serving.kv import as_query_ids
 from coarserank.serving.onnx_export import read_metadata
 from coarserank.serving.onnx_inputs import feeds_from_frame, input_specs
@@ -117,6 +117,17 @@ class HistoryLookup:
         n = len(rows)
         if self.item_rates is not None:
             return self.item_rates[rows]
+        if self.item_values is not None and self.item_keys is None:  # the request's key on each candidate's values
+            key = self._code(user.get(self.key), self.key_strings)
+            values = self.item_values[rows]
+            if len(self.stats.values) <= max(n, 1):  # every value's rate for this key, then a gather
+                every = np.arange(len(self.stats.values), dtype=np.int64)
+                table = np.append(self.stats.final_rates(np.full(every.size, key, dtype=np.int64), every),
+                                  self.stats.base_rate)  # NONE (-1) reads the last slot
+                if values.shape[1] == 1:  # the mean of one slot is its rate, of none the base rate
+                    return table[values[:, 0]]
+                return row_means(table[values], values != NONE, self.stats.base_rate)
+            return self._rates(np.full(values.shape, key, dtype=np.int64), values)
         if self.item_values is not None:
             values = self.item_values[rows]
         else:
@@ -153,9 +164,10 @@ class ColdRanker:
         user_names = [s.name for s in specs if s.kind != "history" and sides[s.name] != "item"]
         item_names = [s.name for s in specs if s.kind != "history" and sides[s.name] == "item"]
         self.user_feeds = UserFeeds(encoder, "cold", fields=user_names) if user_names else None
+        self._broadcast = any(s.shape[0] == "N" for s in specs)  # else the graph's rows are the request's
         self.items = feeds_from_frame(encoder, catalogue, "cold", item_names) if item_names else {}
         self.ids = catalogue_ids(catalogue, cfg)
-        self._order = np.argsort(self.ids, kind="stable")
+        self._index = RowIndex(self.ids)
         self.history = history
         self.fields = fields
 
@@ -186,13 +198,8 @@ class ColdRanker:
     def rows(self, candidate_ids: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(catalogue rows, kept)``: the catalogue position of each known candidate and the mask of
         candidates found (unknown ids are dropped)."""
-        ids = as_query_ids(candidate_ids)
-        if self.ids.size == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(ids.size, dtype=bool)
-        at = np.searchsorted(self.ids, ids, sorter=self._order).clip(max=self.ids.size - 1)
-        rows = self._order[at]
-        found = self.ids[rows] == ids
-        return rows[found], found
+        rows, found = self._index.lookup(as_query_ids(candidate_ids))
+        return (rows, found) if found.all() else (rows[found], found)
 
     def feeds(self, user: dict[str, Any], rows: np.ndarray) -> dict[str, np.ndarray]:
         """``student.onnx`` feeds for catalogue ``rows`` and the request's user/context features."""
@@ -200,7 +207,7 @@ class ColdRanker:
         feeds = {name: values[rows] for name, values in self.items.items()}
         if self.user_feeds is not None:
             for name, one in self.user_feeds(user).items():
-                feeds[name] = np.repeat(one, n, axis=0)
+                feeds[name] = one if self._broadcast else np.repeat(one, n, axis=0)
         for name, lookup in self.history.items():
             feeds[name] = lookup.values(user, rows).astype(np.float32)
         return feeds

@@ -56,7 +56,7 @@ from coarserank.atomic import atomic_write_bytes
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ConfigError
 from coarserank.serving.onnx_contract import model_metadata
-from coarserank.serving.onnx_inputs import ModelKind, feeds_from_frame, input_specs
+from coarserank.serving.onnx_inputs import ROW_SCORERS, ModelKind, feeds_from_frame, input_specs, request_fields
 from coarserank.serving.onnx_peephole import simplify
 from coarserank.serving.onnx_preprocess import ML_DOMAIN, ML_OPSET, GraphBuilder, encode_inputs
 
@@ -117,6 +117,8 @@ def _network(module: nn.Module, encoder: Encoder, fields: list[str], output: str
              opset: int) -> tuple[onnx.ModelProto, tuple[int, ...]]:
     """The network alone, on encoded inputs named after the fields, and its output shape past ``N``."""
     net = copy.deepcopy(module).cpu().eval()
+    if callable(getattr(net, "for_serving", None)):  # an equal function in a form that serves faster
+        net = net.for_serving().eval()
     sample = _trace_sample(encoder, fields)
     with torch.no_grad():
         probe = net(sample)
@@ -140,6 +142,15 @@ def _preprocessing(encoder: Encoder, kind: ModelKind, fields: list[str], ir_vers
     specs = input_specs(encoder, kind, fields)
     g = GraphBuilder()
     encoded = encode_inputs(g, encoder, fields)
+    rows = next((s.name for s in specs if s.shape[0] == "N"), None) if kind in ROW_SCORERS else None
+    if rows is not None:  # fields of the request alone: its one row repeated for every candidate
+        n = g.op("Slice", g.op("Shape", rows), g.const(np.array([0], dtype=np.int64)),
+                 g.const(np.array([1], dtype=np.int64)), hint="candidates")
+        for name in request_fields(encoder, fields):
+            f = encoder.schema_[name]
+            shape = n if f.kind in ("numeric", "categorical") else g.op(
+                "Concat", n, g.const(np.array([1], dtype=np.int64)), axis=0)
+            encoded[name] = g.op("Expand", encoded[name], shape, hint=f"{name}_rows")
     outputs = []
     for name in fields:
         g.nodes.append(onnx.helper.make_node("Identity", [encoded[name]], [_ENCODED + name],

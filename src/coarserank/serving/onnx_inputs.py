@@ -22,7 +22,7 @@ frame (the pipeline's prepared frame) or from JSON-like records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -36,6 +36,9 @@ from coarserank.errors import SchemaError, ServingError
 
 __all__ = [
     "ModelKind",
+    "REQUEST_AXIS",
+    "ROW_SCORERS",
+    "request_fields",
     "InputSpec",
     "MISSING_INT64",
     "MISSING_STRING",
@@ -47,6 +50,11 @@ __all__ = [
 ]
 
 ModelKind = Literal["user", "item", "teacher", "cold"]
+ROW_SCORERS: tuple[ModelKind, ...] = ("teacher", "cold")
+"""Kinds that score one row per candidate; their user and context inputs take the request axis."""
+REQUEST_AXIS = "R"
+"""The batch axis of a row scorer's user and context inputs: 1 (one request's values, broadcast in the
+graph to every candidate) or N (one row per candidate)."""
 InputKind = Literal["categorical", "bucketed", "multi", "sequence", "numeric", "history"]
 MISSING_INT64 = int(np.iinfo(np.int64).min)
 UNPARSED_INT64 = MISSING_INT64 + 1
@@ -135,8 +143,32 @@ def input_specs(encoder: Encoder, model: ModelKind, fields: Sequence[str] | None
         if c.name in needed:
             needed |= {c.a, c.b}
     specs = [_spec(encoder, f) for f in encoder.cfg.features if f.name in needed]
+    if model in ROW_SCORERS:
+        specs = [replace(s, shape=(REQUEST_AXIS, *s.shape[1:])) if _request_side(encoder, s.name) else s
+                 for s in specs]
     specs += [_history_spec(encoder, h.name) for h in encoder.cfg.history_crosses if h.name in needed]
     return specs
+
+
+def _request_side(encoder: Encoder, feature: str) -> bool:
+    return _features(encoder)[feature].side != "item"
+
+
+def request_fields(encoder: Encoder, fields: Sequence[str]) -> list[str]:
+    """The fields among ``fields`` computed from user and context inputs only: in a row scorer's
+    graph they come out of preprocessing with the request axis and are broadcast to the candidates."""
+    features, crosses = _features(encoder), {c.name: c for c in encoder.cfg.crosses}
+    out = []
+    for name in fields:
+        if name in features:
+            parts = [name]
+        elif name in crosses:
+            parts = [crosses[name].a, crosses[name].b]
+        else:
+            continue  # a history cross: one value per candidate row
+        if all(_request_side(encoder, p) for p in parts):
+            out.append(name)
+    return out
 
 
 def _features(encoder: Encoder) -> dict[str, FeatureConfig]:

@@ -14,6 +14,10 @@ that ONNX Runtime's default CPU build runs (``ai.onnx`` and ``ai.onnx.ml`` Label
   ``cross_values_`` (unseen -> OOV); padding in either operand stays padding.
 - match cross: equality of the raw values (strings compared through ``Unique``'s inverse
   indices, since string ``Equal`` needs opset 19), false when either side is missing.
+
+In a row scorer's graph (teacher, COLD) the user and context inputs may hold one row for the whole
+request (:data:`~coarserank.serving.onnx_inputs.REQUEST_AXIS`): the operators above broadcast it
+against the candidates' rows, and a string match against an item value expands it first.
 """
 
 from __future__ import annotations
@@ -154,6 +158,8 @@ def _match(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfig,
     if dtype_a == dtype_b == "int64":
         equal = g.op("Equal", a, b)
     else:
+        if (fa.side == "item") != (fb.side == "item"):  # a request's one row against the candidates' rows
+            a, b = (g.op("Expand", a, g.op("Shape", b)), b) if fb.side == "item" else (a, g.op("Expand", b, g.op("Shape", a)))
         both = g.op("Concat", a, b, axis=0)
         inverse = g.op_n("Unique", both, outputs=4, hint="unique")[2]
         pairs = g.op("Reshape", inverse, g.const(np.asarray([2, -1], dtype=np.int64)))

@@ -27,10 +27,12 @@ Example
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from coarserank.data.schema import Schema
 from coarserank.errors import ConfigError
 from coarserank.layers import MLP, EmbeddedFields, FeatureEmbedding, SEGate
+from coarserank.student.cold_scorer import ColdScorer
 
 __all__ = ["ColdModel", "build_cold_model"]
 
@@ -63,6 +65,10 @@ class ColdModel(EmbeddedFields):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits ``[B]``."""
         return self.forward_with_gates(inputs)[0]
+
+    def for_serving(self) -> nn.Module:
+        """The same logits in the form the exporter writes (:class:`~coarserank.student.cold_scorer.ColdScorer`)."""
+        return ColdScorer(self)
 
 
 def build_cold_model(schema: Schema, embed_dim: int, hidden: tuple[int, ...], dropout: float = 0.0) -> ColdModel:
