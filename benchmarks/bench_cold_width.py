@@ -4,6 +4,8 @@ Usage:
     python benchmarks/bench_cold_width.py --datasets synthetic --seeds 0 1 2 3 4 \
         --cold-features user_id item_id topic_match region_x_category device_x_category user_category_rate \
         --widths 128,64 64,32 --out benchmarks/out/cold-width
+    # the same graphs timed again, nothing trained (a quiet machine, then a busy neighbour):
+    python benchmarks/bench_cold_width.py ... --out benchmarks/out/cold-width --retime quiet
 
 For every data set and seed it prepares the data, trains the hard-label two-tower and the teacher
 as ``distill run`` does (DeepFM blended with that two-tower at the weight validation picks), then
@@ -48,7 +50,8 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
     control = distill(None, data.train, data.valid, data.schema, _student(cfg, "two_tower", [], []),
                       replace(cfg.distill, alpha=0.0), pairs=data.pairs, seed=seed).model
     heavy = train_teacher(data.train, data.valid, data.schema, cfg.teacher, seed=seed).model
-    teacher = blend_teacher(heavy, control, data.valid, cfg.teacher.blend).model
+    blended = blend_teacher(heavy, control, data.valid, cfg.teacher.blend)
+    teacher = blended.model
     train_logits = score_split(teacher, data.train)
     serving = Serving(cfg, data, teacher, Path(args.out) / f"{dataset}-seed{seed}", args)
 
@@ -64,8 +67,26 @@ def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str
                         train_logits=train_logits, pairs=data.pairs, seed=seed).model
         valid, test = both(model)
         row = {"dataset": dataset, "seed": seed, "width": text, "valid_gauc": valid, "test_gauc": test,
-               "teacher_valid": tv, "teacher_test": tt, "control_valid": cv, "control_test": ct,
+               "teacher_valid": tv, "teacher_test": tt, "blend_weight": blended.weight,
+               "control_valid": cv, "control_test": ct,
                **serving.measure(f"cold-{text.replace(',', 'x')}", model, args)}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def retime_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time again the graphs an earlier run of this benchmark wrote (no training): the same data,
+    requests and ``distill bench`` call, e.g. on a quiet machine or beside a busy neighbour."""
+    cfg = _config(dataset, args, seed)
+    data = encode_splits(prepare(load_source(cfg.data, cfg.synthetic, seed), cfg.data), cfg.data)
+    where = Path(args.out) / f"{dataset}-seed{seed}"
+    serving = Serving(cfg, data, where / "teacher.onnx", where, args)
+    earlier = {(r["dataset"], r["seed"], r["width"]): r for r in read_results([Path(args.out) / "results.jsonl"])}
+    rows = []
+    for text in args.widths:
+        ranker = serving.cold_ranker(where / f"cold-{text.replace(',', 'x')}" / "student.onnx")
+        row = {**earlier[(dataset, seed, text)], **serving.time(ranker, args), "timing": args.retime}
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
@@ -114,11 +135,17 @@ def main() -> None:
     ap.add_argument("--bench-users", type=int, default=20, help="requests cycled through when timing")
     ap.add_argument("--repeats", type=int, default=200, help="timed calls per latency figure")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--retime", default="", metavar="LABEL",
+                    help="time again the graphs of an earlier run in --out (no training); rows go to "
+                         "--out/retime-LABEL/results.jsonl")
     ap.add_argument("--tables-from", nargs="+", type=Path, default=[],
                     help="print the summary of these results.jsonl files instead of running")
     args = ap.parse_args()
     if args.tables_from:
         rows = read_results(args.tables_from)
+    elif args.retime:
+        rows = run_all(args.datasets, args.seeds, lambda d, s: retime_seed(d, s, args),
+                       Path(args.out) / f"retime-{args.retime}")
     else:
         if args.threads:
             import torch

@@ -71,6 +71,7 @@ from coarserank.serving.onnx_export import (  # noqa: E402
     export_teacher,
     export_user_tower,
     onnx_parity,
+    read_metadata,
 )
 from coarserank.serving.ranker import (  # noqa: E402
     CoarseRanker,
@@ -109,7 +110,7 @@ class Serving:
     """What the latency and parity figures need for one seed: raw rows, the catalogue, requests,
     the exported teacher."""
 
-    def __init__(self, cfg: RunConfig, data: PreparedData, teacher: torch.nn.Module, out: Path,
+    def __init__(self, cfg: RunConfig, data: PreparedData, teacher: torch.nn.Module | Path, out: Path,
                  args: argparse.Namespace) -> None:
         self.cfg, self.data, self.out = cfg, data, out
         test = data.test.frame
@@ -119,10 +120,28 @@ class Serving:
         self.rate = base_rate(data.frame)
         ctx = SimpleNamespace(cfg=cfg, frame=data.frame, test=test, encoder=data.encoder)  # what bench_requests reads
         self.requests = bench_requests(ctx, self.catalogue, [CANDIDATES], args.bench_users, cfg.run.seed)
+        if isinstance(teacher, Path):  # a teacher.onnx written by an earlier run of the benchmark: timing only
+            self.teacher, self.teacher_parity = TeacherScorer(onnx_session(teacher)), float("nan")
+            return
         path = export_teacher(teacher, data.encoder, out / "teacher.onnx", run_hash="bench",
                               history_base_rate=self.rate)
         self.teacher = TeacherScorer(onnx_session(path))
         self.teacher_parity = onnx_parity(teacher, data.encoder, path, self.rows, "teacher")
+
+    def cold_ranker(self, path: Path) -> ColdRanker:
+        """The COLD ranker ``distill rank`` builds for the exported student at ``path``."""
+        fields = read_metadata(path)["fields"].split(",")
+        names = [h.name for h in self.cfg.data.history_crosses if h.name in fields]
+        labelled = self.data.frame.filter(pl.col("_label").is_not_null())
+        lookups = {n: HistoryLookup.build(self.cfg.data, n, labelled, self.catalogue, self.rate) for n in names}
+        return ColdRanker(onnx_session(path), self.data.encoder, self.catalogue, fields, lookups)
+
+    def time(self, ranker: Any, args: argparse.Namespace) -> dict[str, Any]:
+        """``distill bench``'s latency for 1,000 candidates of ``ranker`` and the teacher, side by side."""
+        timed = bench_latency(ranker, self.teacher, self.requests, [CANDIDATES], repeats=args.repeats,
+                              warmup=max(1, args.repeats // 10))["candidates"][str(CANDIDATES)]
+        return {"p50_ms": timed["student"]["p50_ms"], "p99_ms": timed["student"]["p99_ms"],
+                "teacher_p50_ms": timed["teacher"]["p50_ms"], "teacher_p99_ms": timed["teacher"]["p99_ms"]}
 
     def measure(self, name: str, model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Any]:
         """Export ``model``, check parity on raw rows, and time it the way ``distill bench`` does."""
@@ -139,21 +158,14 @@ class Serving:
             store = FileKVStore(where / "items.kv")
             ranker: Any = CoarseRanker(onnx_session(user), UserFeeds(enc), store, float(model.a), float(model.b))
         else:
-            fields = model.schema.names
-            path = export_model(model, enc, where / "student.onnx", "cold", fields=fields,
+            path = export_model(model, enc, where / "student.onnx", "cold", fields=model.schema.names,
                                 metadata={"run_hash": name}, history_base_rate=self.rate)
             parity = onnx_parity(model, enc, path, self.rows, "cold")
-            names = [h.name for h in self.cfg.data.history_crosses if h.name in fields]
-            labelled = self.data.frame.filter(pl.col("_label").is_not_null())
-            lookups = {n: HistoryLookup.build(self.cfg.data, n, labelled, self.catalogue, self.rate) for n in names}
-            ranker, store = ColdRanker(onnx_session(path), enc, self.catalogue, fields, lookups), None
-        timed = bench_latency(ranker, self.teacher, self.requests, [CANDIDATES], repeats=args.repeats,
-                              warmup=max(1, args.repeats // 10))["candidates"][str(CANDIDATES)]
+            ranker, store = self.cold_ranker(path), None
+        timed = self.time(ranker, args)
         if store is not None:
             store.close()
-        return {"parity": max(parity, self.teacher_parity), "p50_ms": timed["student"]["p50_ms"],
-                "p99_ms": timed["student"]["p99_ms"], "teacher_p50_ms": timed["teacher"]["p50_ms"],
-                "teacher_p99_ms": timed["teacher"]["p99_ms"]}
+        return {"parity": max(parity, self.teacher_parity), **timed}
 
 
 def run_seed(dataset: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -265,7 +265,7 @@ class ColdConfig:
     rank_by: Literal["se", "gbdt", "permutation"] = "se"
     gate_l1: float = 0.05
     embed_dim: int = 16
-    hidden: tuple[int, ...] = (128, 64)
+    hidden: tuple[int, ...] = (64, 32)
     lr: float = 2e-3
     batch_size: int = 2048
     epochs: int = 8

@@ -62,7 +62,7 @@ _REAL_SESSION = ort.InferenceSession
 class _Recorder:
     """Stands in for ``onnxruntime.InferenceSession``: records which file served which call."""
 
-    calls: list[tuple[str, int, tuple[str, ...]]] = []
+    calls: list[tuple[str, int, tuple[str, ...], dict[str, int]]] = []
 
     def __init__(self, path: str, *args, **kwargs) -> None:
         self.path = path
@@ -72,8 +72,8 @@ class _Recorder:
         return getattr(self.inner, name)
 
     def run(self, output_names, feeds):
-        rows = len(next(iter(feeds.values())))
-        _Recorder.calls.append((self.path, rows, tuple(feeds)))
+        rows = max(len(v) for v in feeds.values())
+        _Recorder.calls.append((self.path, rows, tuple(feeds), {k: len(v) for k, v in feeds.items()}))
         return self.inner.run(output_names, feeds)
 
 
@@ -106,6 +106,7 @@ def test_cold_latency_times_the_exported_scorer_on_every_candidate(cold, encoder
     assert len(timed) >= 2 * (7 + 2)  # both thread settings, warm-up and repeats
     assert {c[1] for c in timed} == {300}
     assert {c[2] for c in timed} == {("user_id", "item_id", "tags")}
+    assert timed[-1][3] == {"user_id": 1, "item_id": 300, "tags": 300}  # the request's user once, as served
     assert result.onnx == {"scorer.onnx": hashlib.sha256((tmp_path / "scorer.onnx").read_bytes()).hexdigest()}
     assert set(result.timings) == {"threads_1", "threads_default"}
     assert result.timings["threads_1"].threads == 1 and result.timings["threads_1"].repeats == 7

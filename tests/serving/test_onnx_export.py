@@ -422,3 +422,36 @@ def test_the_benchmarked_teacher_gets_the_request_once_and_scores_as_per_row(exp
     np.testing.assert_array_equal(teacher.scores(once), teacher.scores(feeds))
     legacy = TeacherScorer(_session(exported.paths["user"]))  # a graph without the request axis
     assert legacy.one_request(feeds_from_frame(exported.encoder, rows, "user"))["user_id"].shape == (1000,)
+
+
+def _encoded_outputs(path: Path, fields: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The preprocessing half's outputs (``encoded/<field>``) of a composed graph, read as extra outputs."""
+    model = onnx.load(str(path))
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(f"encoded/{f}") for f in fields)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip(fields, session.run([f"encoded/{f}" for f in fields], feeds)))
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["per_row", "request_once"])
+def test_the_teachers_preprocessing_gives_exactly_what_the_encoder_gives(exported: Exported, once: bool) -> None:
+    """Codes, product and match crosses bit for bit on the edge rows; normalised numbers up to their
+    float32 input (the encoder reads the frame's float64 column)."""
+    request = _request_inputs(exported, "teacher")
+    rows = exported.rows.with_columns(pl.col(c).gather(5).first().alias(c) for c in request) if once \
+        else exported.rows
+    feeds = feeds_from_frame(exported.encoder, rows, "teacher")
+    if once:
+        feeds = {k: v[:1] if k in request else v for k, v in feeds.items()}
+    fields = exported.encoder.schema_.names
+    got = _encoded_outputs(exported.paths["teacher"], fields, feeds)
+    want = exported.encoder.transform(rows, fields)
+    matches = {c.name for c in exported.encoder.cfg.crosses if c.op == "match"}
+    assert len(matches) == 4
+    for name in fields:
+        assert got[name].dtype == want[name].dtype, name
+        if want[name].dtype == np.float32 and name not in matches:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

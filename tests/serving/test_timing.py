@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from coarserank.errors import ConfigError
-from coarserank.serving.timing import Timing, available_cores, machine, measure, summarise
+from coarserank.serving.timing import Timing, available_cores, machine, measure, measure_side_by_side, summarise
 
 
 def test_measure_calls_warmup_plus_repeats_times_and_times_only_the_repeats() -> None:
@@ -52,3 +52,27 @@ def test_machine_describes_cpu_cores_and_timed_libraries() -> None:
     m = machine()
     assert {"cpu", "cores_available", "platform", "onnxruntime", "faiss", "numpy"} <= m.keys()
     assert m["cores_available"] == available_cores() >= 1
+
+
+def test_side_by_side_alternates_the_paths_in_rounds_and_times_each_repeats_times() -> None:
+    log: list[str] = []
+    timed = measure_side_by_side({"a": lambda: log.append("a"), "b": lambda: log.append("b")},
+                                 repeats=7, warmup=3, rounds=3, rewarm=1, threads=2)
+    shares = [3, 2, 2]  # 7 timed calls over 3 rounds, each round's share preceded by 1 re-warming call
+    want = ["a"] * 3 + ["b"] * 3 + [p for n in shares for p in ("a",) * (1 + n) + ("b",) * (1 + n)]
+    assert log == want
+    assert {k: (t.repeats, t.warmup, t.threads) for k, t in timed.items()} == {"a": (7, 3, 2), "b": (7, 3, 2)}
+
+
+def test_side_by_side_times_the_calls_of_each_path_only() -> None:
+    import time
+
+    timed = measure_side_by_side({"slow": lambda: time.sleep(0.05), "fast": lambda: None}, repeats=4, warmup=0,
+                                 rounds=2, rewarm=0)
+    assert timed["slow"].min_ms >= 50.0 > timed["fast"].p50_ms  # a sleep lasts at least as long as asked
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 0}, {"warmup": -1}, {"rounds": 0}, {"rewarm": -1}])
+def test_side_by_side_rejects_bad_counts(kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="measure_side_by_side needs"):
+        measure_side_by_side({"a": lambda: None}, **kwargs)

@@ -11,8 +11,10 @@ from the raw rows before timing (a server receives them ready).
 What one timed call is, for one request of ``n`` candidates:
 
 ``cold``
-    One ``InferenceSession.run`` of the COLD scorer on a batch of ``n`` raw rows: every selected
-    field, crosses included, is encoded and evaluated per candidate.
+    One ``InferenceSession.run`` of the COLD scorer for one request of ``n`` candidates, fed as
+    ``distill rank`` feeds it: the first row's user and context values once (the request axis,
+    broadcast in the graph), every row's item columns and history crosses; every selected field,
+    crosses included, is evaluated per candidate.
 ``two_tower``
     One ``run`` of the user tower on 1 raw row, then the candidates' item vectors gathered from a
     precomputed matrix (what a KV store returns; computed beforehand by the exported item tower on
@@ -42,7 +44,7 @@ from coarserank.student.cold import ColdModel
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError
 from coarserank.serving.onnx_export import export_item_tower, export_model, export_user_tower, onnx_parity
-from coarserank.serving.onnx_inputs import feeds_from_frame
+from coarserank.serving.onnx_inputs import REQUEST_AXIS, feeds_from_frame, input_specs
 from coarserank.serving.timing import Timing, available_cores, measure
 from coarserank.student.two_tower import TwoTower
 
@@ -139,7 +141,10 @@ def cold_latency(model: ColdModel, encoder: Encoder, rows: pl.DataFrame, out_dir
     path = export_model(model, encoder, Path(out_dir) / "scorer.onnx", "cold", fields=fields, opset=opset,
                         metadata={"run_hash": _SWEEP_HASH})
     diff = _check_parity(onnx_parity(model, encoder, path, rows, "cold"), "COLD scorer")
-    feeds = feeds_from_frame(encoder, rows, "cold", fields)
+    request = {s.name for s in input_specs(encoder, "cold", fields) if s.shape[0] == REQUEST_AXIS}
+    feeds = {k: v[:1] if k in request else v for k, v in feeds_from_frame(encoder, rows, "cold", fields).items()}
+    if all(k in request for k in feeds):  # user and context fields only: the request is every row
+        feeds = feeds_from_frame(encoder, rows, "cold", fields)
 
     def make_call(threads: int) -> Callable[[], object]:
         session = ort_session(path, threads)
@@ -147,7 +152,8 @@ def cold_latency(model: ColdModel, encoder: Encoder, rows: pl.DataFrame, out_dir
 
     n = rows.height
     return LatencyResult(n, _time_all(make_call, repeats, warmup), {path.name: _sha256(path)}, diff,
-                         f"one ONNX Runtime call of scorer.onnx on {n} raw rows (every field per candidate)")
+                         f"one ONNX Runtime call of scorer.onnx for one request of {n} candidates (the first row's "
+                         "user and context values once, every row's item columns and history crosses)")
 
 
 def _torch_score(model: TwoTower, encoder: Encoder, rows: pl.DataFrame) -> np.ndarray:

@@ -9,9 +9,11 @@ that ONNX Runtime's default CPU build runs (``ai.onnx`` and ``ai.onnx.ml`` Label
 - sequence: ``LabelEncoder`` over the vocabulary of the feature ``of``; ``""`` (string) or
   ``INT64_MIN`` (int64) in a slot is padding.
 - bucketed: ``ReduceSum(Cast(x >= boundaries))``, NaN -> OOV.
-- numeric, history and match crosses: ``(x - mean) / std`` in double precision, NaN -> 0.
+- numeric, history and match crosses: ``(x - mean) / std`` in double precision, NaN -> 0 (a match,
+  1 or 0, picks one of its two normalised values).
 - product cross: pair code ``code_a * size_b + code_b`` -> ``LabelEncoder`` over the encoder's
-  ``cross_values_`` (unseen -> OOV); padding in either operand stays padding.
+  ``cross_values_`` (unseen -> OOV); padding in either operand stays padding (only multi-valued
+  and sequence operands have any: a single value's code is never padding).
 - match cross: equality of the raw values (strings compared through ``Unique``'s inverse
   indices, since string ``Equal`` needs opset 19), false when either side is missing.
 
@@ -158,16 +160,19 @@ def _match(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfig,
     if dtype_a == dtype_b == "int64":
         equal = g.op("Equal", a, b)
     else:
-        if (fa.side == "item") != (fb.side == "item"):  # a request's one row against the candidates' rows
-            a, b = (g.op("Expand", a, g.op("Shape", b)), b) if fb.side == "item" else (a, g.op("Expand", b, g.op("Shape", a)))
+        if fa.side != "item" and fb.side == "item":  # a request's one row against the candidates' rows
+            a = g.op("Expand", a, g.op("Shape", b))
+        elif fb.side != "item" and fa.side == "item":
+            b = g.op("Expand", b, g.op("Shape", a))
         both = g.op("Concat", a, b, axis=0)
         inverse = g.op_n("Unique", both, outputs=4, hint="unique")[2]
         pairs = g.op("Reshape", inverse, g.const(np.asarray([2, -1], dtype=np.int64)))
         equal = g.op("Equal", g.op("Gather", pairs, g.const(np.int64(0)), axis=0),
                      g.op("Gather", pairs, g.const(np.int64(1)), axis=0))
     present = g.op("Not", g.op("Or", missing_a, missing_b))
-    value = g.op("Cast", g.op("And", equal, present), to=TensorProto.FLOAT)
-    return _normalise(g, value, *encoder.stats_[c.name], hint=c.name)
+    mean, std = encoder.stats_[c.name]  # 1.0 or 0.0 normalised in double, as the encoder does, then float32
+    return g.op("Where", g.op("And", equal, present), g.const(np.float32((1.0 - mean) / std)),
+                g.const(np.float32((0.0 - mean) / std)), hint=c.name)
 
 
 def _product(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfig, fb: FeatureConfig,
@@ -177,12 +182,14 @@ def _product(g: GraphBuilder, encoder: Encoder, c: CrossConfig, fa: FeatureConfi
     if fb.kind == "categorical" and fa.kind in ("multi", "sequence"):
         cb = g.op("Unsqueeze", cb, g.axes(1))
     pairs = g.op("Add", g.op("Mul", ca, g.const(np.int64(encoder.vocabs_[fb.name].size))), cb)
-    padding = g.op("Or", g.op("Equal", ca, g.const(np.int64(PAD))), g.op("Equal", cb, g.const(np.int64(PAD))))
     known = [int(v) for v in encoder.cross_values_[c.name]]
     ids = list(range(FIRST_ID, FIRST_ID + len(known)))
     if not known:  # pair codes are never negative: a key that cannot match keeps the list non-empty
         known, ids = [-1], [OOV]
     code = _label_encoder(g, pairs, known, ids, OOV, strings=False)
+    if fa.kind == fb.kind == "categorical":  # a single value's code is never padding
+        return code
+    padding = g.op("Or", g.op("Equal", ca, g.const(np.int64(PAD))), g.op("Equal", cb, g.const(np.int64(PAD))))
     return g.op("Where", padding, g.const(np.int64(PAD)), code, hint=c.name)
 
 

@@ -39,7 +39,7 @@ from coarserank.serving.faiss_index import ItemIndex, sidecar_path
 from coarserank.serving.kv import KVStore, as_query_ids, open_store, redact_uri
 from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, REQUEST_AXIS, UNPARSED_INT64, input_specs
 from coarserank.serving.run_files import SERVING_FILE, RunFiles
-from coarserank.serving.timing import machine, measure
+from coarserank.serving.timing import machine, measure_side_by_side
 
 __all__ = ["RankResult", "RunFiles", "parse_user", "read_candidates", "UserFeeds", "CoarseRanker",
            "TeacherScorer", "BenchRequest", "Ranker", "top_positions",
@@ -397,24 +397,27 @@ def bench_latency(ranker: Ranker, teacher: TeacherScorer, requests: Sequence[Ben
                   sizes: Sequence[int], *, top: int = 100, repeats: int = 200, warmup: int = 20,
                   threads: int = 1) -> dict[str, Any]:
     """Latency of the student path (``ranker.rank`` from the user dict) and of ``teacher.onnx`` on the
-    same candidates, per candidate count, cycling through ``requests``; plus p50 and p99 ratios."""
+    same candidates, per candidate count, cycling through ``requests``; plus p50 and p99 ratios. The
+    two paths are timed side by side (:func:`~coarserank.serving.timing.measure_side_by_side`), so the
+    ratios hold on a machine whose speed drifts."""
     if not requests:
         raise ServingError("the benchmark needs at least one request")
     out: dict[str, Any] = {}
     for size in sizes:
-        turn = iter(range(1 << 62))
+        student_turn, teacher_turn = iter(range(1 << 62)), iter(range(1 << 62))
         fine_feeds = [teacher.one_request(r.teacher_feeds[size]) for r in requests]
 
         def student() -> None:
-            r = requests[next(turn) % len(requests)]
+            r = requests[next(student_turn) % len(requests)]
             ranker.rank(r.user, r.candidates[size], top)
 
         def fine() -> None:
-            i = next(turn) % len(requests)
+            i = next(teacher_turn) % len(requests)
             teacher.rank(fine_feeds[i], requests[i].candidates[size], top)
 
-        s = measure(student, repeats=repeats, warmup=warmup, threads=threads)
-        t = measure(fine, repeats=repeats, warmup=warmup, threads=threads)
+        timed = measure_side_by_side({"student": student, "teacher": fine}, repeats=repeats, warmup=warmup,
+                                     threads=threads)
+        s, t = timed["student"], timed["teacher"]
         out[str(size)] = {"student": s.to_json(), "teacher": t.to_json(),
                           "ratio_p50": round(t.p50_ms / s.p50_ms, 2),
                           "ratio_p99": round(t.p99_ms / s.p99_ms, 2)}

@@ -1,7 +1,8 @@
 """The one latency helper: warm-up, repeats, percentiles, and the machine the figures came from.
 
 Every latency coarserank reports (``distill bench``, the Faiss build facts, ``benchmarks/``) goes
-through :func:`measure`, so the figures mean the same thing everywhere:
+through :func:`measure` (or :func:`measure_side_by_side`, for paths compared as ratios), so the
+figures mean the same thing everywhere:
 
 - ``warmup`` calls first, not recorded (first calls pay for lazy allocation and cold caches);
 - then ``repeats`` calls, each timed alone with :func:`time.perf_counter_ns`;
@@ -32,7 +33,7 @@ import numpy as np
 
 from coarserank.errors import ConfigError
 
-__all__ = ["Timing", "measure", "summarise", "machine", "available_cores", "cpu_model"]
+__all__ = ["Timing", "measure", "measure_side_by_side", "summarise", "machine", "available_cores", "cpu_model"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,45 @@ def measure(fn: Callable[[], object], *, repeats: int = 200, warmup: int = 20, t
         fn()
         samples[i] = clock() - start
     return summarise(samples, warmup=warmup, threads=threads)
+
+
+def measure_side_by_side(fns: dict[str, Callable[[], object]], *, repeats: int = 200, warmup: int = 20,
+                         rounds: int = 10, rewarm: int = 2, threads: int = 1) -> dict[str, Timing]:
+    """:func:`measure` for several code paths whose figures are compared as ratios: their timed calls
+    are spread over the same stretch of time, so a slow spell of the machine (a busy neighbour, a
+    frequency change) reaches every path alike instead of whichever was timed during it.
+
+    Each path gets ``warmup`` untimed calls, then ``rounds`` rounds in which every path in turn makes
+    ``rewarm`` untimed calls (the caches the other path evicted) and its share of ``repeats`` timed
+    calls. Each :class:`Timing` summarises ``repeats`` calls.
+
+    Raises
+    ------
+    ConfigError
+        If ``repeats < 1``, ``warmup < 0``, ``rounds < 1`` or ``rewarm < 0``.
+    """
+    if repeats < 1 or warmup < 0 or rounds < 1 or rewarm < 0:
+        raise ConfigError(f"measure_side_by_side needs repeats >= 1, warmup >= 0, rounds >= 1 and rewarm >= 0, "
+                          f"got repeats={repeats}, warmup={warmup}, rounds={rounds}, rewarm={rewarm}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds = min(rounds, repeats)
+    shares = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    samples = {name: np.empty(repeats, dtype=np.int64) for name in fns}
+    clock = time.perf_counter_ns
+    at = 0
+    for share in shares:
+        for name, fn in fns.items():
+            for _ in range(rewarm):
+                fn()
+            out = samples[name]
+            for i in range(at, at + share):
+                start = clock()
+                fn()
+                out[i] = clock() - start
+        at += share
+    return {name: summarise(x, warmup=warmup, threads=threads) for name, x in samples.items()}
 
 
 def available_cores() -> int:
