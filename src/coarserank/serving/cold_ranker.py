@@ -38,7 +38,7 @@ from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.catalogue import RowIndex, catalogue_ids, read_catalogue
 from coarserank.serving.kv import as_query_ids
 from coarserank.serving.onnx_export import read_metadata
-from coarserank.serving.onnx_inputs import feeds_from_frame, input_specs
+from coarserank.serving.onnx_inputs import REQUEST_AXIS, feeds_from_frame, input_specs
 from coarserank.serving.ranker import CoarseRanker, Ranker, RankResult, UserFeeds, onnx_session, top_positions
 from coarserank.serving.run_files import RunFiles
 
@@ -164,7 +164,10 @@ class ColdRanker:
         user_names = [s.name for s in specs if s.kind != "history" and sides[s.name] != "item"]
         item_names = [s.name for s in specs if s.kind != "history" and sides[s.name] == "item"]
         self.user_feeds = UserFeeds(encoder, "cold", fields=user_names) if user_names else None
-        self._broadcast = any(s.shape[0] == "N" for s in specs)  # else the graph's rows are the request's
+        shapes = {i.name: (i.shape[0] if i.shape else None) for i in session.get_inputs()}
+        # inputs the graph broadcasts (a graph exported before the request axis, or one with no candidate
+        # input to take its rows from, gets the request repeated per candidate)
+        self._once = {k for k, d in shapes.items() if d == REQUEST_AXIS} if "N" in shapes.values() else set()
         self.items = feeds_from_frame(encoder, catalogue, "cold", item_names) if item_names else {}
         self.ids = catalogue_ids(catalogue, cfg)
         self._index = RowIndex(self.ids)
@@ -207,7 +210,7 @@ class ColdRanker:
         feeds = {name: values[rows] for name, values in self.items.items()}
         if self.user_feeds is not None:
             for name, one in self.user_feeds(user).items():
-                feeds[name] = one if self._broadcast else np.repeat(one, n, axis=0)
+                feeds[name] = one if name in self._once else np.repeat(one, n, axis=0)
         for name, lookup in self.history.items():
             feeds[name] = lookup.values(user, rows).astype(np.float32)
         return feeds
