@@ -44,7 +44,7 @@ from coarserank.student.cold import ColdModel
 from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError
 from coarserank.serving.onnx_export import export_item_tower, export_model, export_user_tower, onnx_parity
-from coarserank.serving.onnx_inputs import REQUEST_AXIS, feeds_from_frame, input_specs
+from coarserank.serving.onnx_inputs import feeds_from_frame, input_specs, one_request, request_inputs
 from coarserank.serving.timing import Timing, available_cores, measure
 from coarserank.student.two_tower import TwoTower
 
@@ -141,10 +141,8 @@ def cold_latency(model: ColdModel, encoder: Encoder, rows: pl.DataFrame, out_dir
     path = export_model(model, encoder, Path(out_dir) / "scorer.onnx", "cold", fields=fields, opset=opset,
                         metadata={"run_hash": _SWEEP_HASH})
     diff = _check_parity(onnx_parity(model, encoder, path, rows, "cold"), "COLD scorer")
-    request = {s.name for s in input_specs(encoder, "cold", fields) if s.shape[0] == REQUEST_AXIS}
-    feeds = {k: v[:1] if k in request else v for k, v in feeds_from_frame(encoder, rows, "cold", fields).items()}
-    if all(k in request for k in feeds):  # user and context fields only: the request is every row
-        feeds = feeds_from_frame(encoder, rows, "cold", fields)
+    request = request_inputs({s.name: s.shape[0] for s in input_specs(encoder, "cold", fields)})
+    feeds = one_request(feeds_from_frame(encoder, rows, "cold", fields), request)
 
     def make_call(threads: int) -> Callable[[], object]:
         session = ort_session(path, threads)

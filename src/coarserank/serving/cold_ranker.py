@@ -38,7 +38,7 @@ from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.catalogue import RowIndex, catalogue_ids, read_catalogue
 from coarserank.serving.kv import as_query_ids
 from coarserank.serving.onnx_export import read_metadata
-from coarserank.serving.onnx_inputs import REQUEST_AXIS, feeds_from_frame, input_specs
+from coarserank.serving.onnx_inputs import feeds_from_frame, input_specs, request_inputs
 from coarserank.serving.ranker import CoarseRanker, Ranker, RankResult, UserFeeds, onnx_session, top_positions
 from coarserank.serving.run_files import RunFiles
 
@@ -112,28 +112,28 @@ class HistoryLookup:
         at = int(np.searchsorted(dictionary, raw))
         return at if at < dictionary.size and dictionary[at] == raw else NONE
 
+    def _key_rates(self, key: int, values: np.ndarray) -> np.ndarray:
+        """The cross for one key code on value codes ``[n, width]``: every value's rate for the key once,
+        then a gather (a pair lookup per entry when the values outnumber the rows)."""
+        if len(self.stats.values) > max(len(values), 1):
+            return self._rates(np.full(values.shape, key, dtype=np.int64), values)
+        every = np.arange(len(self.stats.values), dtype=np.int64)
+        table = np.append(self.stats.final_rates(np.full(every.size, key, dtype=np.int64), every),
+                          self.stats.base_rate)  # NONE (-1) reads the last slot
+        if values.shape[1] == 1:  # the mean of one slot is its rate, of none the base rate
+            return table[values[:, 0]]
+        return row_means(table[values], values != NONE, self.stats.base_rate)
+
     def values(self, user: dict[str, Any], rows: np.ndarray) -> np.ndarray:
         """The cross for catalogue rows ``rows`` and the request's ``user`` (float64 ``[n]``)."""
-        n = len(rows)
-        if self.item_rates is not None:
+        if self.item_rates is not None:  # key and values item-side
             return self.item_rates[rows]
-        if self.item_values is not None and self.item_keys is None:  # the request's key on each candidate's values
-            key = self._code(user.get(self.key), self.key_strings)
-            values = self.item_values[rows]
-            if len(self.stats.values) <= max(n, 1):  # every value's rate for this key, then a gather
-                every = np.arange(len(self.stats.values), dtype=np.int64)
-                table = np.append(self.stats.final_rates(np.full(every.size, key, dtype=np.int64), every),
-                                  self.stats.base_rate)  # NONE (-1) reads the last slot
-                if values.shape[1] == 1:  # the mean of one slot is its rate, of none the base rate
-                    return table[values[:, 0]]
-                return row_means(table[values], values != NONE, self.stats.base_rate)
-            return self._rates(np.full(values.shape, key, dtype=np.int64), values)
-        if self.item_values is not None:
-            values = self.item_values[rows]
-        else:
-            one = self.stats.value_codes(raw_values(pl.Series(self.over_col, [user.get(self.over)]).cast(pl.Utf8),
-                                                    self.sep))
-            values = np.repeat(one, n, axis=0)
+        if self.item_values is not None:  # the request's key on each candidate's values
+            return self._key_rates(self._code(user.get(self.key), self.key_strings), self.item_values[rows])
+        n = len(rows)
+        one = self.stats.value_codes(raw_values(pl.Series(self.over_col, [user.get(self.over)]).cast(pl.Utf8),
+                                                self.sep))
+        values = np.repeat(one, n, axis=0)
         if self.item_keys is not None:
             keys = self.item_keys[rows]
         else:
@@ -164,10 +164,7 @@ class ColdRanker:
         user_names = [s.name for s in specs if s.kind != "history" and sides[s.name] != "item"]
         item_names = [s.name for s in specs if s.kind != "history" and sides[s.name] == "item"]
         self.user_feeds = UserFeeds(encoder, "cold", fields=user_names) if user_names else None
-        shapes = {i.name: (i.shape[0] if i.shape else None) for i in session.get_inputs()}
-        # inputs the graph broadcasts (a graph exported before the request axis, or one with no candidate
-        # input to take its rows from, gets the request repeated per candidate)
-        self._once = {k for k, d in shapes.items() if d == REQUEST_AXIS} if "N" in shapes.values() else set()
+        self._once = request_inputs({i.name: i.shape[0] if i.shape else None for i in session.get_inputs()})
         self.items = feeds_from_frame(encoder, catalogue, "cold", item_names) if item_names else {}
         self.ids = catalogue_ids(catalogue, cfg)
         self._index = RowIndex(self.ids)

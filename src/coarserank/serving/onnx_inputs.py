@@ -39,6 +39,8 @@ __all__ = [
     "REQUEST_AXIS",
     "ROW_SCORERS",
     "request_fields",
+    "request_inputs",
+    "one_request",
     "InputSpec",
     "MISSING_INT64",
     "MISSING_STRING",
@@ -148,6 +150,21 @@ def input_specs(encoder: Encoder, model: ModelKind, fields: Sequence[str] | None
                  for s in specs]
     specs += [_history_spec(encoder, h.name) for h in encoder.cfg.history_crosses if h.name in needed]
     return specs
+
+
+def request_inputs(first_axes: dict[str, Any]) -> frozenset[str]:
+    """The inputs a graph broadcasts from one request row, given each input's first axis (from
+    :func:`input_specs` or a session's inputs): those on the request axis, provided some input is on
+    the candidates' axis ``N``; else none (a graph exported before the request axis, or one whose rows
+    are the request's own, takes the request repeated per row)."""
+    if "N" not in first_axes.values():
+        return frozenset()
+    return frozenset(name for name, axis in first_axes.items() if axis == REQUEST_AXIS)
+
+
+def one_request(feeds: dict[str, np.ndarray], request: frozenset[str]) -> dict[str, np.ndarray]:
+    """``feeds`` of one request's candidates with the ``request`` inputs given once (their first row)."""
+    return {k: v[:1] if k in request else v for k, v in feeds.items()}
 
 
 def _request_side(encoder: Encoder, feature: str) -> bool:

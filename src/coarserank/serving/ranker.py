@@ -37,7 +37,14 @@ from coarserank.data.encode import Encoder
 from coarserank.errors import ArtifactError, ServingError
 from coarserank.serving.faiss_index import ItemIndex, sidecar_path
 from coarserank.serving.kv import KVStore, as_query_ids, open_store, redact_uri
-from coarserank.serving.onnx_inputs import MISSING_INT64, MISSING_STRING, REQUEST_AXIS, UNPARSED_INT64, input_specs
+from coarserank.serving.onnx_inputs import (
+    MISSING_INT64,
+    MISSING_STRING,
+    UNPARSED_INT64,
+    input_specs,
+    one_request,
+    request_inputs,
+)
 from coarserank.serving.run_files import SERVING_FILE, RunFiles
 from coarserank.serving.timing import machine, measure_side_by_side
 
@@ -357,13 +364,13 @@ class TeacherScorer:
     def __init__(self, session: Any) -> None:
         self.session = session
         self._output = [session.get_outputs()[0].name]
-        self._request = {i.name for i in session.get_inputs() if i.shape and i.shape[0] == REQUEST_AXIS}
+        self._request = request_inputs({i.name: i.shape[0] if i.shape else None for i in session.get_inputs()})
 
     def one_request(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The feeds of one request's candidates with its user and context inputs given once (their
         first row; the graph broadcasts them), as a server hands them over. A graph exported before
         the request axis existed gets ``feeds`` unchanged."""
-        return {k: v[:1] if k in self._request else v for k, v in feeds.items()}
+        return one_request(feeds, self._request)
 
     def scores(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(self.session.run(self._output, feeds)[0]).reshape(-1)
