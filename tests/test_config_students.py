@@ -101,6 +101,12 @@ def test_an_unknown_parallel_channel_names_the_nearest():
     assert "did you mean 'cross'?" in _one_line(exc)
 
 
+def test_a_parallel_dim_that_leaves_a_channel_no_dimension_is_rejected_at_load():
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=['student.family="parallel"', "student.dim=16", "student.embed_dim=16"])
+    assert "student.parallel: dim = 16 leaves 0 dimensions for the mlp and cross channels" in _one_line(exc)
+
+
 def test_options_of_a_family_not_chosen_are_not_checked():
     cfg = load_config(overrides=['student.shortcut.user_fields=["topic"]'])
     assert cfg.student.family == "two_tower"

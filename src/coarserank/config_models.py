@@ -90,6 +90,28 @@ class ParallelOptions:
     cross_layers: int = 2
     fusion: Literal["none", "attention"] = "none"
 
+    def widths(self, dim: int, embed_dim: int) -> dict[str, int]:
+        """Each channel's vector size, so the served vector is ``dim`` wide like every family's (its
+        cost per candidate is the plain two-tower's): ``fm`` is ``embed_dim`` (a pooled embedding), the
+        other channels split the rest equally (the first takes any remainder).
+
+        Raises ``ValueError`` when ``dim`` leaves a channel no dimension, or ``fm`` alone is not
+        ``dim`` wide."""
+        fm = embed_dim if "fm" in self.channels else 0
+        others = [c for c in self.channels if c != "fm"]
+        if not others:
+            if fm != dim:
+                raise ValueError(f"channels = [\"fm\"] serves the pooled embedding, embed_dim = {embed_dim} wide; "
+                                 f"set dim = {embed_dim} or add an 'mlp' or 'cross' channel")
+            return {"fm": fm}
+        share, extra = divmod(dim - fm, len(others))
+        if share < 1:
+            raise ValueError(f"dim = {dim} leaves {dim - fm} dimensions for the {' and '.join(others)} "
+                             f"channel{'s' if len(others) > 1 else ''} after fm's embed_dim = {fm}; "
+                             f"raise dim above {fm + len(others) - 1}")
+        sizes = {c: share + (extra if i == 0 else 0) for i, c in enumerate(others)}
+        return {c: fm if c == "fm" else sizes[c] for c in self.channels}
+
 
 @dataclass(frozen=True)
 class DatOptions:
@@ -134,7 +156,7 @@ class TowerObjective(ModelTrainingConfig):
 class StudentConfig(TowerObjective):
     """The student: ``family`` picks the architecture (options in ``[student.<family>]``); the tower
     families have a user tower (user + context fields) and an item tower (item fields) scored by one
-    inner product; ``dim`` is each tower's vector size (parallel: per channel). The ``cold`` family
+    inner product; ``dim`` is each tower's served vector size (parallel: all channels together). The ``cold`` family
     has no towers, so it trains only with ``objective = "pointwise"``."""
 
     epochs: int = 30  # the distilled student fits lists over sampled items and learns through plateaus

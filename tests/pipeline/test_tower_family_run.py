@@ -28,6 +28,7 @@ USER = {"user_id": 12, "age": 30, "gender": "F", "region": "r03", "fav_topic": 1
 def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]) -> Path:
     path = tmp_path_factory.mktemp("parallel") / "run"
     run(load_config(overrides=[*tiny_overrides, 'student.family="parallel"', 'student.parallel.fusion="attention"',
+                               "student.embed_dim=8",
                                "report.enabled=false"]), path)
     return path
 
@@ -41,7 +42,7 @@ def test_the_kv_store_holds_the_concatenated_channel_vectors(run_dir: Path) -> N
     _, models = load_context(run_dir)
     cfg = load_config(run_dir / "config.toml")
     with FileKVStore(run_dir / "items.kv") as store:
-        assert store.dim == served_dim(models["student"]) == 2 * cfg.student.dim + cfg.student.embed_dim
+        assert store.dim == served_dim(models["student"]) == cfg.student.dim
 
 
 def test_distill_rank_with_parallel_towers_matches_the_pytorch_scores(run_dir: Path, tmp_path: Path) -> None:

@@ -126,9 +126,34 @@ def test_parallel_attention_weights_sum_to_the_channel_count_times_a_softmax():
     torch.testing.assert_close(attention.sum(dim=1), torch.full((8,), 3.0))
 
 
-def test_parallel_served_vector_concatenates_the_channels():
+def test_parallel_served_vector_is_dim_wide_like_every_familys():
     model = build_student(SCHEMA, VARIANTS["parallel"])
-    assert served_dim(model) == BASE.dim + BASE.dim + BASE.embed_dim  # mlp, cross, fm (pooled embedding)
+    assert served_dim(model) == BASE.dim
+    widths = [v.shape[1] for v in model.user_tower.channel_vectors(_batch(2, 3))]
+    assert widths == [2, 2, BASE.embed_dim]  # mlp and cross split what fm's pooled embedding leaves
+
+
+def test_parallel_widths_give_the_remainder_to_the_first_channel():
+    assert ParallelOptions().widths(64, 16) == {"mlp": 24, "cross": 24, "fm": 16}
+    assert ParallelOptions().widths(63, 16) == {"mlp": 24, "cross": 23, "fm": 16}
+    assert ParallelOptions(channels=("cross", "mlp")).widths(9, 16) == {"cross": 5, "mlp": 4}
+
+
+@pytest.mark.parametrize(("options", "dim", "message"), [
+    (ParallelOptions(), 5, "raise dim above 5"),
+    (ParallelOptions(channels=("fm",)), 8, "set dim = 4"),
+])
+def test_parallel_dim_too_small_for_its_channels_is_a_config_error(options, dim, message):
+    with pytest.raises(ConfigError, match=message):
+        build_student(SCHEMA, replace(BASE, family="parallel", dim=dim, parallel=options))
+
+
+@pytest.mark.parametrize("variant", ["parallel", "parallel_attention"])
+def test_parallel_serving_form_computes_the_same_vectors(variant):
+    model, batch = _student(variant), _batch(16, 11)
+    for tower in (model.user_tower, model.item_tower):
+        with torch.no_grad():
+            torch.testing.assert_close(tower.for_serving().eval()(batch), tower(batch), rtol=1e-5, atol=1e-6)
 
 
 def test_senet_tower_feeds_the_gate_weighted_embeddings_to_the_mlp():

@@ -80,10 +80,13 @@ def _shortcut(schema: Schema, cfg: StudentConfig, side: Side) -> nn.Module:
 
 def _parallel(schema: Schema, cfg: StudentConfig, side: Side) -> nn.Module:
     p = cfg.parallel
-    channels = {c: channel(c, len(schema), cfg.embed_dim, cfg.hidden, cfg.dropout, cfg.dim, p.cross_layers)
-                for c in p.channels}
-    widths = sum(cfg.embed_dim if c == "fm" else cfg.dim for c in p.channels)
-    attention = nn.Linear(widths, len(channels)) if side == "user" and p.fusion == "attention" else None
+    try:
+        widths = p.widths(cfg.dim, cfg.embed_dim)
+    except ValueError as exc:
+        raise ConfigError(f"student.parallel: {exc}") from None
+    channels = {c: channel(c, len(schema), cfg.embed_dim, cfg.hidden, cfg.dropout, w, p.cross_layers)
+                for c, w in widths.items()}
+    attention = nn.Linear(cfg.dim, len(channels)) if side == "user" and p.fusion == "attention" else None
     return ParallelTower(FeatureEmbedding(schema, cfg.embed_dim), channels, weighted=side == "user",
                          attention=attention)
 

@@ -21,6 +21,8 @@ product per candidate at serving time whatever the family.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -98,15 +100,17 @@ class _Cross(nn.Module):
         super().__init__()
         self.cross = CrossNetwork(width, layers)
         self.out = nn.Linear(width, dim)
+        self.width = dim
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return unit(self.out(self.cross(e.flatten(1))))
 
 
 class _Deep(nn.Module):
-    def __init__(self, mlp: MLP) -> None:
+    def __init__(self, mlp: MLP, width: int) -> None:
         super().__init__()
         self.mlp = mlp
+        self.width = width
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return unit(self.mlp(e.flatten(1)))
@@ -124,7 +128,7 @@ def channel(name: str, n_fields: int, embed_dim: int, hidden: tuple[int, ...], d
             cross_layers: int) -> nn.Module:
     """One parallel-tower channel on ``[B, F, d]`` embeddings."""
     if name == "mlp":
-        return _Deep(MLP(n_fields * embed_dim, hidden, dropout, out_dim=dim))
+        return _Deep(MLP(n_fields * embed_dim, hidden, dropout, out_dim=dim), dim)
     if name == "cross":
         return _Cross(n_fields * embed_dim, cross_layers, dim)
     if name == "fm":
@@ -168,6 +172,41 @@ class ParallelTower(EmbeddedFields):
         if scale is None:
             return torch.cat(vectors, dim=-1)
         return torch.cat([scale[:, c:c + 1] * v for c, v in enumerate(vectors)], dim=-1)
+
+    def for_serving(self) -> nn.Module:
+        """The same function with constants where the graph would rebuild them per call (the FM
+        channel's stacked identity, the channel weights spread over the output), for export."""
+        return _ServedParallel(self)
+
+
+class _ServedParallel(EmbeddedFields):
+    """:class:`ParallelTower` for export: without attention the channel weights are one constant
+    ``[D]`` multiplier; ``fm`` is one product with a constant stacked identity. Weights are copies."""
+
+    def __init__(self, tower: ParallelTower) -> None:
+        super().__init__()
+        self.embedding = copy.deepcopy(tower.embedding)
+        self.channels = nn.ModuleDict({k: copy.deepcopy(m) for k, m in tower.channels.items() if k != "fm"})
+        self.order = list(tower.channels)
+        d = self.embedding.dim
+        self.register_buffer("stack", torch.eye(d).repeat(len(self.schema), 1))
+        self.attention = copy.deepcopy(tower.attention)
+        weights = None if tower.weights is None else tower.weights.detach().clone()
+        widths = torch.tensor([d if k == "fm" else m.width for k, m in tower.channels.items()])
+        self.register_buffer("weights", weights)
+        self.register_buffer("scale", None if weights is None or tower.attention is not None
+                             else torch.repeat_interleave(weights, widths))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        e = self.embedding(inputs)
+        vectors = [e.flatten(1) @ self.stack if k == "fm" else self.channels[k](e) for k in self.order]
+        if self.weights is None:
+            return torch.cat(vectors, dim=-1)
+        if self.scale is not None:
+            return torch.cat(vectors, dim=-1) * self.scale
+        assert self.attention is not None
+        attended = len(vectors) * torch.softmax(self.attention(torch.cat(vectors, dim=-1)), dim=-1) * self.weights
+        return torch.cat([attended[:, c:c + 1] * v for c, v in enumerate(vectors)], dim=-1)
 
 
 class DATTower(EmbeddedFields):
