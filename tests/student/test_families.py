@@ -148,14 +148,6 @@ def test_parallel_dim_too_small_for_its_channels_is_a_config_error(options, dim,
         build_student(SCHEMA, replace(BASE, family="parallel", dim=dim, parallel=options))
 
 
-@pytest.mark.parametrize("variant", ["parallel", "parallel_attention"])
-def test_parallel_serving_form_computes_the_same_vectors(variant):
-    model, batch = _student(variant), _batch(16, 11)
-    for tower in (model.user_tower, model.item_tower):
-        with torch.no_grad():
-            torch.testing.assert_close(tower.for_serving().eval()(batch), tower(batch), rtol=1e-5, atol=1e-6)
-
-
 def test_senet_tower_feeds_the_gate_weighted_embeddings_to_the_mlp():
     tower = _student("senet").user_tower
     batch = _batch(8, 9)

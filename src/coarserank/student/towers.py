@@ -21,8 +21,6 @@ product per candidate at serving time whatever the family.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -151,6 +149,9 @@ class ParallelTower(EmbeddedFields):
         self.channels = nn.ModuleDict(channels)
         self.weights = nn.Parameter(torch.ones(len(channels))) if weighted else None
         self.attention = attention
+        widths = [embedding.dim if name == "fm" else module.width for name, module in channels.items()]
+        spread = torch.repeat_interleave(torch.eye(len(widths)), torch.tensor(widths), dim=1)
+        self.register_buffer("spread", spread, persistent=False)  # [C, D]: channel c's columns are 1
 
     def channel_vectors(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each channel's vector ``[B, D_c]``, in channel order, before scaling."""
@@ -161,52 +162,18 @@ class ParallelTower(EmbeddedFields):
         """Per-row channel weights ``[B, C]`` (``None`` on the unscaled side)."""
         if self.weights is None:
             return None
-        scale = self.weights.unsqueeze(0).expand(vectors[0].shape[0], -1)
-        if self.attention is not None:
-            scale = scale * len(vectors) * torch.softmax(self.attention(torch.cat(vectors, dim=-1)), dim=-1)
-        return scale
+        if self.attention is None:
+            return self.weights.unsqueeze(0).expand(vectors[0].shape[0], -1)
+        return self.weights * len(vectors) * torch.softmax(self.attention(torch.cat(vectors, dim=-1)), dim=-1)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         vectors = self.channel_vectors(inputs)
-        scale = self.channel_scale(vectors)
-        if scale is None:
-            return torch.cat(vectors, dim=-1)
-        return torch.cat([scale[:, c:c + 1] * v for c, v in enumerate(vectors)], dim=-1)
-
-    def for_serving(self) -> nn.Module:
-        """The same function with constants where the graph would rebuild them per call (the FM
-        channel's stacked identity, the channel weights spread over the output), for export."""
-        return _ServedParallel(self)
-
-
-class _ServedParallel(EmbeddedFields):
-    """:class:`ParallelTower` for export: without attention the channel weights are one constant
-    ``[D]`` multiplier; ``fm`` is one product with a constant stacked identity. Weights are copies."""
-
-    def __init__(self, tower: ParallelTower) -> None:
-        super().__init__()
-        self.embedding = copy.deepcopy(tower.embedding)
-        self.channels = nn.ModuleDict({k: copy.deepcopy(m) for k, m in tower.channels.items() if k != "fm"})
-        self.order = list(tower.channels)
-        d = self.embedding.dim
-        self.register_buffer("stack", torch.eye(d).repeat(len(self.schema), 1))
-        self.attention = copy.deepcopy(tower.attention)
-        weights = None if tower.weights is None else tower.weights.detach().clone()
-        widths = torch.tensor([d if k == "fm" else m.width for k, m in tower.channels.items()])
-        self.register_buffer("weights", weights)
-        self.register_buffer("scale", None if weights is None or tower.attention is not None
-                             else torch.repeat_interleave(weights, widths))
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        e = self.embedding(inputs)
-        vectors = [e.flatten(1) @ self.stack if k == "fm" else self.channels[k](e) for k in self.order]
+        joined = torch.cat(vectors, dim=-1)
         if self.weights is None:
-            return torch.cat(vectors, dim=-1)
-        if self.scale is not None:
-            return torch.cat(vectors, dim=-1) * self.scale
-        assert self.attention is not None
-        attended = len(vectors) * torch.softmax(self.attention(torch.cat(vectors, dim=-1)), dim=-1) * self.weights
-        return torch.cat([attended[:, c:c + 1] * v for c, v in enumerate(vectors)], dim=-1)
+            return joined
+        if self.attention is None:  # [D] weights: a constant of the exported graph
+            return joined * (self.weights @ self.spread)
+        return joined * (self.channel_scale(vectors) @ self.spread)
 
 
 class DATTower(EmbeddedFields):
