@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import polars as pl
 import pytest
 import torch
@@ -70,7 +71,8 @@ FAMILIES = {
     "shortcut_top": replace(STUDENT, family="shortcut"),
     "shortcut_fields": replace(STUDENT, family="shortcut",
                                shortcut=ShortcutOptions(user_fields=("user_id", "hour"), item_fields=("tags",))),
-    "parallel": replace(STUDENT, family="parallel", parallel=ParallelOptions(fusion="attention")),
+    "parallel": replace(STUDENT, family="parallel"),
+    "parallel_attention": replace(STUDENT, family="parallel", parallel=ParallelOptions(fusion="attention")),
     "dat": replace(STUDENT, family="dat"),
 }
 
@@ -97,6 +99,18 @@ def test_each_tower_family_exports_at_parity_on_raw_rows(data: Data, family: str
     inputs = {k: torch.from_numpy(v) for k, v in data.encoder.transform(data.rows).items()}
     with torch.no_grad():
         assert float(student.user_tower(inputs).std()) > 0.01  # a check with something to check
+
+
+@pytest.mark.parametrize("family", ["parallel", "parallel_attention"])
+def test_parallel_towers_export_without_ops_that_rebuild_constants_per_call(data: Data, family: str,
+                                                                           tmp_path: Path) -> None:
+    """The channel weights and the pooled (fm, multi-valued) sums' identity are graph constants: a
+    one-row user tower pays per node, so shape arithmetic per call would cost like a layer."""
+    student = build_student(data.encoder.schema_, _small(FAMILIES[family]))
+    for kind, export in (("user", export_user_tower), ("item", export_item_tower)):
+        graph = onnx.load(export(student, data.encoder, tmp_path / f"{kind}.onnx", run_hash="test")).graph
+        assert not {n.op_type for n in graph.node} & {"Shape", "EyeLike", "Tile", "Expand", "ConstantOfShape",
+                                                       "Slice", "Split"}, kind
 
 
 def test_the_cold_student_exports_at_parity_on_raw_rows(data: Data, tmp_path: Path) -> None:
