@@ -10,7 +10,7 @@ Every tower family found in ``--out/<dataset>-seed<seed>/<family>/`` (``user_tow
 top-100) and all of them are timed in the same rounds of
 :func:`coarserank.serving.timing.measure_side_by_side` on the same 20 requests of 1,000 candidates,
 so the ratios to the two-tower do not depend on when each was timed. ``--repeats-of-all`` repeats
-the whole measurement; each line gives p50 and p50 / two-tower p50.
+the whole measurement; each line gives p50 / p99 and p50 / two-tower p50.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     for _ in range(args.repeats_of_all):
         timed = measure_side_by_side(calls, repeats=args.repeats, warmup=args.repeats // 10, rounds=20)
         base = timed["two_tower"].p50_ms
-        print(" | ".join(f"{k} {t.p50_ms:.3f} ms ({t.p50_ms / base:.2f}x)" for k, t in timed.items()))
+        print(" | ".join(f"{k} {t.p50_ms:.3f} / {t.p99_ms:.3f} ms ({t.p50_ms / base:.2f}x)" for k, t in timed.items()))
 
 
 if __name__ == "__main__":
