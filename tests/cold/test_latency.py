@@ -128,7 +128,8 @@ def test_onnx_macs_counts_the_weight_matrix_products(cold, encoder, tmp_path):
     fields, dim = 4, 4
     se, hidden, out = fields * dim * fields, fields * dim * 8, 8 * 1
     expand = fields * fields * dim  # the gate spread over the embedding columns (the serving form's 0/1 product)
-    assert onnx_macs(tmp_path / "scorer.onnx") == se + expand + hidden + out
+    pooled = 3 * dim * dim  # tags' sum over its 3 slots: one product with a constant stacked identity
+    assert onnx_macs(tmp_path / "scorer.onnx") == se + expand + pooled + hidden + out
 
 
 def test_feature_cost_tells_a_wide_multi_valued_table_from_a_numeric_scale(tower):
