@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from coarserank.errors import ConfigError
+
 __all__ = [
     "TOWER_FAMILIES",
     "ColdStudentOptions",
@@ -95,20 +97,21 @@ class ParallelOptions:
         cost per candidate is the plain two-tower's): ``fm`` is ``embed_dim`` (a pooled embedding), the
         other channels split the rest equally (the first takes any remainder).
 
-        Raises ``ValueError`` when ``dim`` leaves a channel no dimension, or ``fm`` alone is not
-        ``dim`` wide."""
+        Raises :class:`~coarserank.errors.ConfigError` when ``dim`` leaves a channel no dimension, or
+        ``fm`` alone is not ``dim`` wide."""
         fm = embed_dim if "fm" in self.channels else 0
         others = [c for c in self.channels if c != "fm"]
         if not others:
             if fm != dim:
-                raise ValueError(f"channels = [\"fm\"] serves the pooled embedding, embed_dim = {embed_dim} wide; "
-                                 f"set dim = {embed_dim} or add an 'mlp' or 'cross' channel")
+                raise ConfigError(f"student.parallel: channels = [\"fm\"] serves the pooled embedding, "
+                                  f"embed_dim = {embed_dim} wide; set dim = {embed_dim} or add an 'mlp' or 'cross' "
+                                  "channel")
             return {"fm": fm}
         share, extra = divmod(dim - fm, len(others))
         if share < 1:
-            raise ValueError(f"dim = {dim} leaves {dim - fm} dimensions for the {' and '.join(others)} "
-                             f"channel{'s' if len(others) > 1 else ''} after fm's embed_dim = {fm}; "
-                             f"raise dim above {fm + len(others) - 1}")
+            raise ConfigError(f"student.parallel: dim = {dim} leaves {dim - fm} dimensions for the "
+                              f"{' and '.join(others)} channel{'s' if len(others) > 1 else ''} after fm's "
+                              f"embed_dim = {fm}; raise dim above {fm + len(others) - 1}")
         sizes = {c: share + (extra if i == 0 else 0) for i, c in enumerate(others)}
         return {c: fm if c == "fm" else sizes[c] for c in self.channels}
 

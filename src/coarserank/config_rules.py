@@ -386,10 +386,7 @@ def _student_family(cfg: Any) -> None:
             hint = f"; {_nearest(bad[0], ['mlp', 'cross', 'fm'])}" if bad else ""
             raise ConfigError(f"student.parallel.channels must list distinct channels of 'mlp', 'cross', 'fm', "
                               f"got {list(p.channels)}{hint}")
-        try:
-            p.widths(s.dim, s.embed_dim)
-        except ValueError as exc:
-            raise ConfigError(f"student.parallel: {exc}") from None
+        p.widths(s.dim, s.embed_dim)
     if s.family == "dat":
         for key, allowed, col in (("user_field", user, d.user_col), ("item_field", item, d.item_col)):
             name = getattr(s.dat, key)

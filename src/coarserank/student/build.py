@@ -80,12 +80,8 @@ def _shortcut(schema: Schema, cfg: StudentConfig, side: Side) -> nn.Module:
 
 def _parallel(schema: Schema, cfg: StudentConfig, side: Side) -> nn.Module:
     p = cfg.parallel
-    try:
-        widths = p.widths(cfg.dim, cfg.embed_dim)
-    except ValueError as exc:
-        raise ConfigError(f"student.parallel: {exc}") from None
     channels = {c: channel(c, len(schema), cfg.embed_dim, cfg.hidden, cfg.dropout, w, p.cross_layers)
-                for c, w in widths.items()}
+                for c, w in p.widths(cfg.dim, cfg.embed_dim).items()}
     attention = nn.Linear(cfg.dim, len(channels)) if side == "user" and p.fusion == "attention" else None
     return ParallelTower(FeatureEmbedding(schema, cfg.embed_dim), channels, weighted=side == "user",
                          attention=attention)

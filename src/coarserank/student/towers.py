@@ -98,17 +98,25 @@ class _Cross(nn.Module):
         super().__init__()
         self.cross = CrossNetwork(width, layers)
         self.out = nn.Linear(width, dim)
-        self.width = dim
+
+    @property
+    def width(self) -> int:
+        """The channel's vector size."""
+        return self.out.out_features
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return unit(self.out(self.cross(e.flatten(1))))
 
 
 class _Deep(nn.Module):
-    def __init__(self, mlp: MLP, width: int) -> None:
+    def __init__(self, mlp: MLP) -> None:
         super().__init__()
         self.mlp = mlp
-        self.width = width
+
+    @property
+    def width(self) -> int:
+        """The channel's vector size."""
+        return self.mlp.out_dim
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return unit(self.mlp(e.flatten(1)))
@@ -126,7 +134,7 @@ def channel(name: str, n_fields: int, embed_dim: int, hidden: tuple[int, ...], d
             cross_layers: int) -> nn.Module:
     """One parallel-tower channel on ``[B, F, d]`` embeddings."""
     if name == "mlp":
-        return _Deep(MLP(n_fields * embed_dim, hidden, dropout, out_dim=dim), dim)
+        return _Deep(MLP(n_fields * embed_dim, hidden, dropout, out_dim=dim))
     if name == "cross":
         return _Cross(n_fields * embed_dim, cross_layers, dim)
     if name == "fm":
